@@ -1,0 +1,62 @@
+"""syncws: synchronous, thread-based websockets for blocking Python.
+
+A websocket server on its own thread with named endpoints and per-connection
+handlers (the API of ``rtCommon.webSocketHandlers``), blocking requests to
+connected peers (:class:`RequestHandler`), and the peer side
+(:class:`RemoteService`).
+"""
+
+from __future__ import annotations
+
+from .client import ClientConnection, connect
+from .connection import Connection
+from .exceptions import (
+    ConnectionClosed,
+    HandshakeError,
+    NotConnected,
+    PayloadTooBig,
+    ProtocolError,
+    RequestError,
+    RequestTimeout,
+    SendTimeout,
+    SyncWSError,
+)
+from .handlers import (
+    BaseWebSocketHandler,
+    DataWebSocketHandler,
+    RejectWebSocketHandler,
+    closeAllConnections,
+    defaultWebsocketCallback,
+    sendWebSocketMessage,
+)
+from .handshake import Headers, Request
+from .registry import ConnectionRegistry, websocketState
+from .server import WebSocketServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseWebSocketHandler",
+    "ClientConnection",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionRegistry",
+    "DataWebSocketHandler",
+    "HandshakeError",
+    "Headers",
+    "NotConnected",
+    "PayloadTooBig",
+    "ProtocolError",
+    "RejectWebSocketHandler",
+    "Request",
+    "RequestError",
+    "RequestTimeout",
+    "SendTimeout",
+    "SyncWSError",
+    "WebSocketServer",
+    "closeAllConnections",
+    "connect",
+    "defaultWebsocketCallback",
+    "sendWebSocketMessage",
+    "websocketState",
+]

@@ -1,0 +1,121 @@
+"""The client side: websocket-client opens the connection, syncws carries the frames.
+
+websocket-client does what it does well (URL parsing, proxies, TLS, headers,
+cookies and the opening handshake); the socket it hands over then runs
+syncws's :class:`~syncws.connection.Connection`, whose masking and reading are
+many times faster than websocket-client's own on large messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Optional, Union
+
+import websocket
+
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
+from .exceptions import ConnectionClosed, HandshakeError, NotConnected
+
+__all__ = ["ClientConnection", "connect"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClientConnection(Connection):
+    """A client's websocket connection.
+
+    ``recv`` belongs to one reader thread at a time; ``send``, ``ping`` and
+    ``close`` are safe from any thread.
+    """
+
+    def __init__(self, ws: websocket.WebSocket, **options: Any) -> None:
+        super().__init__(ws.sock, is_client=True, **options)
+        # Keep websocket-client's object: it owns the socket's lifetime.
+        self._ws = ws
+        # Held by the thread inside recv(), so that close() knows whether to read the reply itself.
+        self._reading = threading.Lock()
+
+    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:  # type: ignore[override]
+        """The next message (str or bytes), or None once the connection is closed.
+
+        ``timeout`` is not supported per call; it exists so that the signature
+        reads like other libraries'. It must be None.
+        """
+        if timeout is not None:
+            raise ValueError("ClientConnection.recv() takes no timeout; use a reader thread")
+        with self._reading:
+            return super().recv()
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake and release the socket; waits at most ``close_timeout``.
+
+        Safe from any thread. If another thread is reading, it receives the
+        peer's close frame; otherwise this call reads it.
+        """
+        super().close(code, reason)
+        if self._reading.acquire(blocking=False):
+            try:
+                while super().recv() is not None:
+                    pass  # data after our close frame is discarded
+            finally:
+                self._reading.release()
+        elif not self.wait_closed(self.close_timeout + 1):
+            self.abort()
+        self.release()
+
+    def __enter__(self) -> ClientConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def connect(
+    url: str,
+    *,
+    timeout: float = 10.0,
+    header: Union[list[str], dict[str, str], None] = None,
+    cookie: Optional[str] = None,
+    sslopt: Optional[dict[str, Any]] = None,
+    origin: Optional[str] = None,
+    max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
+    ping_interval: Optional[float] = 20.0,
+    ping_timeout: Optional[float] = 20.0,
+    send_timeout: Optional[float] = 30.0,
+    close_timeout: float = 5.0,
+) -> ClientConnection:
+    """Open a websocket connection to ``url`` (``ws://`` or ``wss://``) and return it.
+
+    ``header``, ``cookie``, ``sslopt`` and ``origin`` are passed to
+    websocket-client as it takes them. Raises HandshakeError when the server
+    answers the handshake with an HTTP error, NotConnected when it cannot be
+    reached within ``timeout``.
+    """
+    ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
+    options: dict[str, Any] = {"timeout": timeout}
+    if header is not None:
+        options["header"] = header
+    if cookie is not None:
+        options["cookie"] = cookie
+    if origin is not None:
+        options["origin"] = origin
+    try:
+        ws.connect(url, **options)
+    except websocket.WebSocketBadStatusException as exc:
+        ws.close()
+        raise HandshakeError(exc.status_code, str(exc)) from exc
+    except (OSError, websocket.WebSocketException) as exc:
+        ws.close()
+        raise NotConnected(f"cannot connect to {url}: {exc}") from exc
+    return ClientConnection(
+        ws,
+        max_message_size=max_message_size,
+        ping_interval=ping_interval,
+        ping_timeout=ping_timeout,
+        send_timeout=send_timeout,
+        close_timeout=close_timeout,
+        name=f"client {url}",
+    )
+
+

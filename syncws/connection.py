@@ -1,0 +1,453 @@
+"""One websocket connection over a connected socket: the read loop and a thread-safe send.
+
+The same :class:`Connection` serves both sides: the server runs one per accepted
+socket on that socket's own thread, and :func:`syncws.connect` wraps the socket
+that websocket-client opened and shook hands on.
+
+Threads:
+
+* :meth:`Connection.recv` belongs to one *reader* thread at a time (the server's
+  connection thread, or the client's owner). It reassembles fragments, answers
+  pings, runs the closing handshake and enforces the size limit and keepalive.
+* :meth:`Connection.send`, :meth:`Connection.ping` and :meth:`Connection.close`
+  are safe from any thread. A lock makes each frame go out whole and in order.
+
+Every socket call carries a timeout of a few seconds (the *tick*). A read that
+times out is not an error: it is when the reader checks its keepalive and close
+deadlines. A write that makes no progress for ``send_timeout`` seconds is: the
+peer stopped reading, so the connection is aborted rather than letting one
+stuck peer block its senders forever.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Optional, Union
+
+from . import frames
+from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, SendTimeout
+
+__all__ = ["Connection", "Message", "DEFAULT_MAX_MESSAGE_SIZE"]
+
+logger = logging.getLogger(__name__)
+
+Message = Union[str, bytes]
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+_UNPACK_16 = struct.Struct("!H").unpack
+_UNPACK_64 = struct.Struct("!Q").unpack
+_RECV_SIZE = 256 * 1024  # one read for many small frames, without a large idle buffer
+_DIRECT_READ = 64 * 1024  # payloads this large are read straight into their own buffer
+_COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
+
+
+class _Abort(Exception):
+    """Raised inside the read loop when the socket is gone (EOF, reset or aborted)."""
+
+
+class Connection:
+    """A websocket connection, after the opening handshake.
+
+    Args:
+        sock: the connected socket (plain or TLS).
+        is_client: True on the client side (mask what is sent, expect unmasked frames).
+        max_message_size: a larger message is refused with close 1009 before its
+            payload is read; None for no limit.
+        ping_interval: after this many idle seconds, send a ping; None: never.
+        ping_timeout: drop the connection if nothing arrives this long after a ping.
+        send_timeout: abort a send that makes no progress for this long; None: wait.
+        close_timeout: how long to wait for the peer's close frame after ours.
+        initial_data: bytes read past the handshake that belong to the frame stream.
+        name: used in log lines.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        is_client: bool,
+        max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
+        ping_interval: Optional[float] = 20.0,
+        ping_timeout: Optional[float] = 20.0,
+        send_timeout: Optional[float] = 30.0,
+        close_timeout: float = 5.0,
+        initial_data: bytes = b"",
+        name: str = "connection",
+    ) -> None:
+        self.sock = sock
+        self.is_client = is_client
+        self.max_message_size = max_message_size
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.send_timeout = send_timeout
+        self.close_timeout = close_timeout
+        self.name = name
+        #: The close code and reason, once the connection is closed (1006: no close frame).
+        self.close_code: Optional[int] = None
+        self.close_reason: str = ""
+
+        # Synchronize writes to the socket and the flag that a close frame went out:
+        # nothing may be sent after it, and each frame must go out whole.
+        self._send_lock = threading.Lock()
+        self._close_sent = False
+        self._closing_deadline = 0.0
+        self._closed = threading.Event()
+        self._rbuf = bytearray(initial_data)
+        self._last_received = time.monotonic()
+        self._ping_sent_at: Optional[float] = None
+        limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
+        self._tick = max(0.05, min(limits + [10.0]) / 2)
+        sock.settimeout(self._tick)
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> str:
+        """OPEN, CLOSING (a close frame went out) or CLOSED."""
+        if self._closed.is_set():
+            return CLOSED
+        return CLOSING if self._close_sent else OPEN
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed for good."""
+        return self._closed.is_set()
+
+    def wait_closed(self, timeout: Optional[float] = None) -> bool:
+        """Block until the connection is closed; return False on timeout. Safe from any thread."""
+        return self._closed.wait(timeout)
+
+    # ------------------------------------------------------------------ reading
+
+    def recv(self) -> Optional[Message]:
+        """Return the next message (str for text, bytes for binary), or None once closed.
+
+        Reader thread only. Control frames are handled here: pings are answered,
+        the closing handshake is completed, protocol errors close the connection
+        with the RFC's code. It never raises for anything the peer does.
+        """
+        try:
+            return self._recv_message()
+        except ProtocolError as exc:
+            logger.info("%s: protocol error from peer: %s", self.name, exc)
+            self._fail(exc.code, exc.reason)
+        except (_Abort, OSError) as exc:
+            self._mark_closed(1006, "")
+            logger.debug("%s: connection lost: %r", self.name, exc)
+        return None
+
+    def _recv_message(self) -> Optional[Message]:
+        fragments: Optional[list[bytes]] = None
+        text_parts: Optional[list[str]] = None
+        decoder = None
+        size = 0
+        first_opcode = 0
+        while True:
+            fin, opcode, payload = self._read_frame(size)
+            if opcode >= 8:
+                if self._handle_control(opcode, payload):
+                    return None
+                continue
+            if opcode == frames.OP_CONTINUATION:
+                if fragments is None:
+                    raise ProtocolError("continuation frame without a message to continue")
+            elif fragments is not None:
+                raise ProtocolError("new data frame inside a fragmented message")
+            elif fin:
+                # The common case: a whole message in one frame.
+                if self._close_sent:
+                    continue  # section 1.4: after our close frame, data is discarded
+                if opcode == frames.OP_TEXT:
+                    try:
+                        return payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise ProtocolError("text message is not valid UTF-8", 1007) from None
+                return bytes(payload)
+            else:
+                fragments, first_opcode = [], opcode
+                if opcode == frames.OP_TEXT:
+                    decoder, text_parts = _utf8_decoder(), []
+
+            size += len(payload)
+            if decoder is not None and text_parts is not None:
+                # Decode each fragment as it arrives, so that bad UTF-8 fails the
+                # message at once rather than after the whole of it is in.
+                try:
+                    text_parts.append(decoder.decode(payload, fin))
+                except UnicodeDecodeError:
+                    raise ProtocolError("text message is not valid UTF-8", 1007) from None
+            else:
+                fragments.append(payload)  # type: ignore[arg-type]
+            if fin:
+                if self._close_sent:  # discarded, as above
+                    fragments, text_parts, decoder, size = None, None, None, 0
+                    continue
+                if first_opcode == frames.OP_TEXT:
+                    return "".join(text_parts or ())
+                return b"".join(fragments)
+
+    def _read_frame(self, message_size: int) -> tuple[bool, int, bytearray]:
+        b1, b2 = self._read(2)
+        header = frames.parse_header(b1, b2)
+        frames.check_header(header, expect_masked=not self.is_client)
+        length = header.length_code
+        if length == 126:
+            (length,) = _UNPACK_16(self._read(2))
+        elif length == 127:
+            (length,) = _UNPACK_64(self._read(8))
+            if length >> 63:
+                raise ProtocolError("64-bit payload length with the high bit set")
+        limit = self.max_message_size
+        if limit is not None and header.opcode < 8 and message_size + length > limit:
+            # Decided from the header alone: the payload is never read.
+            raise PayloadTooBig(message_size + length, limit)
+        if header.masked:
+            key = bytes(self._read(4))
+            payload = self._read(length)
+            frames.apply_mask(payload, key)
+        else:
+            payload = self._read(length)
+        return header.fin, header.opcode, payload
+
+    def _handle_control(self, opcode: int, payload: bytearray) -> bool:
+        """Act on a control frame; return True when it ended the connection."""
+        if opcode == frames.OP_PING:
+            try:
+                self._send_frame(frames.OP_PONG, bytes(payload))
+            except ConnectionClosed:
+                pass  # we are closing; the peer's close frame will follow
+            return False
+        if opcode == frames.OP_PONG:
+            self._ping_sent_at = None
+            return False
+        code, reason = frames.parse_close(bytes(payload))
+        with self._send_lock:
+            answer = not self._close_sent
+            self._close_sent = True
+        if answer:
+            # Section 5.5.1: echo the peer's code (an empty close for none).
+            self._write_close(None if code == 1005 else code, reason if code != 1005 else "")
+        self._mark_closed(code, reason)
+        return True
+
+    def _read(self, n: int) -> bytearray:
+        """Return exactly ``n`` bytes from the stream."""
+        buf = self._rbuf
+        if len(buf) >= n:
+            data = buf[:n]
+            del buf[:n]
+            return data
+        if n >= _DIRECT_READ:
+            # A large payload: read it straight into its own buffer, no copies.
+            data = bytearray(n)
+            view = memoryview(data)
+            have = len(buf)
+            view[:have] = buf
+            buf.clear()
+            while have < n:
+                have += self._recv_into(view[have:])
+            return data
+        while len(buf) < n:
+            buf += self._recv_some()
+        data = buf[:n]
+        del buf[:n]
+        return data
+
+    def _recv_some(self) -> bytes:
+        while True:
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except socket.timeout:
+                self._on_idle()
+                continue
+            if not data:
+                raise _Abort("end of stream")
+            self._last_received = time.monotonic()
+            return data
+
+    def _recv_into(self, view: memoryview) -> int:
+        while True:
+            try:
+                n = self.sock.recv_into(view)
+            except socket.timeout:
+                self._on_idle()
+                continue
+            if not n:
+                raise _Abort("end of stream")
+            self._last_received = time.monotonic()
+            return n
+
+    def _on_idle(self) -> None:
+        """Called by the reader when a read timed out: enforce the close and keepalive deadlines."""
+        if self._closed.is_set():
+            raise _Abort("closed")
+        now = time.monotonic()
+        if self._close_sent:
+            if now >= self._closing_deadline:
+                logger.debug("%s: no close frame from peer within %s s", self.name, self.close_timeout)
+                raise _Abort("close timeout")
+            return
+        if self.ping_interval is None:
+            return
+        if self._ping_sent_at is not None:
+            if self.ping_timeout is not None and now - self._ping_sent_at >= self.ping_timeout:
+                logger.info("%s: no answer to keepalive ping within %s s; dropping", self.name, self.ping_timeout)
+                raise _Abort("keepalive timeout")
+        elif now - self._last_received >= self.ping_interval:
+            self._ping_sent_at = now
+            try:
+                self._send_frame(frames.OP_PING, os.urandom(4))
+            except (ConnectionClosed, OSError):
+                raise _Abort("ping failed") from None
+
+    # ------------------------------------------------------------------ writing
+
+    def send(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
+        """Send one message: a text frame for str, a binary frame for bytes-like.
+
+        Safe from any thread; blocks until the frame is handed to the kernel.
+        Raises ConnectionClosed once a close frame was sent or the socket is
+        gone, and SendTimeout (after aborting) if the peer stopped reading.
+        """
+        if isinstance(message, str):
+            self._send_frame(frames.OP_TEXT, message.encode("utf-8"))
+        else:
+            self._send_frame(frames.OP_BINARY, message)
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a ping (at most 125 bytes). Safe from any thread."""
+        if len(payload) > 125:
+            raise ValueError("a ping payload holds at most 125 bytes")
+        self._send_frame(frames.OP_PING, payload)
+
+    def _send_frame(self, opcode: int, payload: Union[bytes, bytearray, memoryview], fin: bool = True) -> None:
+        if self.is_client:
+            mask_key = os.urandom(4)
+            header = frames.encode_header(opcode, len(payload), fin, mask_key)
+            payload = bytearray(payload)
+            frames.apply_mask(payload, mask_key)
+        else:
+            header = frames.encode_header(opcode, len(payload), fin)
+        with self._send_lock:
+            if self._close_sent:
+                raise ConnectionClosed(self.close_code or 1006, self.close_reason, f"{self.name} is closing")
+            if len(payload) < _COALESCE_LIMIT:
+                self._send_all(header + payload)
+            else:
+                self._send_all(header)
+                self._send_all(payload)
+
+    def _send_all(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Write all of ``data``; the caller holds the send lock."""
+        view = memoryview(data)
+        last_progress = time.monotonic()
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except socket.timeout:
+                if self.send_timeout is not None and time.monotonic() - last_progress >= self.send_timeout:
+                    # Part of a frame may be out: the stream cannot be resumed.
+                    self.abort()
+                    raise SendTimeout(f"{self.name}: peer read nothing for {self.send_timeout} s") from None
+                continue
+            except OSError as exc:
+                self.abort()
+                raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
+            view = view[sent:]
+            last_progress = time.monotonic()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake. Safe from any thread; returns at once.
+
+        The reader finishes it when the peer's close frame arrives, or drops the
+        connection after ``close_timeout``. Calling it again does nothing.
+        """
+        with self._send_lock:
+            if self._close_sent or self._closed.is_set():
+                return
+            self._close_sent = True
+        self._write_close(code, reason)
+
+    def _write_close(self, code: Optional[int], reason: str) -> None:
+        payload = frames.encode_close(code, reason)
+        if self.is_client:
+            key = os.urandom(4)
+            masked = bytearray(payload)
+            frames.apply_mask(masked, key)
+            frame = frames.encode_header(frames.OP_CLOSE, len(payload), True, key) + masked
+        else:
+            frame = frames.encode_header(frames.OP_CLOSE, len(payload)) + payload
+        self._closing_deadline = time.monotonic() + self.close_timeout
+        try:
+            # Wake the reader sooner, so that it keeps the close deadline.
+            self.sock.settimeout(min(self._tick, max(self.close_timeout / 4, 0.05)))
+            with self._send_lock:
+                self._send_all(frame)
+        except (ConnectionClosed, SendTimeout, OSError):
+            pass
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (section 7.1.7): send our close frame, wait briefly for the peer's, drop it."""
+        with self._send_lock:
+            send = not self._close_sent
+            self._close_sent = True
+        if send:
+            self._write_close(code, reason)
+        self._mark_closed_code(code, reason)
+        self._drain_until_close()
+
+    def _drain_until_close(self) -> None:
+        # Discard what the peer still sends until its close frame, so that it
+        # reads our close frame instead of a reset (the suite checks this).
+        try:
+            while not self._closed.is_set():
+                _, opcode, payload = self._read_frame(0)
+                if opcode == frames.OP_CLOSE:
+                    break
+        except (ProtocolError, _Abort, OSError):
+            pass
+        self._mark_closed(self.close_code or 1006, self.close_reason)
+
+    def _mark_closed_code(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+
+    def _mark_closed(self, code: int, reason: str) -> None:
+        self._mark_closed_code(code, reason)
+        if not self._closed.is_set():
+            self._closed.set()
+            self._shutdown_socket()
+
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake. Safe from any thread.
+
+        A reader blocked in :meth:`recv` wakes up and returns None.
+        """
+        self._mark_closed_code(1006, "")
+        self._closed.set()
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Close the socket's file descriptor; the reader calls this when it is done."""
+        self._closed.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass

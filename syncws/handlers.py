@@ -1,0 +1,207 @@
+"""Per-connection handler objects and the module functions of rtCommon.webSocketHandlers.
+
+A server creates one handler object for each connection on an endpoint, as
+Tornado did: ``handler_class(server, connection, request)``, then
+``initialize(**kwargs)`` with the keyword arguments given to ``add_handler``,
+then, once the handshake is done, ``open()``. Every message calls
+``on_message(message)``; the end calls ``on_close()``.
+
+Threads: ``initialize``, ``open``, ``on_message`` and ``on_close`` all run on the
+connection's own thread (``syncws-conn-N``), one at a time, so a callback that
+blocks holds up only its own connection. ``write_message`` and ``close`` are
+safe from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+
+from .connection import Connection, Message
+from .exceptions import ConnectionClosed, NotConnected, SendTimeout
+from .handshake import Request
+from .registry import Callback, ConnectionRegistry, websocketState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import WebSocketServer
+
+__all__ = [
+    "BaseWebSocketHandler",
+    "DataWebSocketHandler",
+    "RejectWebSocketHandler",
+    "sendWebSocketMessage",
+    "closeAllConnections",
+    "defaultWebsocketCallback",
+]
+
+logger = logging.getLogger(__name__)
+
+ConnNotify = Callable[[str, str], Any]
+Outgoing = Union[str, bytes, bytearray, memoryview, dict, list]
+
+
+class BaseWebSocketHandler:
+    """A handler for one connection on a named endpoint.
+
+    ``open`` joins the registry list of its name and then calls
+    ``connNotify(name, "open")``; ``on_close`` leaves it and then calls
+    ``connNotify(name, "close")``. ``on_message`` hands each message to the
+    name's callback as ``callback(handler, message)``; an exception there is
+    logged and the connection lives on.
+    """
+
+    def __init__(self, server: WebSocketServer, connection: Connection, request: Request) -> None:
+        self.server = server
+        self.connection = connection
+        self.request = request
+        self.registry: ConnectionRegistry = server.registry
+        self.name: str = request.path.lstrip("/")
+        self.callback: Callback = defaultWebsocketCallback
+        self.connNotify: Optional[ConnNotify] = None
+
+    def initialize(self, name: Optional[str] = None, callback: Optional[Callback] = None, connNotify: Optional[ConnNotify] = None) -> None:
+        """Take the endpoint's settings (connection thread, before the upgrade is answered)."""
+        if name is not None:
+            self.name = name
+        self.registry.ensure(self.name, callback)
+        self.callback = callback or self.registry.callback(self.name) or defaultWebsocketCallback
+        self.connNotify = connNotify
+
+    def open(self) -> None:
+        """Called once the connection is open (connection thread)."""
+        self.registry.add(self.name, self)
+        self._notify("open")
+
+    def on_message(self, message: Message) -> None:
+        """Called for each message, str for text and bytes for binary (connection thread)."""
+        try:
+            self.callback(self, message)
+        except Exception:
+            logger.exception("callback of %r failed on a message", self.name)
+
+    def on_close(self) -> None:
+        """Called once the connection is closed (connection thread)."""
+        self.registry.remove(self.name, self)
+        self._notify("close")
+
+    def _notify(self, event: str) -> None:
+        if self.connNotify is None:
+            return
+        try:
+            self.connNotify(self.name, event)
+        except Exception:
+            logger.exception("connNotify of %r failed on %r", self.name, event)
+
+    def write_message(self, message: Outgoing, binary: bool = False) -> None:
+        """Send a message: str as text, bytes-like (or ``binary=True``) as binary, dict or list as JSON text.
+
+        Safe from any thread; messages written from one thread arrive in the
+        order written. Raises ConnectionClosed if the connection is closed or
+        closing, SendTimeout if the peer stopped reading.
+        """
+        if isinstance(message, (dict, list)):
+            message = json.dumps(message)
+        if binary and isinstance(message, str):
+            message = message.encode("utf-8")
+        self.connection.send(message)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake; returns at once. Safe from any thread."""
+        self.connection.close(code, reason)
+
+    def ping(self, data: bytes = b"") -> None:
+        """Send a ping. Safe from any thread."""
+        self.connection.ping(data)
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The close code once closed (1006 when the connection dropped without a close frame)."""
+        return self.connection.close_code if self.connection.closed else None
+
+    @property
+    def close_reason(self) -> Optional[str]:
+        """The close reason once closed."""
+        return self.connection.close_reason if self.connection.closed else None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} from {self.request.remote_address}>"
+
+
+class DataWebSocketHandler(BaseWebSocketHandler):
+    """A handler that, on close, also fails at once the requests still waiting on its connection.
+
+    It finds them through its callback: when that is the bound ``callback`` of a
+    :class:`syncws.RequestHandler`, its ``close_pending_requests(self)`` is called.
+    """
+
+    def on_close(self) -> None:
+        """Leave the registry, then fail the requests sent on this connection (connection thread)."""
+        super().on_close()
+        owner = getattr(self.callback, "__self__", None)
+        close_pending = getattr(owner, "close_pending_requests", None)
+        if close_pending is not None:
+            close_pending(self)
+
+
+class RejectWebSocketHandler(BaseWebSocketHandler):
+    """Completes the handshake, sends ``{"cmd": "error", "status": 403, "error": rejectMsg}``
+    and closes with code 1008 and the message as the reason."""
+
+    def initialize(self, rejectMsg: str = "connection rejected") -> None:  # type: ignore[override]
+        """Take the rejection message (connection thread)."""
+        self.rejectMsg = rejectMsg
+
+    def open(self) -> None:
+        """Send the error and close (connection thread)."""
+        try:
+            self.write_message({"cmd": "error", "status": 403, "error": self.rejectMsg})
+        except (ConnectionClosed, SendTimeout):
+            return
+        self.close(1008, self.rejectMsg)
+
+    def on_message(self, message: Message) -> None:
+        """Ignore anything the rejected peer still sends."""
+
+    def on_close(self) -> None:
+        """Nothing to leave: a rejected connection never joined the registry."""
+
+
+def sendWebSocketMessage(wsName: str, msg: Outgoing, conn: Optional[BaseWebSocketHandler] = None, registry: ConnectionRegistry = websocketState) -> None:
+    """Send ``msg`` to every connection of ``wsName``, or to ``conn`` alone. Safe from any thread.
+
+    A connection that fails is closed and dropped from the registry, and the
+    others still get the message. A ``conn`` not registered under ``wsName``
+    raises NotConnected.
+    """
+    if conn is not None:
+        if not registry.contains(wsName, conn):
+            raise NotConnected(f"connection {conn!r} is not registered under {wsName!r}")
+        targets = [conn]
+    else:
+        targets = registry.connections(wsName)
+    # JSON-encode once, not once per connection.
+    payload: Outgoing = json.dumps(msg) if isinstance(msg, (dict, list)) else msg
+    for handler in targets:
+        try:
+            handler.write_message(payload)
+        except (ConnectionClosed, SendTimeout, OSError) as exc:
+            logger.info("dropping %r after a failed send: %s", handler, exc)
+            registry.remove(wsName, handler)
+            handler.connection.abort()
+
+
+def closeAllConnections(registry: ConnectionRegistry = websocketState) -> None:
+    """Close every registered connection with 1001 and empty the lists. Safe from any thread."""
+    for handler in registry.take_all():
+        handler.close(1001, "closing all connections")
+
+
+def defaultWebsocketCallback(client: BaseWebSocketHandler, message: Message) -> None:
+    """Log the ``cmd`` of a JSON message; log a message that is not JSON as such."""
+    try:
+        cmd = json.loads(message).get("cmd")
+    except (ValueError, TypeError, AttributeError):
+        logger.info("%r: message that is not a JSON object (%d bytes)", client, len(message))
+        return
+    logger.info("%r: message with cmd %r", client, cmd)

@@ -1,0 +1,161 @@
+"""The server's side of the opening handshake (RFC 6455 section 4.2), with no socket I/O.
+
+:func:`parse_request` turns the bytes of an HTTP upgrade request into a
+:class:`Request` or raises :class:`HandshakeError` with the HTTP status to answer;
+:func:`accept_response` and :func:`error_response` build the replies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Optional
+from urllib.parse import parse_qs, urlsplit
+
+from .exceptions import HandshakeError
+
+__all__ = ["Headers", "Request", "parse_request", "accept_key", "accept_response", "error_response"]
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    426: "Upgrade Required",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class Headers(Mapping[str, str]):
+    """HTTP headers with case-insensitive names; a repeated header's values are joined by ", "."""
+
+    def __init__(self, items: Optional[list[tuple[str, str]]] = None) -> None:
+        self._items: dict[str, tuple[str, str]] = {}
+        for name, value in items or ():
+            key = name.lower()
+            if key in self._items:
+                value = self._items[key][1] + ", " + value
+            self._items[key] = (name, value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({[v for v in self._items.values()]!r})"
+
+
+class Request:
+    """What a client asked for in its handshake.
+
+    Attributes:
+        path: the path, without the query string.
+        query: the query as ``urllib.parse.parse_qs`` gives it (name to list of values).
+        headers: case-insensitive :class:`Headers`.
+        remote_address: the peer's ``(host, port)``.
+    """
+
+    def __init__(self, path: str, query: dict[str, list[str]], headers: Headers, remote_address: tuple[str, int]) -> None:
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.remote_address = remote_address
+
+    def __repr__(self) -> str:
+        return f"Request(path={self.path!r}, remote_address={self.remote_address!r})"
+
+
+def parse_request(head: bytes, remote_address: tuple[str, int], max_headers: int = 100) -> Request:
+    """Parse and check an upgrade request head (up to and without the blank line)."""
+    try:
+        text = head.decode("iso-8859-1")
+    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
+        raise HandshakeError(400, "request is not HTTP") from None
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        raise HandshakeError(400, "malformed request line")
+    method, target, version = parts
+    if version != "HTTP/1.1":
+        raise HandshakeError(400, f"unsupported HTTP version {version!r}")
+    if method != "GET":
+        raise HandshakeError(405, f"method {method!r} is not GET")
+    if len(lines) - 1 > max_headers:
+        raise HandshakeError(431, f"more than {max_headers} header fields")
+    items = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or " " in name:
+            raise HandshakeError(400, "malformed header line")
+        items.append((name, value.strip(" \t")))
+    headers = Headers(items)
+    _check_upgrade(headers)
+    split = urlsplit(target)
+    if not target.startswith("/"):
+        raise HandshakeError(400, "request target is not an absolute path")
+    return Request(split.path, parse_qs(split.query), headers, remote_address)
+
+
+def _tokens(value: str) -> set[str]:
+    return {token.strip().lower() for token in value.split(",")}
+
+
+def _check_upgrade(headers: Headers) -> None:
+    if "websocket" not in _tokens(headers.get("Upgrade", "")):
+        raise HandshakeError(426, "not a websocket upgrade request (no 'Upgrade: websocket')")
+    if "upgrade" not in _tokens(headers.get("Connection", "")):
+        raise HandshakeError(400, "missing 'Connection: Upgrade'")
+    if headers.get("Sec-WebSocket-Version", "").strip() != "13":
+        raise HandshakeError(426, "unsupported Sec-WebSocket-Version (13 is required)")
+    key = headers.get("Sec-WebSocket-Key", "")
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raw = b""
+    if len(raw) != 16:
+        raise HandshakeError(400, "missing or invalid Sec-WebSocket-Key")
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
+
+
+def accept_response(request: Request) -> bytes:
+    """The 101 response that completes the handshake."""
+    return (
+        "HTTP/1.1 101 Switching Protocols\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept_key(request.headers['Sec-WebSocket-Key'])}\r\n"
+        "\r\n"
+    ).encode("ascii")
+
+
+def error_response(status: int, reason: str) -> bytes:
+    """A complete HTTP error response with a small JSON body, closing the connection."""
+    body = json.dumps({"status": status, "error": reason}).encode("utf-8")
+    extra = "Sec-WebSocket-Version: 13\r\n" if status == 426 else ""
+    return (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"{extra}"
+        "Connection: close\r\n"
+        "\r\n"
+    ).encode("ascii") + body

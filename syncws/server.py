@@ -1,0 +1,482 @@
+"""The websocket server: websocket-server's threaded socketserver, completed to RFC 6455.
+
+:class:`WebSocketServer` subclasses ``websocket_server.WebsocketServer`` for its
+accept loop and its one thread per connection, and replaces the parts of it
+that do not hold up (handshake, framing, close, TLS, the client list) with
+syncws's own: :mod:`syncws.handshake`, :mod:`syncws.connection` and the
+handlers and registry.
+
+Threads:
+
+* ``syncws-server`` runs the accept loop (``start()``), or the caller's thread
+  does (``serve_forever()``).
+* ``syncws-conn-N``, one per connection: TLS, the handshake, then the read loop,
+  which runs the handler's ``on_message`` and so the user's callback.
+* ``start``, ``stop``, ``add_handler`` and the properties are safe from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import socketserver
+import ssl
+import threading
+import time
+from typing import Any, Callable, Optional, Union
+
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
+from .exceptions import HandshakeError
+from .handlers import BaseWebSocketHandler
+from .handshake import Request, accept_response, error_response, parse_request
+from .registry import ConnectionRegistry, websocketState
+
+
+def _import_websocket_server() -> Any:
+    # websocket-server calls logging.basicConfig() when imported, which would
+    # configure the host program's root logger. Undo exactly what it added.
+    root = logging.getLogger()
+    handlers_before = list(root.handlers)
+    import websocket_server
+
+    for handler in root.handlers[:]:
+        if handler not in handlers_before:
+            root.removeHandler(handler)
+    return websocket_server
+
+
+websocket_server = _import_websocket_server()
+
+__all__ = ["WebSocketServer", "AuthCheck"]
+
+logger = logging.getLogger(__name__)
+
+#: ``auth(request)`` returns True to accept, False to refuse with 401, or an HTTP status to refuse with.
+AuthCheck = Callable[[Request], Union[bool, int]]
+
+
+class _Endpoint:
+    """What ``add_handler`` registered for one path."""
+
+    def __init__(self, handler_class: type[BaseWebSocketHandler], kwargs: dict[str, Any], auth: Optional[AuthCheck], origins: Optional[list[str]]) -> None:
+        self.handler_class = handler_class
+        self.kwargs = kwargs
+        self.auth = auth
+        self.origins = origins
+
+
+class _ConnectionThread(websocket_server.WebSocketHandler):  # type: ignore[misc,name-defined]
+    """socketserver's per-connection handler; it hands the socket to the server.
+
+    It replaces every method of websocket-server's handler: that one wraps TLS
+    with ``ssl.wrap_socket`` (gone in Python 3.12) and reads frames itself.
+    """
+
+    def __init__(self, request: socket.socket, client_address: tuple[str, int], server: WebSocketServer) -> None:
+        socketserver.BaseRequestHandler.__init__(self, request, client_address, server)
+
+    def setup(self) -> None:
+        """Nothing to set up: the connection reads the socket itself."""
+
+    def handle(self) -> None:
+        """Serve the connection until it closes (connection thread)."""
+        self.server._serve_connection(self.request, self.client_address)
+
+    def finish(self) -> None:
+        """Nothing to finish: the server already forgot the connection."""
+
+
+class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,name-defined]
+    """A websocket server on its own thread, with named endpoints.
+
+    Args:
+        host: the address to listen on (default: loopback only).
+        port: the port; 0 picks a free one (see :attr:`port`).
+        registry: where handlers register (default: the shared ``websocketState``).
+        max_message_size: larger messages are refused with close 1009.
+        max_connections: beyond this many open connections, handshakes get HTTP 503.
+        ssl_context: serve TLS (``wss://``) with this server-side context.
+        auth: ``auth(request)`` decides, before the upgrade, who may connect to
+            any endpoint; see :meth:`add_handler`.
+        origins: allowed Origin header values (None: any). A request without
+            Origin (not a browser) is not refused by this check.
+        handshake_timeout: seconds a client has for TLS and the handshake.
+        max_handshake_size, max_headers: limits on the handshake request.
+        ping_interval, ping_timeout: keepalive; a peer silent for
+            ``ping_interval`` is pinged and dropped if it does not answer in
+            ``ping_timeout``. None turns it off.
+        send_timeout: a send that makes no progress this long aborts the connection.
+        close_timeout: how long to wait for a peer's close frame.
+    """
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        registry: Optional[ConnectionRegistry] = None,
+        max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
+        max_connections: int = 1024,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        auth: Optional[AuthCheck] = None,
+        origins: Optional[list[str]] = None,
+        handshake_timeout: float = 10.0,
+        max_handshake_size: int = 16 * 1024,
+        max_headers: int = 100,
+        ping_interval: Optional[float] = 20.0,
+        ping_timeout: Optional[float] = 20.0,
+        send_timeout: Optional[float] = 30.0,
+        close_timeout: float = 5.0,
+    ) -> None:
+        # websocket-server's own __init__ would set its logger's level and keep
+        # an unlocked client list; bind the socket through socketserver instead.
+        socketserver.TCPServer.__init__(self, (host, port), _ConnectionThread)
+        self.host = host
+        self.port: int = self.socket.getsockname()[1]
+        self.registry = registry if registry is not None else websocketState
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.ssl_context = ssl_context
+        self.auth = auth
+        self.origins = origins
+        self.handshake_timeout = handshake_timeout
+        self.max_handshake_size = max_handshake_size
+        self.max_headers = max_headers
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.send_timeout = send_timeout
+        self.close_timeout = close_timeout
+        self.thread: Optional[threading.Thread] = None
+
+        # Synchronize access to _endpoints, _handlers, _conn_threads and the flags below.
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._handlers: dict[Connection, BaseWebSocketHandler] = {}
+        self._conn_threads: set[threading.Thread] = set()
+        self._pending_sockets = 0
+        self._serving = False
+        self._stopped = False
+        self._ids = itertools.count(1)
+        self._request_handlers: list[Any] = []
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` (``wss://`` with TLS)."""
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def add_handler(
+        self,
+        path: str,
+        handler_class: type[BaseWebSocketHandler],
+        *,
+        auth: Optional[AuthCheck] = None,
+        origins: Optional[list[str]] = None,
+        **kwargs: Any,
+    ) -> None:
+        """Serve ``path`` with one ``handler_class`` object per connection, given ``initialize(**kwargs)``.
+
+        ``auth`` and ``origins`` apply to this path and take the place of the
+        server's. Safe from any thread, also while serving.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        with self._lock:
+            self._endpoints[path] = _Endpoint(handler_class, kwargs, auth, origins)
+
+    def _register_request_handler(self, request_handler: Any) -> None:
+        """Remember a RequestHandler, so that stop() fails its waiting calls."""
+        with self._lock:
+            self._request_handlers.append(request_handler)
+
+    # ------------------------------------------------------------------ running
+
+    def start(self) -> WebSocketServer:
+        """Serve on the background thread ``syncws-server``; return once listening. Safe from any thread."""
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("a stopped server cannot be started again")
+            if self._serving:
+                return self
+            self._serving = True
+        self.thread = threading.Thread(target=self._serve, name="syncws-server", daemon=True)
+        self.thread.start()
+        logger.info("serving on %s", self.url)
+        return self
+
+    def _serve(self) -> None:
+        try:
+            socketserver.TCPServer.serve_forever(self, poll_interval=0.2)
+        except Exception:  # pragma: no cover - the accept loop handles its own errors
+            logger.exception("accept loop failed")
+
+    def serve_forever(self, poll_interval: float = 0.2) -> None:
+        """Serve on the calling thread until stop() or Ctrl-C (which stops cleanly)."""
+        with self._lock:
+            if self._serving or self._stopped:
+                raise RuntimeError("server already started or stopped")
+            self._serving = True
+        self.thread = threading.current_thread()
+        logger.info("serving on %s", self.url)
+        try:
+            socketserver.TCPServer.serve_forever(self, poll_interval)
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        finally:
+            self._finish_stop(1001, "server shutting down")
+
+    def run_forever(self, threaded: bool = False) -> None:
+        """websocket-server's entry point: ``start()`` when threaded, else ``serve_forever()``."""
+        if threaded:
+            self.start()
+        else:
+            self.serve_forever()
+
+    def stop(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        """Close every connection with ``code``, stop serving, wait for the threads.
+
+        Safe from any thread, and more than once; returns within about
+        ``close_timeout`` plus a second even when clients never answer.
+        """
+        with self._lock:
+            serving, self._serving = self._serving, False
+        if serving and self.thread is not threading.current_thread():
+            self.shutdown()  # wait for the accept loop to end
+        self._finish_stop(code, reason)
+
+    def _finish_stop(self, code: int, reason: str) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            connections = list(self._handlers)
+            request_handlers = list(self._request_handlers)
+        self.server_close()
+        for connection in connections:
+            connection.close(code, reason)
+        deadline = time.monotonic() + self.close_timeout
+        self._join_threads(deadline)
+        with self._lock:
+            leftovers = list(self._handlers)
+        for connection in leftovers:
+            connection.abort()
+        self._join_threads(time.monotonic() + 1.0)
+        for request_handler in request_handlers:
+            request_handler.close_pending_requests()
+        logger.info("stopped %s", self.url)
+
+    def _join_threads(self, deadline: float) -> None:
+        with self._lock:
+            threads = list(self._conn_threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+    def __enter__(self) -> WebSocketServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ connections
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a named thread for a new connection (accept thread)."""
+        thread = threading.Thread(
+            target=self._connection_thread,
+            args=(request, client_address),
+            name=f"syncws-conn-{next(self._ids)}",
+            daemon=True,
+        )
+        with self._lock:
+            self._conn_threads.add(thread)
+        thread.start()
+
+    def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self._conn_threads.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log an unexpected error of a connection thread once, without socketserver's traceback print."""
+        logger.exception("unexpected error on the connection from %s", client_address)
+
+    def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """The life of one connection (connection thread)."""
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        opened = self._open(sock, address)
+        if opened is None:
+            return
+        sock, connection, handler = opened
+        try:
+            with self._lock:
+                self._handlers[connection] = handler
+            self._run(connection, handler)
+        finally:
+            with self._lock:
+                self._handlers.pop(connection, None)
+            connection.release()
+
+    def _open(self, sock: socket.socket, address: tuple[str, int]) -> Optional[tuple[socket.socket, Connection, BaseWebSocketHandler]]:
+        """TLS and the handshake; the handler object, or None when refused (HTTP error sent)."""
+        deadline = time.monotonic() + self.handshake_timeout
+        try:
+            sock.settimeout(self.handshake_timeout)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+            head, rest = self._read_head(sock, deadline)
+            request = parse_request(head, address, self.max_headers)
+            connection = self._make_connection(sock, rest, address)
+            handler = self._accept(request, connection)
+            sock.sendall(accept_response(request))
+        except HandshakeError as exc:
+            logger.info("refused handshake from %s: %s", address, exc)
+            try:
+                sock.sendall(error_response(exc.status, exc.reason))
+            except OSError:
+                pass
+            return None
+        except (OSError, ssl.SSLError) as exc:
+            logger.info("handshake with %s failed: %s", address, exc)
+            return None
+        return sock, connection, handler
+
+    def _read_head(self, sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
+        data = bytearray()
+        while True:
+            end = data.find(b"\r\n\r\n")
+            if end >= 0:
+                return bytes(data[:end]), bytes(data[end + 4 :])
+            if len(data) > self.max_handshake_size:
+                raise HandshakeError(431, f"handshake larger than {self.max_handshake_size} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout("handshake took too long")
+            sock.settimeout(remaining)
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionResetError("peer closed during the handshake")
+            data += chunk
+
+    def _make_connection(self, sock: socket.socket, rest: bytes, address: tuple[str, int]) -> Connection:
+        return Connection(
+            sock,
+            is_client=False,
+            max_message_size=self.max_message_size,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_timeout,
+            send_timeout=self.send_timeout,
+            close_timeout=self.close_timeout,
+            initial_data=rest,
+            name=f"{threading.current_thread().name} {address[0]}:{address[1]}",
+        )
+
+    def _accept(self, request: Request, connection: Connection) -> BaseWebSocketHandler:
+        """Route and check a request; build and initialize its handler, or raise HandshakeError."""
+        with self._lock:
+            endpoint = self._endpoints.get(request.path)
+            too_many = len(self._handlers) >= self.max_connections
+            stopping = self._stopped
+        if endpoint is None:
+            raise HandshakeError(404, f"no endpoint at {request.path!r}")
+        if stopping or too_many:
+            raise HandshakeError(503, "server is at its connection limit" if too_many else "server is stopping")
+        origins = endpoint.origins if endpoint.origins is not None else self.origins
+        origin = request.headers.get("Origin")
+        if origins is not None and origin is not None and origin not in origins:
+            raise HandshakeError(403, f"origin {origin!r} is not allowed")
+        self._check_auth(endpoint.auth or self.auth, request)
+        handler = endpoint.handler_class(self, connection, request)
+        try:
+            handler.initialize(**endpoint.kwargs)
+        except Exception:
+            logger.exception("initialize() of %s failed", endpoint.handler_class.__name__)
+            raise HandshakeError(500, "handler failed to initialize") from None
+        return handler
+
+    @staticmethod
+    def _check_auth(auth: Optional[AuthCheck], request: Request) -> None:
+        if auth is None:
+            return
+        try:
+            verdict = auth(request)
+        except Exception:
+            logger.exception("auth check failed on %r", request)
+            raise HandshakeError(500, "authentication check failed") from None
+        if verdict is True:
+            return
+        status = verdict if isinstance(verdict, int) and verdict in (401, 403) else 401
+        raise HandshakeError(status, "not authorized")
+
+    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
+        """Deliver messages to the handler until the connection closes (connection thread)."""
+        try:
+            handler.open()
+        except Exception:
+            logger.exception("open() of %r failed; closing", handler)
+            connection.close(1011, "handler failed to open")
+        try:
+            while True:
+                message = connection.recv()
+                if message is None:
+                    break
+                try:
+                    handler.on_message(message)
+                except Exception:
+                    logger.exception("on_message of %r failed", handler)
+        finally:
+            try:
+                handler.on_close()
+            except Exception:
+                logger.exception("on_close of %r failed", handler)
+
+    # ------------------------------------------------------------------ websocket-server's API
+
+    @property
+    def clients(self) -> list[dict[str, Any]]:
+        """websocket-server's view: a snapshot list of ``{"id", "handler", "address"}``."""
+        with self._lock:
+            handlers = list(self._handlers.values())
+        return [{"id": id(h), "handler": h, "address": h.request.remote_address} for h in handlers]
+
+    def send_message(self, client: dict[str, Any], msg: Any) -> None:
+        """Send ``msg`` to one client of :attr:`clients`."""
+        client["handler"].write_message(msg)
+
+    def send_message_to_all(self, msg: Any) -> None:
+        """Send ``msg`` to every client; one that fails does not stop the others."""
+        for client in self.clients:
+            try:
+                client["handler"].write_message(msg)
+            except Exception as exc:
+                logger.info("send to %r failed: %s", client["handler"], exc)
+
+    def disconnect_clients_gracefully(self, status: int = 1000, reason: Union[str, bytes] = "") -> None:
+        """Start the closing handshake with every client."""
+        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
+        for client in self.clients:
+            client["handler"].close(status, text)
+
+    def disconnect_clients_abruptly(self) -> None:
+        """Drop every client without a closing handshake."""
+        for client in self.clients:
+            client["handler"].connection.abort()
+
+    def shutdown_gracefully(self, status: int = 1001, reason: Union[str, bytes] = "") -> None:
+        """websocket-server's name for :meth:`stop`."""
+        self.stop(status, reason.decode("utf-8", "replace") if isinstance(reason, bytes) else (reason or "server shutting down"))
+
+    def shutdown_abruptly(self) -> None:
+        """Stop without waiting for closing handshakes."""
+        self.disconnect_clients_abruptly()
+        self.stop()
