@@ -31,6 +31,8 @@ from .handlers import (
 )
 from .handshake import Headers, Request
 from .registry import ConnectionRegistry, websocketState
+from .remote import RemoteService
+from .requests import RequestHandler
 from .server import WebSocketServer
 
 __version__ = "0.1.0"
@@ -48,8 +50,10 @@ __all__ = [
     "PayloadTooBig",
     "ProtocolError",
     "RejectWebSocketHandler",
+    "RemoteService",
     "Request",
     "RequestError",
+    "RequestHandler",
     "RequestTimeout",
     "SendTimeout",
     "SyncWSError",

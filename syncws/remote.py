@@ -1,0 +1,294 @@
+"""The peer side: :class:`RemoteService` answers a server's requests with registered functions.
+
+Threads:
+
+* ``syncws-remote``: connects (through websocket-client), reads requests and
+  hands each to the worker pool; reconnects with capped exponential backoff
+  and jitter when the connection drops. Keepalive pings run on it too.
+* ``syncws-remote-worker_N``: a bounded pool that runs the registered
+  functions and sends their replies, so one slow request holds up neither
+  the others nor the pings.
+* ``register``, ``command``, ``start``, ``stop`` and the properties are safe
+  from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Optional, Union
+
+from . import protocol
+from .client import ClientConnection, connect
+from .exceptions import ConnectionClosed, HandshakeError, NotConnected, SendTimeout
+
+__all__ = ["RemoteService", "CommandFunction"]
+
+logger = logging.getLogger(__name__)
+
+#: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
+CommandFunction = Callable[[dict], Any]
+
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+
+
+class RemoteService:
+    """Connects to a syncws endpoint and answers its requests.
+
+    Args:
+        url: the endpoint, e.g. ``ws://host:8888/wsData`` (``wss://`` for TLS).
+        workers: size of the worker pool that runs the functions.
+        part_size: bytes per binary message of a large bytes result.
+        header, cookie, sslopt, origin: passed to websocket-client's handshake.
+        token: sent as ``Authorization: Bearer <token>``.
+        connect_timeout: seconds for one connection attempt.
+        backoff_min, backoff_max: the reconnect delay starts at ``backoff_min``,
+            doubles on each failed attempt up to ``backoff_max``, with jitter.
+        ping_interval, ping_timeout: keepalive of the connection.
+        max_message_size: largest request accepted.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        workers: int = 8,
+        part_size: int = DEFAULT_PART_SIZE,
+        header: Union[list[str], dict[str, str], None] = None,
+        cookie: Optional[str] = None,
+        token: Optional[str] = None,
+        sslopt: Optional[dict[str, Any]] = None,
+        origin: Optional[str] = None,
+        connect_timeout: float = 10.0,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+        ping_interval: Optional[float] = 10.0,
+        ping_timeout: Optional[float] = 10.0,
+        max_message_size: Optional[int] = 64 * 1024 * 1024,
+    ) -> None:
+        if part_size <= 0:
+            raise ValueError("part_size must be positive")
+        self.url = url
+        self.workers = workers
+        self.part_size = part_size
+        headers = dict(header) if isinstance(header, dict) else {}
+        extra = list(header) if isinstance(header, list) else []
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        self._connect_options: dict[str, Any] = {
+            "header": extra + [f"{k}: {v}" for k, v in headers.items()],
+            "cookie": cookie,
+            "sslopt": sslopt,
+            "origin": origin,
+            "timeout": connect_timeout,
+            "ping_interval": ping_interval,
+            "ping_timeout": ping_timeout,
+            "max_message_size": max_message_size,
+        }
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        # Synchronize access to _commands, _connection, _thread and _pool.
+        self._lock = threading.Lock()
+        self._commands: dict[str, CommandFunction] = {}
+        self._connection: Optional[ClientConnection] = None
+        self._thread: Optional[threading.Thread] = None
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        #: How many times a connection was opened (1 after the first).
+        self.connections_made = 0
+
+    # ------------------------------------------------------------------ commands
+
+    def register(self, cmd: str, fn: CommandFunction) -> None:
+        """Answer requests whose ``cmd`` is ``cmd`` with ``fn(request)``. Safe from any thread."""
+        with self._lock:
+            self._commands[cmd] = fn
+
+    def command(self, cmd: str) -> Callable[[CommandFunction], CommandFunction]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(fn: CommandFunction) -> CommandFunction:
+            self.register(cmd, fn)
+            return fn
+
+        return decorate
+
+    # ------------------------------------------------------------------ running
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is open."""
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Block until connected; False on timeout. Safe from any thread."""
+        return self._connected.wait(timeout)
+
+    def start(self, timeout: float = 10.0) -> RemoteService:
+        """Run in the background; return once connected.
+
+        Raises NotConnected, and stops trying, if no connection opened within ``timeout``.
+        """
+        with self._lock:
+            if self._thread is None:
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._run, name="syncws-remote", daemon=True)
+                self._thread.start()
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise NotConnected(f"could not connect to {self.url} within {timeout} s")
+        return self
+
+    def run_forever(self) -> None:
+        """Serve on the calling thread, reconnecting as needed, until :meth:`stop` (or Ctrl-C)."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("RemoteService is already running")
+            self._thread = threading.current_thread()
+            self._stop.clear()
+        try:
+            self._run()
+        except KeyboardInterrupt:
+            logger.info("interrupted")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Close the connection and stop; returns within about a second. Safe from any thread."""
+        self._stop.set()
+        with self._lock:
+            connection, thread, pool = self._connection, self._thread, self._pool
+            self._thread = None
+        if connection is not None:
+            connection.abort()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(1.0)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self) -> None:
+        with self._lock:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="syncws-remote-worker")
+        attempt = 0
+        while not self._stop.is_set():
+            connection = self._connect()
+            if connection is not None:
+                attempt = 0
+                self._serve(connection)
+                if self._stop.is_set():
+                    break
+            attempt += 1
+            delay = min(self.backoff_max, self.backoff_min * 2 ** min(attempt - 1, 30))
+            delay *= random.uniform(0.5, 1.0)  # jitter: peers that lost one server do not come back in step
+            logger.info("reconnecting to %s in %.2f s (attempt %d)", self.url, delay, attempt)
+            self._stop.wait(delay)
+
+    def _connect(self) -> Optional[ClientConnection]:
+        try:
+            connection = connect(self.url, **self._connect_options)
+        except HandshakeError as exc:
+            logger.warning("server refused the connection to %s: %s", self.url, exc)
+            return None
+        except NotConnected as exc:
+            logger.info("%s", exc)
+            return None
+        with self._lock:
+            if self._stop.is_set():
+                connection.abort()
+                return None
+            self._connection = connection
+        self.connections_made += 1
+        logger.info("connected to %s", self.url)
+        self._connected.set()
+        return connection
+
+    def _serve(self, connection: ClientConnection) -> None:
+        """Read requests until the connection closes (syncws-remote thread)."""
+        try:
+            while True:
+                message = connection.recv()
+                if message is None:
+                    break
+                self._dispatch(connection, message)
+        finally:
+            self._connected.clear()
+            with self._lock:
+                self._connection = None
+            connection.release()
+            logger.info("disconnected from %s (code %s)", self.url, connection.close_code)
+
+    def _dispatch(self, connection: ClientConnection, message: Union[str, bytes]) -> None:
+        if not isinstance(message, str):
+            logger.warning("binary message from the server ignored (%d bytes)", len(message))
+            return
+        try:
+            request = json.loads(message)
+        except (ValueError, RecursionError):
+            logger.warning("request that is not JSON ignored (%d characters)", len(message))
+            return
+        if not isinstance(request, dict) or "cmd" not in request:
+            logger.warning("request without a cmd ignored")
+            return
+        pool = self._pool
+        if pool is not None:
+            try:
+                pool.submit(self._answer, connection, request)
+            except RuntimeError:
+                pass  # stopping
+
+    # ------------------------------------------------------------------ answering
+
+    def _answer(self, connection: ClientConnection, request: dict[str, Any]) -> None:
+        """Run the function for one request and send its reply (worker thread)."""
+        cmd, call_id = request.get("cmd"), request.get("callId")
+        with self._lock:
+            fn = self._commands.get(cmd) if isinstance(cmd, str) else None
+        try:
+            if fn is None:
+                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 404, "error": f"unknown command {cmd!r}"})
+                return
+            try:
+                result = fn(request)
+            except Exception as exc:
+                logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
+                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 500, "error": f"{type(exc).__name__}: {exc}"})
+                return
+            self.send_result(connection, cmd, call_id, result)
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
+
+    def send_result(self, connection: ClientConnection, cmd: Any, call_id: Any, result: Any) -> None:
+        """Send a successful reply: JSON, or binary parts for bytes-like data and arrays."""
+        binary = protocol.as_binary(result)
+        if binary is None:
+            reply: dict[str, Any] = {"cmd": cmd, "callId": call_id, "status": 200}
+            if result is not None:
+                reply["data"] = result
+            try:
+                text = json.dumps(reply)
+            except (TypeError, ValueError) as exc:
+                text = json.dumps({"cmd": cmd, "callId": call_id, "status": 500, "error": f"TypeError: result is not JSON-serializable: {exc}"})
+            connection.send(text)
+            return
+        view, fields = binary
+        size = len(view)
+        count = -(-size // self.part_size)
+        connection.send(json.dumps(protocol.binary_reply_header(cmd, call_id, size, count, fields)))
+        for index in range(count):
+            offset = index * self.part_size
+            chunk = view[offset : offset + self.part_size]
+            connection.send_parts(protocol.encode_part_header(call_id, index, count, offset, chunk), chunk)
+
+    @staticmethod
+    def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:
+        connection.send(json.dumps(reply))
+
+    def __enter__(self) -> RemoteService:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

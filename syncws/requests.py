@@ -1,0 +1,318 @@
+"""Requests from blocking threads to connected peers: :class:`RequestHandler`.
+
+A worker thread calls :meth:`RequestHandler.doRequest`; the request goes out
+as JSON with a fresh ``callId`` and the thread blocks on that call's own
+``threading.Condition`` (the shape of ``concurrent.futures.Future``). The
+connection's thread delivers the reply through :meth:`RequestHandler.callback`;
+when the connection closes, :class:`~syncws.handlers.DataWebSocketHandler`
+fails every call still waiting on it at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from . import protocol
+from .connection import Message
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
+from .registry import ConnectionRegistry, websocketState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .handlers import BaseWebSocketHandler
+    from .server import WebSocketServer
+
+__all__ = ["RequestHandler", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+#: ``progress(bytes_received, total_bytes)``, called on the connection's thread.
+Progress = Callable[[int, int], Any]
+
+_PRUNE_EVERY = 60.0
+
+
+class _PendingCall:
+    """One request waiting for its reply.
+
+    The connection thread fills it (:meth:`deliver`, :meth:`add_part`,
+    :meth:`fail`); the caller waits in :meth:`wait`. ``condition`` guards every
+    field below it.
+    """
+
+    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, progress: Optional[Progress]) -> None:
+        self.call_id = call_id
+        self.cmd = cmd
+        self.conn = conn
+        self.progress = progress
+        self.created = time.monotonic()
+        self.condition = threading.Condition(threading.Lock())
+        self.done = False
+        self.waiting = False
+        self.activity = 0  # bumped by each part, so that a moving transfer does not time out
+        self.reply: Optional[dict[str, Any]] = None
+        self.error: Optional[BaseException] = None
+        self.binary_header: Optional[dict[str, Any]] = None
+        self.buffer = bytearray()
+        self.parts_received = 0
+
+    def deliver(self, reply: dict[str, Any]) -> None:
+        with self.condition:
+            if self.done:
+                return
+            self.reply, self.done = reply, True
+            self.condition.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.condition:
+            if self.done:
+                return
+            self.error, self.done = error, True
+            self.condition.notify_all()
+
+    def start_binary(self, header: dict[str, Any], max_size: int) -> None:
+        size, parts = header.get("size"), header.get("parts")
+        if not isinstance(size, int) or not isinstance(parts, int) or size < 0 or parts < 0 or (parts == 0) != (size == 0):
+            raise ValueError(f"invalid size {size!r} or parts {parts!r}")
+        if size > max_size:
+            raise ValueError(f"reply of {size} bytes exceeds max_reply_size {max_size}")
+        with self.condition:
+            # One buffer of the announced size, filled in place: no quadratic copying.
+            self.buffer = bytearray(size)
+            self.binary_header = header
+            self.activity += 1
+            self.condition.notify_all()
+        if size == 0:
+            self._finish_binary()
+
+    def add_part(self, part: protocol.PartHeader, message: bytes) -> None:
+        header = self.binary_header
+        if header is None:
+            raise ValueError("binary part before the reply header")
+        data = memoryview(message)[protocol.PART_HEADER.size :]
+        if part.index != self.parts_received or part.count != header["parts"]:
+            raise ValueError(f"part {part.index}/{part.count} out of order (expected {self.parts_received}/{header['parts']})")
+        if part.offset + len(data) > len(self.buffer):
+            raise ValueError("part runs past the announced size")
+        if protocol.crc32(data) != part.crc32:
+            raise ValueError(f"part {part.index} failed its CRC-32 check")
+        self.buffer[part.offset : part.offset + len(data)] = data
+        self.parts_received += 1
+        with self.condition:
+            self.activity += 1
+            self.condition.notify_all()
+        if self.progress is not None:
+            try:
+                self.progress(part.offset + len(data), len(self.buffer))
+            except Exception:
+                logger.exception("progress callback of call %d failed", self.call_id)
+        if self.parts_received == part.count:
+            if part.offset + len(data) != len(self.buffer):
+                raise ValueError("parts do not add up to the announced size")
+            self._finish_binary()
+
+    def _finish_binary(self) -> None:
+        assert self.binary_header is not None
+        reply = {k: v for k, v in self.binary_header.items() if k not in ("size", "parts", "dataType", "dtype", "shape")}
+        reply["data"] = protocol.from_binary(self.buffer, self.binary_header)
+        self.buffer = bytearray()
+        self.deliver(reply)
+
+    def wait(self, timeout: Optional[float]) -> dict[str, Any]:
+        """Block until done; ``timeout`` bounds each wait for the next sign of progress."""
+        with self.condition:
+            self.waiting = True
+            while not self.done:
+                seen = self.activity
+                if not self.condition.wait_for(lambda: self.done or self.activity != seen, timeout):
+                    raise RequestTimeout(self.call_id, self.cmd, timeout)
+            if self.error is not None:
+                raise self.error
+            assert self.reply is not None
+            return self.reply
+
+
+class RequestHandler:
+    """Sends requests to the peers of one endpoint name and matches their replies.
+
+    Register it with its endpoint::
+
+        handler = RequestHandler("wsData", server)
+        server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=handler.callback)
+
+    Args:
+        name: the endpoint name whose connections it sends to.
+        server: the server (its registry is used, and its ``stop()`` fails
+            waiting calls); None uses the shared ``websocketState``.
+        max_reply_size: a binary reply announcing more bytes is refused.
+    """
+
+    def __init__(self, name: str, server: Optional[WebSocketServer] = None, max_reply_size: int = 4 << 30) -> None:
+        self.name = name
+        self.registry: ConnectionRegistry = server.registry if server is not None else websocketState
+        self.max_reply_size = max_reply_size
+        # Synchronize access to _calls, _call_ids and _last_prune.
+        self.callbackLock = threading.Lock()
+        self._calls: dict[int, _PendingCall] = {}
+        self._call_ids = itertools.count(1)
+        self._last_prune = time.monotonic()
+        if server is not None:
+            server._register_request_handler(self)
+
+    # ------------------------------------------------------------------ caller side
+
+    def doRequest(self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+        """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
+
+        Args:
+            msg: a JSON-able dict with a ``cmd``; a ``callId`` is added to a copy.
+            timeout: seconds to wait for the reply (None: forever). For a reply
+                in binary parts it bounds the wait for each next part, so a long
+                transfer that keeps moving does not time out.
+            conn: the connection to ask; default: the newest one of the name.
+            progress: ``progress(received, total)`` for binary replies, called
+                on the connection's thread after each part.
+
+        Returns the reply dict: ``cmd``, ``callId``, ``status`` and, when the
+        peer returned something, ``data`` (bytes for a bytes result).
+
+        Raises NotConnected (no peer), RequestTimeout, ConnectionClosed (the
+        peer went away, at once) and RequestError (the peer's status was not 200).
+        """
+        call_id, handler = self.prepare_request(msg, conn, progress)
+        try:
+            request = dict(msg, callId=call_id)
+            try:
+                handler.write_message(json.dumps(request))
+            except (ConnectionClosed, SendTimeout) as exc:
+                raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
+            return self.get_response(call_id, timeout)
+        finally:
+            self._forget(call_id)
+
+    def prepare_request(self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None) -> tuple[int, BaseWebSocketHandler]:
+        """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``."""
+        handler = conn if conn is not None else self.registry.newest(self.name)
+        if handler is None or handler.connection.closed:
+            raise NotConnected(f"{self.name} not connected. Please start the remote service.")
+        self._maybe_prune()
+        with self.callbackLock:
+            call_id = next(self._call_ids)
+            self._calls[call_id] = _PendingCall(call_id, msg.get("cmd"), handler, progress)
+        return call_id, handler
+
+    def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
+        with self.callbackLock:
+            call = self._calls.get(callId)
+        if call is None:
+            raise KeyError(f"no pending call with callId {callId}")
+        try:
+            reply = call.wait(timeout)
+        finally:
+            self._forget(callId)
+        status = reply.get("status")
+        if status != 200:
+            raise RequestError(status if isinstance(status, int) else 500, str(reply.get("error", "")), reply)
+        return reply
+
+    def _forget(self, call_id: int) -> None:
+        with self.callbackLock:
+            self._calls.pop(call_id, None)
+
+    @property
+    def pending(self) -> int:
+        """How many calls are in the table now."""
+        with self.callbackLock:
+            return len(self._calls)
+
+    # ------------------------------------------------------------------ connection side
+
+    def callback(self, client: BaseWebSocketHandler, message: Message) -> None:
+        """Take a reply or reply part from a peer (connection thread). Never raises.
+
+        A reply is matched by its callId and by the connection it came on; one
+        that is invalid, unknown or late is logged and dropped.
+        """
+        try:
+            if isinstance(message, str):
+                self._on_text(client, message)
+            else:
+                self._on_binary(client, message)
+        except Exception:  # a bug here must not kill the connection thread
+            logger.exception("%s: failed to handle a reply", self.name)
+
+    def _find(self, client: BaseWebSocketHandler, call_id: Any) -> Optional[_PendingCall]:
+        if not isinstance(call_id, int) or isinstance(call_id, bool):
+            logger.warning("%s: reply with a missing or invalid callId %r dropped", self.name, call_id)
+            return None
+        with self.callbackLock:
+            call = self._calls.get(call_id)
+        if call is None or call.conn is not client:
+            logger.debug("%s: reply to unknown or finished callId %d dropped", self.name, call_id)
+            return None
+        return call
+
+    def _on_text(self, client: BaseWebSocketHandler, message: str) -> None:
+        try:
+            reply = json.loads(message)
+        except (ValueError, RecursionError):
+            logger.warning("%s: reply that is not JSON dropped (%d characters)", self.name, len(message))
+            return
+        if not isinstance(reply, dict):
+            logger.warning("%s: reply that is not a JSON object dropped", self.name)
+            return
+        call = self._find(client, reply.get("callId"))
+        if call is None:
+            return
+        if reply.get("dataType") in ("bytes", "ndarray") and reply.get("status") == 200:
+            try:
+                call.start_binary(reply, self.max_reply_size)
+            except ValueError as exc:
+                call.fail(RequestError(502, f"invalid binary reply: {exc}", reply))
+            return
+        call.deliver(reply)
+
+    def _on_binary(self, client: BaseWebSocketHandler, message: bytes) -> None:
+        part = protocol.decode_part_header(message)
+        if part is None:
+            logger.warning("%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
+            return
+        call = self._find(client, part.call_id)
+        if call is None:
+            return
+        try:
+            call.add_part(part, message)
+        except ValueError as exc:
+            call.fail(RequestError(502, f"damaged binary reply: {exc}", {"cmd": call.cmd, "callId": call.call_id, "status": 502}))
+
+    def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
+        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread."""
+        with self.callbackLock:
+            calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
+        for call in calls:
+            connection = call.conn.connection
+            call.fail(ConnectionClosed(connection.close_code or 1006, connection.close_reason, f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})"))
+
+    def pruneCallbacks(self, max_age: float = 300.0) -> int:
+        """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.
+
+        A call a caller is waiting on is never touched: it ends by its own
+        timeout. Only calls registered with prepare_request and never waited
+        for can be left behind.
+        """
+        now = time.monotonic()
+        with self.callbackLock:
+            stale = [cid for cid, c in self._calls.items() if not c.waiting and now - c.created > max_age]
+            for cid in stale:
+                del self._calls[cid]
+            self._last_prune = now
+        return len(stale)
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune > _PRUNE_EVERY:
+            self.pruneCallbacks()
