@@ -53,6 +53,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(requests=args.requests, threads=args.threads)
+
+
+def _cmd_peer(args: argparse.Namespace) -> int:
+    from .demo import run_demo_peer
+
+    return run_demo_peer(args.url)
+
+
 def _cmd_autobahn_client(args: argparse.Namespace) -> int:
     from .conformance import run_autobahn_client
 
@@ -71,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8888, help="port (default 8888; 0 picks one)")
     serve.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024, help="bytes (default 64 MiB)")
     serve.set_defaults(func=_cmd_serve)
+
+    demo = sub.add_parser("demo", help="the main job: a server, a peer process and worker threads making requests")
+    demo.add_argument("--requests", type=int, default=400, help="number of requests (default 400)")
+    demo.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
+    demo.set_defaults(func=_cmd_demo)
+
+    peer = sub.add_parser("peer", help="the demo's RemoteService peer (started by demo)")
+    peer.add_argument("url", help="endpoint URL, e.g. ws://127.0.0.1:8888/wsData")
+    peer.set_defaults(func=_cmd_peer)
 
     ab = sub.add_parser("autobahn-client", help="echo client for the Autobahn|Testsuite fuzzingserver")
     ab.add_argument("--url", required=True, help="the fuzzingserver's URL, e.g. ws://127.0.0.1:9002")

@@ -355,7 +355,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         data = bytearray()
         while True:
             end = data.find(b"\r\n\r\n")
-            if end >= 0:
+            if end >= 0 and end <= self.max_handshake_size:
                 return bytes(data[:end]), bytes(data[end + 4 :])
             if len(data) > self.max_handshake_size:
                 raise HandshakeError(431, f"handshake larger than {self.max_handshake_size} bytes")

@@ -1,0 +1,147 @@
+"""The main job: a server, a RemoteService in a second process, and worker threads making requests.
+
+``python -m syncws demo`` runs :func:`run_demo`; the peer process runs
+``python -m syncws peer URL``, which is :func:`run_demo_peer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, TextIO
+
+from .exceptions import RequestError, RequestTimeout, SyncWSError
+from .handlers import DataWebSocketHandler
+from .registry import ConnectionRegistry
+from .remote import RemoteService
+from .requests import RequestHandler
+from .server import WebSocketServer
+
+__all__ = ["run_demo", "run_demo_peer", "demo_payload"]
+
+logger = logging.getLogger(__name__)
+
+
+def demo_payload(size: int, seed: int) -> bytes:
+    """Deterministic bytes that both processes can make and check (SHAKE-128 of the seed)."""
+    return hashlib.shake_128(seed.to_bytes(8, "big")).digest(size)
+
+
+def run_demo_peer(url: str) -> int:
+    """The demo's peer: a RemoteService with the demo commands, until the server goes away."""
+    service = RemoteService(url, backoff_max=1.0)
+    service.register("echo", lambda msg: msg.get("data"))
+    service.register("getBytes", lambda msg: demo_payload(int(msg["size"]), int(msg["seed"])))
+    service.register("fail", _fail)
+    service.register("sleep", lambda msg: time.sleep(float(msg["seconds"])) or "slept")
+    service.start(timeout=30)
+    # Stop when the parent closes our stdin: the demo is over.
+    sys.stdin.read()
+    service.stop()
+    return 0
+
+
+def _fail(msg: dict) -> None:
+    raise ValueError(f"asked to fail: {msg.get('why', 'no reason')}")
+
+
+class _Tally:
+    """Counts and latencies from many worker threads; ``lock`` guards the fields."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latencies: list[float] = []
+        self.outcomes: dict[str, int] = {}
+        self.bytes_moved = 0
+
+    def add(self, outcome: str, latency: float, nbytes: int = 0) -> None:
+        with self.lock:
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            self.latencies.append(latency)
+            self.bytes_moved += nbytes
+
+
+def _one_request(handler: RequestHandler, i: int, tally: _Tally, progress: Optional[TextIO]) -> None:
+    kind = ("json", "json", "json", "bytes")[i % 4]
+    if i == 7:
+        kind = "fail"
+    elif i == 11:
+        kind = "timeout"
+    started = time.perf_counter()
+    try:
+        if kind == "json":
+            reply = handler.doRequest({"cmd": "echo", "data": {"i": i, "values": list(range(10))}}, timeout=10)
+            ok = reply["data"]["i"] == i
+            tally.add("ok" if ok else "mismatch", time.perf_counter() - started)
+        elif kind == "bytes":
+            size = (1 + i % 5) * 1024 * 1024
+            reply = handler.doRequest({"cmd": "getBytes", "size": size, "seed": i}, timeout=30)
+            ok = reply["data"] == demo_payload(size, i)
+            tally.add("ok" if ok else "mismatch", time.perf_counter() - started, size)
+        elif kind == "fail":
+            handler.doRequest({"cmd": "fail", "why": "demonstration"}, timeout=10)
+            tally.add("mismatch", time.perf_counter() - started)
+        else:
+            handler.doRequest({"cmd": "sleep", "seconds": 2.0}, timeout=0.5)
+            tally.add("mismatch", time.perf_counter() - started)
+    except RequestError as exc:
+        tally.add("error reply (expected)" if kind == "fail" else f"error {exc.status}", time.perf_counter() - started)
+    except RequestTimeout:
+        tally.add("timeout (expected)" if kind == "timeout" else "timeout", time.perf_counter() - started)
+    except SyncWSError as exc:
+        tally.add(type(exc).__name__, time.perf_counter() - started)
+
+
+def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) -> int:
+    """Run the demo and print a report; return 0 when every reply matched its request."""
+    server = WebSocketServer(registry=ConnectionRegistry()).start()
+    handler = RequestHandler("wsData", server)
+    server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=handler.callback)
+    print(f"server listening on {server.url}; starting a RemoteService peer process", file=out, flush=True)
+    peer = subprocess.Popen([sys.executable, "-m", "syncws", "peer", server.url + "/wsData"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not server.registry.connections("wsData"):
+            if time.monotonic() > deadline or peer.poll() is not None:
+                print("the peer did not connect", file=out)
+                return 1
+            threading.Event().wait(0.05)
+        tally = _Tally()
+        print(f"{threads} worker threads making {requests} mixed requests ...", file=out, flush=True)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(threads, thread_name_prefix="demo-worker") as pool:
+            for i in range(requests):
+                pool.submit(_one_request, handler, i, tally, None)
+        elapsed = time.perf_counter() - started
+        _report(tally, elapsed, out)
+        bad = sum(n for k, n in tally.outcomes.items() if "expected" not in k and k != "ok")
+        return 0 if bad == 0 else 1
+    finally:
+        if peer.stdin is not None:
+            peer.stdin.close()
+        try:
+            peer.wait(5)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+            peer.wait(5)
+        server.stop()
+
+
+def _report(tally: _Tally, elapsed: float, out: TextIO) -> None:
+    lat = sorted(tally.latencies)
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    print(f"done in {elapsed:.2f} s", file=out)
+    for outcome, count in sorted(tally.outcomes.items()):
+        print(f"  {outcome:<24} {count:>6}", file=out)
+    print(f"  latency p50 {p50:.2f} ms, p99 {p99:.2f} ms", file=out)
+    mib = tally.bytes_moved / 2**20
+    print(f"  bytes moved {mib:.1f} MiB, {mib / elapsed:.1f} MiB/s overall", file=out, flush=True)
+
+
