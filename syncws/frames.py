@@ -122,8 +122,8 @@ def encode_frame(opcode: int, payload: Buffer, fin: bool = True, mask_key: Optio
     return encode_header(opcode, len(payload), fin, mask_key) + masked
 
 
-def apply_mask(data: bytearray, mask_key: bytes) -> None:
-    """XOR ``data`` in place with the repeating 4-byte ``mask_key`` (masking and unmasking alike)."""
+def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
+    """XOR ``data`` (a bytearray or writable byte memoryview) in place with the repeating 4-byte ``mask_key`` (masking and unmasking alike)."""
     n = len(data)
     if n == 0:
         return
@@ -136,7 +136,7 @@ def apply_mask(data: bytearray, mask_key: bytes) -> None:
         _apply_mask_chunks(data, mask_key)
 
 
-def _apply_mask_chunks(data: bytearray, mask_key: bytes) -> None:
+def _apply_mask_chunks(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
     # Big-integer XOR is fast per byte, but its cost grows faster than linearly
     # with the integer's size; 64 KiB slices keep it at its best. Each slice
     # starts at a multiple of 4, so the key lines up the same way in every one.
@@ -153,7 +153,7 @@ def _apply_mask_chunks(data: bytearray, mask_key: bytes) -> None:
         chunk[:] = (int.from_bytes(chunk, "little") ^ key).to_bytes(tail, "little")
 
 
-def _apply_mask_numpy(data: bytearray, mask_key: bytes) -> None:
+def _apply_mask_numpy(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
     assert _np is not None
     n = len(data)
     body = n - n % 4
