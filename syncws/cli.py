@@ -66,7 +66,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 
 
 def _cmd_autobahn_client(args: argparse.Namespace) -> int:
-    from .conformance import run_autobahn_client
+    from .autobahn import run_autobahn_client
 
     return run_autobahn_client(args.url, args.agent)
 
