@@ -8,6 +8,7 @@ connected peers (:class:`RequestHandler`), and the peer side
 
 from __future__ import annotations
 
+from .auth import bearer_token, cookie_value
 from .client import ClientConnection, connect
 from .connection import Connection
 from .exceptions import (
@@ -58,8 +59,10 @@ __all__ = [
     "SendTimeout",
     "SyncWSError",
     "WebSocketServer",
+    "bearer_token",
     "closeAllConnections",
     "connect",
+    "cookie_value",
     "defaultWebsocketCallback",
     "sendWebSocketMessage",
     "websocketState",

@@ -1,0 +1,200 @@
+"""Who may connect (auth, origins), TLS, and the connection limit."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websocket
+from websockets.sync.client import connect as websockets_connect
+
+import syncws
+
+from .helpers import EchoHandler, RawClient, make_server
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _status(server: syncws.WebSocketServer, path: str = "/echo", **options: object) -> int:
+    """Connect with syncws.connect; return 101 on success or the HTTP error status."""
+    try:
+        syncws.connect(server.url + path, **options).close()  # type: ignore[arg-type]
+    except syncws.HandshakeError as exc:
+        return exc.status
+    return 101
+
+
+def test_bearer_token_header_and_query() -> None:
+    """bearer_token accepts the token in the Authorization header or the query, and refuses others with 401."""
+    srv = make_server(auth=syncws.bearer_token("s3cret"))
+    assert _status(srv, header=["Authorization: Bearer s3cret"]) == 101
+    assert _status(srv, "/echo?token=s3cret") == 101
+    assert _status(srv, header=["Authorization: Bearer wrong"]) == 401
+    assert _status(srv) == 401
+    srv.stop()
+
+
+def test_remote_service_sends_token() -> None:
+    """RemoteService(token=...) passes a bearer_token check."""
+    srv = make_server(auth=syncws.bearer_token("abc"))
+    handler = syncws.RequestHandler("wsData", srv)
+    srv.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+    service = syncws.RemoteService(srv.url + "/wsData", token="abc")
+    service.register("hi", lambda msg: "hello")
+    service.start(timeout=10)
+    assert handler.doRequest({"cmd": "hi"}, timeout=10)["data"] == "hello"
+    service.stop()
+    srv.stop()
+
+
+def test_cookie_value() -> None:
+    """cookie_value accepts the right cookie and refuses a wrong or missing one."""
+    srv = make_server(auth=syncws.cookie_value("login", "yes-123"))
+    assert _status(srv, cookie="other=1; login=yes-123") == 101
+    assert _status(srv, cookie="login=no") == 401
+    assert _status(srv) == 401
+    srv.stop()
+
+
+def test_auth_status_and_exception(caplog: pytest.LogCaptureFixture) -> None:
+    """An auth check may refuse with 403; one that raises refuses with 500 and is logged."""
+
+    def check(request: syncws.Request) -> object:
+        if request.path == "/boom":
+            raise RuntimeError("auth backend down")
+        return 403
+
+    srv = make_server()
+    srv.add_handler("/forbidden", EchoHandler, auth=check)  # type: ignore[arg-type]
+    srv.add_handler("/boom", EchoHandler, auth=check)  # type: ignore[arg-type]
+    assert _status(srv, "/forbidden") == 403
+    with caplog.at_level(logging.ERROR, logger="syncws"):
+        assert _status(srv, "/boom") == 500
+    assert "auth check failed" in caplog.text
+    assert _status(srv, "/echo") == 101
+    srv.stop()
+
+
+def test_endpoint_auth_wins_over_server_auth() -> None:
+    """An endpoint's own auth replaces the server's for that path."""
+    srv = make_server(auth=lambda request: False)
+    srv.add_handler("/open", EchoHandler, auth=lambda request: True)
+    assert _status(srv, "/echo") == 401
+    assert _status(srv, "/open") == 101
+    srv.stop()
+
+
+def test_origins_allow_list() -> None:
+    """Origins not in the allow-list get 403; an allowed one and a request without Origin are accepted."""
+    srv = make_server(origins=["https://lab.example"])
+    assert _status(srv, origin="https://evil.example") == 403
+    assert _status(srv, origin="https://lab.example") == 101
+    raw = RawClient(srv.port)
+    assert raw.handshake().startswith(b"HTTP/1.1 101")  # no Origin header: not a browser
+    raw.close()
+    srv.stop()
+
+
+def test_connection_limit_gives_503() -> None:
+    """Beyond max_connections, a handshake gets HTTP 503; a slot freed is usable again."""
+    srv = make_server(max_connections=2)
+    first = syncws.connect(srv.url + "/echo")
+    second = syncws.connect(srv.url + "/echo")
+    assert _status(srv) == 503
+    first.close()
+    # The server forgets the connection right after the closing handshake.
+    for _ in range(100):
+        if _status(srv) == 101:
+            break
+    else:
+        pytest.fail("the freed slot was never usable")
+    second.close()
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """A self-signed certificate for 127.0.0.1, made at test time."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    yield cert_path, key_path
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[syncws.WebSocketServer]:
+    """A server with TLS on, using the test certificate."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    srv = make_server(ssl_context=context, handshake_timeout=2.0)
+    yield srv
+    srv.stop()
+
+
+def test_tls_echo_with_verified_certificate(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path]) -> None:
+    """Over wss://, syncws.connect (verifying the certificate) and the websockets client both get echoes."""
+    assert tls_server.url.startswith("wss://")
+    conn = syncws.connect(tls_server.url + "/echo", sslopt={"ca_certs": str(certificate[0])})
+    conn.send(b"\x01" * 200_000)
+    assert conn.recv() == b"\x01" * 200_000
+    conn.close()
+    client_context = ssl.create_default_context(cafile=str(certificate[0]))
+    with websockets_connect(tls_server.url + "/echo", ssl=client_context, open_timeout=5) as ws:
+        ws.send("secure")
+        assert ws.recv(timeout=5) == "secure"
+
+
+def test_plaintext_client_on_tls_port_fails_cleanly(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """A plaintext client on the TLS port is dropped without a traceback, and the server keeps serving TLS."""
+    with pytest.raises((websocket.WebSocketException, OSError)):
+        websocket.create_connection(tls_server.url.replace("wss://", "ws://") + "/echo", timeout=5)
+    conn = syncws.connect(tls_server.url + "/echo", sslopt={"ca_certs": str(certificate[0])})
+    conn.send("still up")
+    assert conn.recv() == "still up"
+    conn.close()
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_remote_service_over_tls(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path]) -> None:
+    """RemoteService with sslopt answers requests over wss://."""
+    handler = syncws.RequestHandler("wsData", tls_server)
+    tls_server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+    service = syncws.RemoteService(tls_server.url + "/wsData", sslopt={"ca_certs": str(certificate[0])})
+    service.register("blob", lambda msg: bytes(range(256)) * 4000)
+    service.start(timeout=10)
+    assert handler.doRequest({"cmd": "blob"}, timeout=10)["data"] == bytes(range(256)) * 4000
+    service.stop()
+
+
+def test_silent_tls_client_is_dropped(tls_server: syncws.WebSocketServer) -> None:
+    """A client that opens TCP on the TLS port and says nothing is dropped after handshake_timeout."""
+    sock = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
+    assert sock.recv(1) == b""
+    sock.close()
