@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 import websocket
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
-from .exceptions import ConnectionClosed, HandshakeError, NotConnected
+from .exceptions import HandshakeError, NotConnected
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -30,13 +30,15 @@ class ClientConnection(Connection):
     """
 
     def __init__(self, ws: websocket.WebSocket, **options: Any) -> None:
+        if ws.sock is None:
+            raise NotConnected("websocket-client returned no socket")
         super().__init__(ws.sock, is_client=True, **options)
         # Keep websocket-client's object: it owns the socket's lifetime.
         self._ws = ws
         # Held by the thread inside recv(), so that close() knows whether to read the reply itself.
         self._reading = threading.Lock()
 
-    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:  # type: ignore[override]
+    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next message (str or bytes), or None once the connection is closed.
 
         ``timeout`` is not supported per call; it exists so that the signature
@@ -117,5 +119,3 @@ def connect(
         close_timeout=close_timeout,
         name=f"client {url}",
     )
-
-

@@ -106,7 +106,7 @@ class Connection:
         self._last_received = time.monotonic()
         self._ping_sent_at: Optional[float] = None
         limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
-        self._tick = max(0.05, min(limits + [10.0]) / 2)
+        self._tick = max(0.05, min([*limits, 10.0]) / 2)
         sock.settimeout(self._tick)
 
     # ------------------------------------------------------------------ state
@@ -343,7 +343,7 @@ class Connection:
             if self._close_sent:
                 raise ConnectionClosed(self.close_code or 1006, self.close_reason, f"{self.name} is closing")
             if length < _COALESCE_LIMIT:
-                payload = b"".join(parts)
+                payload: Union[bytes, bytearray] = b"".join(parts)
                 if mask_key is not None:
                     masked = bytearray(payload)
                     frames.apply_mask(masked, mask_key)
@@ -443,7 +443,7 @@ class Connection:
         # reads our close frame instead of a reset (the suite checks this).
         try:
             while not self._closed.is_set():
-                _, opcode, payload = self._read_frame(0)
+                _, opcode, _ = self._read_frame(0)
                 if opcode == frames.OP_CLOSE:
                     break
         except (ProtocolError, _Abort, OSError):

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 from .exceptions import RequestError, RequestTimeout, SyncWSError
 from .handlers import DataWebSocketHandler
@@ -39,7 +39,7 @@ def run_demo_peer(url: str) -> int:
     service.register("echo", lambda msg: msg.get("data"))
     service.register("getBytes", lambda msg: demo_payload(int(msg["size"]), int(msg["seed"])))
     service.register("fail", _fail)
-    service.register("sleep", lambda msg: time.sleep(float(msg["seconds"])) or "slept")
+    service.register("sleep", _sleep)
     service.start(timeout=30)
     # Stop when the parent closes our stdin: the demo is over.
     sys.stdin.read()
@@ -47,7 +47,12 @@ def run_demo_peer(url: str) -> int:
     return 0
 
 
-def _fail(msg: dict) -> None:
+def _sleep(msg: dict[str, Any]) -> str:
+    time.sleep(float(msg["seconds"]))
+    return "slept"
+
+
+def _fail(msg: dict[str, Any]) -> None:
     raise ValueError(f"asked to fail: {msg.get('why', 'no reason')}")
 
 
@@ -143,5 +148,3 @@ def _report(tally: _Tally, elapsed: float, out: TextIO) -> None:
     print(f"  latency p50 {p50:.2f} ms, p99 {p99:.2f} ms", file=out)
     mib = tally.bytes_moved / 2**20
     print(f"  bytes moved {mib:.1f} MiB, {mib / elapsed:.1f} MiB/s overall", file=out, flush=True)
-
-

@@ -20,7 +20,7 @@ from .exceptions import ProtocolError
 try:  # numpy is an optional accelerator; the pure-Python path gives the same bytes.
     import numpy as _np
 except ImportError:  # pragma: no cover - depends on the environment
-    _np = None
+    _np = None  # type: ignore[assignment]
 
 __all__ = [
     "OP_CONTINUATION",

@@ -38,7 +38,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ConnNotify = Callable[[str, str], Any]
-Outgoing = Union[str, bytes, bytearray, memoryview, dict, list]
+Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
 
 
 class BaseWebSocketHandler:

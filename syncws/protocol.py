@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, Optional, Union
 try:  # optional: numpy arrays travel as raw bytes with their dtype and shape
     import numpy as _np
 except ImportError:  # pragma: no cover - depends on the environment
-    _np = None
+    _np = None  # type: ignore[assignment]
 
 __all__ = [
     "PART_MAGIC",
@@ -44,8 +44,8 @@ class PartHeader(NamedTuple):
     """The header of one binary part of a reply."""
 
     call_id: int
-    index: int
-    count: int
+    part: int
+    parts: int
     offset: int
     crc32: int
 
@@ -79,7 +79,7 @@ def as_binary(value: Any) -> Optional[tuple[memoryview, dict[str, Any]]]:
         if value.dtype.hasobject:
             return None  # object arrays hold Python objects, not data: refuse them
         array = _np.ascontiguousarray(value)
-        return memoryview(array).cast("B"), {"dataType": "ndarray", "dtype": array.dtype.str, "shape": list(array.shape)}
+        return array.data.cast("B"), {"dataType": "ndarray", "dtype": array.dtype.str, "shape": list(array.shape)}
     return None
 
 

@@ -30,7 +30,7 @@ __all__ = ["RemoteService", "CommandFunction"]
 logger = logging.getLogger(__name__)
 
 #: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
-CommandFunction = Callable[[dict], Any]
+CommandFunction = Callable[[dict[str, Any]], Any]
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 

@@ -94,12 +94,12 @@ class _PendingCall:
         if header is None:
             raise ValueError("binary part before the reply header")
         data = memoryview(message)[protocol.PART_HEADER.size :]
-        if part.index != self.parts_received or part.count != header["parts"]:
-            raise ValueError(f"part {part.index}/{part.count} out of order (expected {self.parts_received}/{header['parts']})")
+        if part.part != self.parts_received or part.parts != header["parts"]:
+            raise ValueError(f"part {part.part}/{part.parts} out of order (expected {self.parts_received}/{header['parts']})")
         if part.offset + len(data) > len(self.buffer):
             raise ValueError("part runs past the announced size")
         if protocol.crc32(data) != part.crc32:
-            raise ValueError(f"part {part.index} failed its CRC-32 check")
+            raise ValueError(f"part {part.part} failed its CRC-32 check")
         self.buffer[part.offset : part.offset + len(data)] = data
         self.parts_received += 1
         with self.condition:
@@ -110,7 +110,7 @@ class _PendingCall:
                 self.progress(part.offset + len(data), len(self.buffer))
             except Exception:
                 logger.exception("progress callback of call %d failed", self.call_id)
-        if self.parts_received == part.count:
+        if self.parts_received == part.parts:
             if part.offset + len(data) != len(self.buffer):
                 raise ValueError("parts do not add up to the announced size")
             self._finish_binary()
@@ -122,13 +122,15 @@ class _PendingCall:
         self.buffer = bytearray()
         self.deliver(reply)
 
+    def _moved(self, seen: int) -> Callable[[], bool]:
+        return lambda: self.done or self.activity != seen
+
     def wait(self, timeout: Optional[float]) -> dict[str, Any]:
         """Block until done; ``timeout`` bounds each wait for the next sign of progress."""
         with self.condition:
             self.waiting = True
             while not self.done:
-                seen = self.activity
-                if not self.condition.wait_for(lambda: self.done or self.activity != seen, timeout):
+                if not self.condition.wait_for(self._moved(self.activity), timeout):
                     raise RequestTimeout(self.call_id, self.cmd, timeout)
             if self.error is not None:
                 raise self.error
@@ -165,7 +167,9 @@ class RequestHandler:
 
     # ------------------------------------------------------------------ caller side
 
-    def doRequest(self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+    def doRequest(
+        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
+    ) -> dict[str, Any]:
         """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
 
         Args:
@@ -194,7 +198,9 @@ class RequestHandler:
         finally:
             self._forget(call_id)
 
-    def prepare_request(self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None) -> tuple[int, BaseWebSocketHandler]:
+    def prepare_request(
+        self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
+    ) -> tuple[int, BaseWebSocketHandler]:
         """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``."""
         handler = conn if conn is not None else self.registry.newest(self.name)
         if handler is None or handler.connection.closed:
@@ -296,7 +302,11 @@ class RequestHandler:
             calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
         for call in calls:
             connection = call.conn.connection
-            call.fail(ConnectionClosed(connection.close_code or 1006, connection.close_reason, f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})"))
+            call.fail(
+                ConnectionClosed(
+                    connection.close_code or 1006, connection.close_reason, f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})"
+                )
+            )
 
     def pruneCallbacks(self, max_age: float = 300.0) -> int:
         """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.

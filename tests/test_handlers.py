@@ -12,7 +12,7 @@ import websocket
 
 import syncws
 
-from .helpers import make_server, wait_for
+from .helpers import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -171,7 +171,9 @@ def test_tls_echo_with_verified_certificate(tls_server: syncws.WebSocketServer, 
         assert ws.recv(timeout=5) == "secure"
 
 
-def test_plaintext_client_on_tls_port_fails_cleanly(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+def test_plaintext_client_on_tls_port_fails_cleanly(
+    tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     """A plaintext client on the TLS port is dropped without a traceback, and the server keeps serving TLS."""
     with pytest.raises((websocket.WebSocketException, OSError)):
         websocket.create_connection(tls_server.url.replace("wss://", "ws://") + "/echo", timeout=5)

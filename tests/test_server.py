@@ -75,7 +75,7 @@ def test_fragmented_text_is_reassembled(server: syncws.WebSocketServer) -> None:
     """A text message in three fragments, with a ping between them, arrives whole; the ping is answered."""
     raw = RawClient(server.port)
     assert raw.handshake().startswith(b"HTTP/1.1 101")
-    raw.send_frame(frames.OP_TEXT, "frag".encode(), fin=False)
+    raw.send_frame(frames.OP_TEXT, b"frag", fin=False)
     raw.send_frame(frames.OP_PING, b"p")
     raw.send_frame(frames.OP_CONTINUATION, "mé".encode(), fin=False)
     raw.send_frame(frames.OP_CONTINUATION, b"nt", fin=True)
@@ -146,13 +146,26 @@ def test_oversize_fragmented_message_refused() -> None:
     srv.stop()
 
 
+_UPGRADE = b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+_KEY = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+
+
 @pytest.mark.parametrize(
     "request_bytes, status",
     [
-        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", b"404"),
+        (
+            b"GET /nowhere HTTP/1.1\r\nHost: x\r\n" + _UPGRADE + _KEY + b"Sec-WebSocket-Version: 13\r\n\r\n",
+            b"404",
+        ),
         (b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", b"426"),
-        (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", b"400"),
-        (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n", b"426"),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"400",
+        ),
+        (
+            b"GET /echo HTTP/1.1\r\nHost: x\r\n" + _UPGRADE + _KEY + b"Sec-WebSocket-Version: 8\r\n\r\n",
+            b"426",
+        ),
         (b"POST /echo HTTP/1.1\r\nHost: x\r\n\r\n", b"405"),
         (b"garbage\r\n\r\n", b"400"),
         (b"GET /echo HTTP/1.1\r\nbad header line\r\n\r\n", b"400"),
