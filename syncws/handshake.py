@@ -17,7 +17,18 @@ from urllib.parse import parse_qs, urlsplit
 
 from .exceptions import HandshakeError
 
-__all__ = ["Headers", "Request", "parse_request", "accept_key", "accept_response", "error_response"]
+__all__ = [
+    "Headers",
+    "Request",
+    "parse_request",
+    "parse_http_request",
+    "check_upgrade",
+    "is_upgrade",
+    "accept_key",
+    "accept_response",
+    "error_response",
+    "content_response",
+]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _REASONS = {
@@ -82,6 +93,18 @@ class Request:
 
 def parse_request(head: bytes, remote_address: tuple[str, int], max_headers: int = 100) -> Request:
     """Parse and check an upgrade request head (up to and without the blank line)."""
+    request = parse_http_request(head, remote_address, max_headers)
+    check_upgrade(request.headers)
+    return request
+
+
+def is_upgrade(request: Request) -> bool:
+    """True if the request asks for a websocket upgrade at all (valid or not)."""
+    return "websocket" in _tokens(request.headers.get("Upgrade", ""))
+
+
+def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers: int = 100) -> Request:
+    """Parse a GET request head (up to and without the blank line), without the websocket checks."""
     try:
         text = head.decode("iso-8859-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
@@ -104,7 +127,6 @@ def parse_request(head: bytes, remote_address: tuple[str, int], max_headers: int
             raise HandshakeError(400, "malformed header line")
         items.append((name, value.strip(" \t")))
     headers = Headers(items)
-    _check_upgrade(headers)
     split = urlsplit(target)
     if not target.startswith("/"):
         raise HandshakeError(400, "request target is not an absolute path")
@@ -115,7 +137,8 @@ def _tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",")}
 
 
-def _check_upgrade(headers: Headers) -> None:
+def check_upgrade(headers: Headers) -> None:
+    """Raise HandshakeError unless the headers make a valid websocket upgrade (RFC 6455 4.2.1)."""
     if "websocket" not in _tokens(headers.get("Upgrade", "")):
         raise HandshakeError(426, "not a websocket upgrade request (no 'Upgrade: websocket')")
     if "upgrade" not in _tokens(headers.get("Connection", "")):
@@ -159,3 +182,10 @@ def error_response(status: int, reason: str) -> bytes:
         "Connection: close\r\n"
         "\r\n"
     ).encode("ascii") + body
+
+
+def content_response(body: bytes, content_type: str) -> bytes:
+    """A complete 200 response carrying ``body``, closing the connection."""
+    return (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n").encode(
+        "ascii"
+    ) + body

@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Union
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
 from .exceptions import HandshakeError
 from .handlers import BaseWebSocketHandler
-from .handshake import Request, accept_response, error_response, parse_request
+from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
 from .registry import ConnectionRegistry, websocketState
 
 
@@ -161,6 +161,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self._stopped = False
         self._ids = itertools.count(1)
         self._request_handlers: list[Any] = []
+        self._static: dict[str, tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -188,6 +189,17 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             raise ValueError(f"path must start with '/': {path!r}")
         with self._lock:
             self._endpoints[path] = _Endpoint(handler_class, kwargs, auth, origins)
+
+    def add_static(self, path: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
+        """Answer a plain HTTP GET of ``path`` with ``body`` (a page, or the JavaScript client).
+
+        Meant for small resources that go with the websocket endpoints, not as a
+        web server. The handshake limits and ``handshake_timeout`` apply. Safe from any thread.
+        """
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
+        with self._lock:
+            self._static[path] = (bytes(body), content_type)
 
     def _register_request_handler(self, request_handler: Any) -> None:
         """Remember a RequestHandler, so that stop() fails its waiting calls."""
@@ -335,7 +347,10 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             if self.ssl_context is not None:
                 sock = self.ssl_context.wrap_socket(sock, server_side=True)
             head, rest = self._read_head(sock, deadline)
-            request = parse_request(head, address, self.max_headers)
+            request = parse_http_request(head, address, self.max_headers)
+            if not is_upgrade(request) and self._serve_static(sock, request):
+                return None
+            check_upgrade(request.headers)
             connection = self._make_connection(sock, rest, address)
             handler = self._accept(request, connection)
             sock.sendall(accept_response(request))
@@ -350,6 +365,15 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             logger.info("handshake with %s failed: %s", address, exc)
             return None
         return sock, connection, handler
+
+    def _serve_static(self, sock: socket.socket, request: Request) -> bool:
+        """Answer a plain GET for a static resource; False when there is none at that path."""
+        with self._lock:
+            resource = self._static.get(request.path)
+        if resource is None:
+            return False
+        sock.sendall(content_response(*resource))
+        return True
 
     def _read_head(self, sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
         data = bytearray()
