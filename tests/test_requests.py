@@ -1,0 +1,659 @@
+"""RequestHandler against real peers: replies, binary parts, timeouts, errors, closes and garbage.
+
+Every test gets its own server and registry (the ``env`` fixture); peers are
+an in-process RemoteService, a RemoteService in a subprocess
+(tests/peer_process.py), syncws client connections that play a peer by hand,
+or a plain websocket-client connection, as a browser would be. Everything is
+on 127.0.0.1, port 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import websocket
+
+import syncws
+from syncws import protocol
+
+from .peer_process import det_bytes
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_SCRIPT = Path(__file__).resolve().with_name("peer_process.py")
+NAME = "wsData"
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class TracingService(syncws.RemoteService):
+    """A RemoteService that reports each successful reply once it is on the wire."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.sent: queue.Queue = queue.Queue()
+
+    def send_result(self, connection: Any, cmd: Any, call_id: Any, result: Any) -> None:
+        super().send_result(connection, cmd, call_id, result)
+        self.sent.put((cmd, call_id))
+
+
+class FakePeer:
+    """A peer played by hand over syncws.connect; a reader thread queues what arrives."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = syncws.connect(url, timeout=5, close_timeout=1.0)
+        self.inbox: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._read, name="test-fakepeer", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for _ in range(10_000_000):  # ends when the connection closes (recv returns None)
+            message = self.conn.recv()
+            self.inbox.put(message)
+            if message is None:
+                return
+
+    def recv_request(self, timeout: float = 5.0) -> dict:
+        message = self.inbox.get(timeout=timeout)
+        assert isinstance(message, str), f"expected a JSON request, got {message!r}"
+        return json.loads(message)
+
+    def send(self, message: Any) -> None:
+        self.conn.send(json.dumps(message) if isinstance(message, dict) else message)
+
+    def close(self) -> None:
+        self.conn.abort()
+        self.thread.join(5)
+
+
+class PeerProcess:
+    """tests/peer_process.py in a subprocess; its stdout lines are queued by a reader thread."""
+
+    def __init__(self, url: str, *args: str) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(PEER_SCRIPT), url, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=str(ROOT),
+            env=env,
+            text=True,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.reader = threading.Thread(target=self._read, name="test-peer-stdout", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # ends at EOF, when the process exits
+            self.lines.put(line.strip())
+        self.lines.put(None)
+
+    def expect(self, text: str, timeout: float = 20.0) -> None:
+        line = self.lines.get(timeout=timeout)
+        assert line == text, f"peer printed {line!r}, expected {text!r}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        elif self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.reader.join(5)
+
+
+class Env:
+    """A started server with its own registry, one /wsData endpoint and its RequestHandler."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.registry = syncws.ConnectionRegistry()
+        self.server = syncws.WebSocketServer("127.0.0.1", port, registry=self.registry, close_timeout=1.0).start()
+        self.rh = syncws.RequestHandler(NAME, self.server)
+        self.events: queue.Queue = queue.Queue()
+        self.server.add_handler("/" + NAME, syncws.DataWebSocketHandler, name=NAME, callback=self.rh.callback, connNotify=self._notify)
+        self.url = self.server.url + "/" + NAME
+        #: Set on cleanup: commands of in-process services that block wait on it.
+        self.release = threading.Event()
+        self._cleanups: list[Callable[[], Any]] = []
+
+    def _notify(self, name: str, event: str) -> None:
+        self.events.put(event)
+
+    def wait_event(self, kind: str, timeout: float = 10.0) -> None:
+        """Wait until the server side reports ``kind`` ("open"/"close") for a connection."""
+        deadline = time.monotonic() + timeout
+        for _ in range(1000):
+            event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
+            if event == kind:
+                return
+        raise AssertionError(f"no {kind!r} event")
+
+    def service(self, commands: dict[str, Callable[[dict], Any]], cls: type = syncws.RemoteService, **options: Any) -> Any:
+        """An in-process RemoteService answering ``commands``, connected and registered on the server."""
+        options.setdefault("backoff_min", 0.05)
+        options.setdefault("backoff_max", 0.2)
+        svc = cls(self.url, **options)
+        for cmd, fn in commands.items():
+            svc.register(cmd, fn)
+        self._cleanups.append(svc.stop)
+        svc.start(timeout=10)
+        self.wait_event("open")
+        return svc
+
+    def peer_process(self, *args: str) -> PeerProcess:
+        """tests/peer_process.py connected and registered on the server."""
+        peer = PeerProcess(self.url, *args)
+        self._cleanups.append(peer.stop)
+        peer.expect("READY")
+        self.wait_event("open")
+        return peer
+
+    def fake_peer(self) -> FakePeer:
+        """A hand-played peer, registered on the server."""
+        peer = FakePeer(self.url)
+        self._cleanups.append(peer.close)
+        self.wait_event("open")
+        return peer
+
+    def browser_peer(self) -> websocket.WebSocket:
+        """A plain websocket-client connection, registered on the server."""
+        ws = websocket.create_connection(self.url, timeout=5)
+        self._cleanups.append(ws.close)
+        self.wait_event("open")
+        return ws
+
+    def add_cleanup(self, fn: Callable[[], Any]) -> None:
+        self._cleanups.append(fn)
+
+    def close(self) -> None:
+        self.release.set()
+        for fn in reversed(self._cleanups):
+            try:
+                fn()
+            except Exception:  # one failed cleanup must not leak the rest
+                logging.getLogger(__name__).exception("cleanup failed")
+        self.server.stop()
+
+
+@pytest.fixture
+def env():
+    """A fresh server, registry and RequestHandler; everything it started is stopped afterwards."""
+    e = Env()
+    try:
+        yield e
+    finally:
+        e.close()
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, queue.Queue]:
+    """Run ``fn`` on a thread; its queue gets ("ok", result, t) or ("err", exception, t)."""
+    results: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # handed to the test thread
+            results.put(("err", exc, time.monotonic()))
+        else:
+            results.put(("ok", value, time.monotonic()))
+
+    thread = threading.Thread(target=run, name="test-caller", daemon=True)
+    thread.start()
+    return thread, results
+
+
+def library_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records at ERROR or above from syncws (logger.exception: a bug path was taken)."""
+    return [r for r in caplog.records if r.name.startswith("syncws") and r.levelno >= logging.ERROR]
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def test_reply_is_peer_json_with_cmd_callid_status(env: Env) -> None:
+    """doRequest returns the peer's JSON data with the request's cmd, its own callId and status 200."""
+    env.service({"echo": lambda m: m["x"]})
+    payload = {"a": [1, 2.5, None, "é"], "b": {"c": True}}
+    first = env.rh.doRequest({"cmd": "echo", "x": payload}, timeout=10)
+    second = env.rh.doRequest({"cmd": "echo", "x": 7}, timeout=10)
+    assert first["cmd"] == "echo" and first["status"] == 200 and first["data"] == payload
+    assert isinstance(first["callId"], int) and isinstance(second["callId"], int)
+    assert second["callId"] != first["callId"] and second["data"] == 7
+    assert env.rh.pending == 0
+
+
+def test_bytes_results_come_back_intact_across_part_boundaries(env: Env) -> None:
+    """A bytes result comes back as bytes, equal to what the peer returned, at every size around part_size."""
+    env.service({"bytes": lambda m: det_bytes(m["seed"], m["size"])}, part_size=1000)
+    for size in (0, 1, 999, 1000, 1001, 2000, 2001, 7777, 10_000):
+        reply = env.rh.doRequest({"cmd": "bytes", "seed": size, "size": size}, timeout=10)
+        assert type(reply["data"]) is bytes, size
+        assert reply["data"] == det_bytes(size, size), size
+        assert reply["status"] == 200 and reply["cmd"] == "bytes"
+    empty = env.rh.doRequest({"cmd": "bytes", "seed": 1, "size": 0}, timeout=10)
+    assert empty["data"] == b""
+
+
+def test_no_connection_raises_not_connected_at_once(env: Env) -> None:
+    """With no peer on the endpoint, doRequest raises NotConnected at once and registers nothing."""
+    start = time.monotonic()
+    with pytest.raises(syncws.NotConnected):
+        env.rh.doRequest({"cmd": "echo", "x": 1}, timeout=10)
+    assert time.monotonic() - start < 0.1
+    assert env.rh.pending == 0
+
+
+def test_timeout_cleans_up_and_late_reply_is_dropped(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """A request with no reply in time raises RequestTimeout (a TimeoutError with call_id and cmd), leaves no
+    call behind, and its late reply is dropped without an error while the connection goes on serving."""
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    gate = threading.Event()
+
+    def slow(msg: dict) -> str:
+        gate.wait(20)
+        return "late"
+
+    svc = env.service({"slow": slow, "echo": lambda m: m["x"]}, cls=TracingService)
+    start = time.monotonic()
+    with pytest.raises(syncws.RequestTimeout) as info:
+        env.rh.doRequest({"cmd": "slow"}, timeout=0.2)
+    elapsed = time.monotonic() - start
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.cmd == "slow" and isinstance(info.value.call_id, int)
+    assert 0.2 <= elapsed < 2.0
+    assert env.rh.pending == 0
+
+    gate.set()
+    assert svc.sent.get(timeout=5) == ("slow", info.value.call_id)  # the late reply is on the wire
+    # The follow-up's reply comes on the same connection after the late one,
+    # so once it is back the late reply has been taken and dropped.
+    assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=10)["data"] == "after"
+    assert env.rh.pending == 0
+    assert library_errors(caplog) == []
+    assert not [r for r in caplog.records if r.name == "syncws.requests" and r.levelno >= logging.WARNING]
+
+
+def test_peer_exception_gives_request_error_500(env: Env) -> None:
+    """A command that raises gives RequestError with status 500 and error "ValueError: boom"."""
+
+    def fail(msg: dict) -> None:
+        raise ValueError("boom")
+
+    env.service({"fail": fail})
+    with pytest.raises(syncws.RequestError) as info:
+        env.rh.doRequest({"cmd": "fail"}, timeout=10)
+    assert info.value.status == 500
+    assert info.value.error == "ValueError: boom"
+    assert info.value.response["cmd"] == "fail"
+    assert env.rh.pending == 0
+
+
+def test_unknown_command_gives_request_error_404(env: Env) -> None:
+    """A cmd the peer has not registered gives RequestError with status 404."""
+    env.service({"echo": lambda m: m["x"]})
+    with pytest.raises(syncws.RequestError) as info:
+        env.rh.doRequest({"cmd": "no-such-command"}, timeout=10)
+    assert info.value.status == 404
+    assert env.rh.pending == 0
+
+
+# ---------------------------------------------------------------------- connections going away
+
+
+def test_sigkilled_peer_releases_every_waiting_caller_within_100ms(env: Env) -> None:
+    """A peer process killed with SIGKILL mid-request releases every waiting caller with ConnectionClosed
+    within 100 ms, and a peer that connects afterwards serves the next request."""
+    peer = env.peer_process()
+    callers = [in_thread(lambda: env.rh.doRequest({"cmd": "block"}, timeout=30)) for _ in range(6)]
+    for _ in callers:
+        peer.expect("BLOCKED", timeout=10)  # every request is at the peer, inside the command
+    killed_at = time.monotonic()
+    os.kill(peer.proc.pid, signal.SIGKILL)
+    outcomes = []
+    for thread, results in callers:
+        thread.join(5)
+        assert not thread.is_alive(), "a caller is still waiting after the kill"
+        outcomes.append(results.get_nowait())
+    peer.proc.wait(5)
+    for kind, value, at in outcomes:
+        assert kind == "err" and isinstance(value, syncws.ConnectionClosed), value
+        assert at - killed_at < 0.1, f"released {at - killed_at:.3f} s after the kill"
+    assert env.rh.pending == 0
+
+    env.wait_event("close")
+    env.peer_process()
+    reply = env.rh.doRequest({"cmd": "echo", "x": "new peer"}, timeout=10)
+    assert reply["data"] == "new peer"
+    assert len(env.registry.connections(NAME)) == 1
+
+
+def test_server_stop_releases_waiting_callers(env: Env) -> None:
+    """server.stop() releases every caller waiting for a reply with ConnectionClosed."""
+    entered: queue.Queue = queue.Queue()
+
+    def block(msg: dict) -> None:
+        entered.put(msg["callId"])
+        env.release.wait(30)
+
+    env.service({"block": block}, workers=4)
+    callers = [in_thread(lambda: env.rh.doRequest({"cmd": "block"}, timeout=30)) for _ in range(3)]
+    for _ in callers:
+        entered.get(timeout=10)
+    start = time.monotonic()
+    env.server.stop()
+    for thread, results in callers:
+        thread.join(5)
+        assert not thread.is_alive(), "a caller is still waiting after server.stop()"
+        kind, value, _ = results.get_nowait()
+        assert kind == "err" and isinstance(value, syncws.ConnectionClosed), value
+    assert time.monotonic() - start < 5
+    assert env.rh.pending == 0
+
+
+# ---------------------------------------------------------------------- many threads
+
+
+def test_many_threads_mixed_requests_each_get_their_own_reply(env: Env) -> None:
+    """32 threads x 300 requests of JSON and bytes (up to 20 MiB) to a peer process: every reply is the
+    one for its own request and none is lost."""
+    env.peer_process("--workers", "16")
+    threads_n, per_thread = 32, 300
+    errors: list[str] = []
+    counts = {"echo": 0, "small": 0, "large": 0}
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        rng = random.Random(k)
+        done = {"echo": 0, "small": 0, "large": 0}
+        for i in range(per_thread):
+            seed = k * 100_000 + i
+            try:
+                if i % 100 == 50:  # 1 in 100 is large
+                    # log-uniform from 256 KiB to 20 MiB, and one of exactly 20 MiB
+                    size = 20 << 20 if (k == 0 and i == 50) else int(2 ** rng.uniform(18, 24.32))
+                    reply = env.rh.doRequest({"cmd": "bytes", "seed": seed, "size": size}, timeout=30)
+                    ok = type(reply["data"]) is bytes and len(reply["data"]) == size and reply["data"] == det_bytes(seed, size)
+                    kind = "large"
+                elif rng.random() < 0.5:
+                    size = rng.randint(0, 5000)
+                    reply = env.rh.doRequest({"cmd": "bytes", "seed": seed, "size": size}, timeout=30)
+                    ok = reply["data"] == det_bytes(seed, size)
+                    kind = "small"
+                else:
+                    x = {"k": k, "i": i, "seed": seed}
+                    reply = env.rh.doRequest({"cmd": "echo", "x": x}, timeout=30)
+                    ok = reply["data"] == x and reply["cmd"] == "echo"
+                    kind = "echo"
+                if not ok or reply["status"] != 200:
+                    raise AssertionError(f"wrong reply {str(reply)[:200]}")
+                done[kind] += 1
+            except Exception as exc:  # collected and asserted on the test thread
+                with lock:
+                    errors.append(f"thread {k} request {i}: {exc!r}"[:300])
+                if len(errors) > 20:
+                    return
+        with lock:
+            for kind, n in done.items():
+                counts[kind] += n
+
+    workers = [threading.Thread(target=worker, args=(k,), name=f"test-worker-{k}", daemon=True) for k in range(threads_n)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(50)
+    assert not any(w.is_alive() for w in workers), "workers still running"
+    assert errors == []
+    assert sum(counts.values()) == threads_n * per_thread
+    assert counts["large"] == threads_n * (per_thread // 100)
+    assert env.rh.pending == 0
+
+
+# ---------------------------------------------------------------------- who may answer
+
+
+def test_reply_on_another_connection_is_dropped(env: Env) -> None:
+    """A reply with a pending callId arriving on a connection other than the request's is dropped."""
+    forger = env.fake_peer()
+    target = env.fake_peer()  # the newest: doRequest asks it
+    forger_handler, target_handler = env.registry.connections(NAME)
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "q"}, timeout=10))
+    request = target.recv_request()
+    assert request["cmd"] == "q"
+
+    # The forger answers that callId, then a request of its own: its connection
+    # thread takes both in order, so once its own reply is in, the forged one was handled.
+    ask_forger = in_thread(lambda: env.rh.doRequest({"cmd": "y"}, timeout=10, conn=forger_handler))
+    y_request = forger.recv_request()
+    forger.send({"cmd": "q", "callId": request["callId"], "status": 200, "data": "forged"})
+    forger.send({"cmd": "y", "callId": y_request["callId"], "status": 200, "data": "y"})
+    ask_forger[0].join(10)
+    kind, value, _ = ask_forger[1].get_nowait()
+    assert kind == "ok" and value["data"] == "y", value
+    assert results.empty() and caller.is_alive(), "the forged reply was accepted"
+
+    target.send({"cmd": "q", "callId": request["callId"], "status": 200, "data": "genuine"})
+    caller.join(10)
+    kind, value, _ = results.get_nowait()
+    assert kind == "ok" and value["data"] == "genuine"
+    assert target_handler is not forger_handler
+
+
+def test_browser_style_json_reply_is_accepted(env: Env) -> None:
+    """A plain websocket-client peer answering with a JSON text reply {cmd, callId, status 200, data} is accepted."""
+    ws = env.browser_peer()
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "getInfo", "arg": 3}, timeout=10))
+    request = json.loads(ws.recv())
+    assert request["cmd"] == "getInfo" and request["arg"] == 3 and isinstance(request["callId"], int)
+    ws.send(json.dumps({"cmd": "getInfo", "callId": request["callId"], "status": 200, "data": {"answer": 42}}))
+    caller.join(10)
+    kind, value, _ = results.get_nowait()
+    assert kind == "ok", value
+    assert value["data"] == {"answer": 42} and value["status"] == 200 and value["callId"] == request["callId"]
+
+
+# ---------------------------------------------------------------------- garbage
+
+
+GARBAGE: list[Any] = [
+    "not json at all",
+    "{broken",
+    "[" * 100_000,  # nesting beyond the recursion limit
+    json.dumps([1, 2, 3]),
+    json.dumps("a string"),
+    json.dumps({"cmd": "x", "status": 200, "data": 1}),  # missing callId
+    json.dumps({"cmd": "x", "callId": True, "status": 200}),  # bool callId
+    json.dumps({"cmd": "x", "callId": "1", "status": 200}),
+    json.dumps({"cmd": "x", "callId": 1.0, "status": 200}),
+    json.dumps({"cmd": "x", "callId": 10**30, "status": 200}),
+    json.dumps({"cmd": "x", "callId": 987654, "status": 200}),  # unknown callId
+    b"",
+    b"\x00\x01\x02",
+    b"X" * 100,  # long enough for a header, wrong magic
+    protocol.PART_MAGIC + b"\x00" * 10,  # magic but short
+    protocol.encode_part_header(987654, 0, 1, 0, b"abc") + b"abc",  # a part for no call
+]
+
+
+def test_callback_never_raises_on_garbage(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """callback() returns quietly on garbage (no exception, no error log), and the connection it came on
+    goes on delivering replies."""
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    peer = env.fake_peer()
+    handler = env.registry.newest(NAME)
+    assert handler is not None
+    for message in GARBAGE:
+        assert env.rh.callback(handler, message) is None
+    for message in GARBAGE:  # the same over the wire
+        peer.send(message)
+
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "ok"}, timeout=10))
+    request = peer.recv_request()
+    peer.send({"cmd": "ok", "callId": request["callId"], "status": 200, "data": "fine"})
+    caller.join(10)
+    kind, value, _ = results.get_nowait()
+    assert kind == "ok" and value["data"] == "fine", value
+    assert library_errors(caplog) == []
+    assert env.rh.pending == 0
+
+
+def _bad_crc(call_id: int) -> list[Any]:
+    data = b"0123456789"
+    header = bytearray(protocol.encode_part_header(call_id, 0, 1, 0, data))
+    header[-1] ^= 0xFF
+    return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 10, "parts": 1}, bytes(header) + data]
+
+
+def _part_before_header(call_id: int) -> list[Any]:
+    return [protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc"]
+
+
+def _out_of_order(call_id: int) -> list[Any]:
+    return [
+        {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 6, "parts": 2},
+        protocol.encode_part_header(call_id, 1, 2, 3, b"def") + b"def",
+    ]
+
+
+def _past_the_end(call_id: int) -> list[Any]:
+    return [
+        {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 3, "parts": 1},
+        protocol.encode_part_header(call_id, 0, 1, 0, b"abcdef") + b"abcdef",
+    ]
+
+
+def _short(call_id: int) -> list[Any]:
+    return [
+        {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 6, "parts": 1},
+        protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc",
+    ]
+
+
+def _bad_size(call_id: int) -> list[Any]:
+    return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": -1, "parts": 1}]
+
+
+@pytest.mark.parametrize("damage", [_bad_crc, _part_before_header, _out_of_order, _past_the_end, _short, _bad_size])
+def test_damaged_binary_reply_fails_the_call_with_502(env: Env, caplog: pytest.LogCaptureFixture, damage: Callable[[int], list[Any]]) -> None:
+    """A damaged binary reply (bad CRC, part before header, out of order, past the end, short, bad size)
+    fails the waiting call at once with RequestError 502 instead of leaving it hanging."""
+    peer = env.fake_peer()
+    start = time.monotonic()
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=10))
+    request = peer.recv_request()
+    for message in damage(request["callId"]):
+        peer.send(message)
+    caller.join(10)
+    kind, value, _ = results.get_nowait()
+    assert kind == "err" and isinstance(value, syncws.RequestError), value
+    assert value.status == 502
+    assert time.monotonic() - start < 5
+    assert env.rh.pending == 0
+    assert library_errors(caplog) == []
+
+
+# ---------------------------------------------------------------------- progress and pruning
+
+
+def test_progress_is_called_in_increasing_order_up_to_the_total(env: Env) -> None:
+    """progress(received, total) is called once per part, with received increasing and ending at total."""
+    env.service({"bytes": lambda m: det_bytes(m["seed"], m["size"])}, part_size=1000)
+    calls: list[tuple[int, int]] = []
+    size = 10_500
+    reply = env.rh.doRequest({"cmd": "bytes", "seed": 5, "size": size}, timeout=10, progress=lambda r, t: calls.append((r, t)))
+    assert reply["data"] == det_bytes(5, size)
+    assert len(calls) == 11
+    received = [r for r, _ in calls]
+    assert received == sorted(received) and len(set(received)) == len(received)
+    assert all(t == size for _, t in calls)
+    assert calls[-1] == (size, size)
+
+
+def test_prune_keeps_a_call_a_thread_waits_on(env: Env) -> None:
+    """pruneCallbacks(max_age=0) leaves a call that a thread is waiting on, which then gets its reply."""
+    entered: queue.Queue = queue.Queue()
+    gate = threading.Event()
+
+    def held(msg: dict) -> str:
+        entered.put(msg["callId"])
+        gate.wait(20)
+        return "held"
+
+    env.service({"held": held})
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "held"}, timeout=20))
+    entered.get(timeout=10)
+    assert env.rh.pruneCallbacks(max_age=0) == 0
+    assert env.rh.pending == 1
+    gate.set()
+    caller.join(10)
+    kind, value, _ = results.get_nowait()
+    assert kind == "ok" and value["data"] == "held", value
+
+
+def test_prune_drops_only_abandoned_calls(env: Env) -> None:
+    """pruneCallbacks drops a prepared call nobody waits on once older than max_age, and not before."""
+    env.fake_peer()
+    call_id, _ = env.rh.prepare_request({"cmd": "never-sent"})
+    assert env.rh.pruneCallbacks(max_age=60) == 0
+    assert env.rh.pending == 1
+    assert env.rh.pruneCallbacks(max_age=0) == 1
+    assert env.rh.pending == 0
+    with pytest.raises(KeyError):
+        env.rh.get_response(call_id, timeout=0.1)
+
+
+def test_prune_running_alongside_requests_drops_none_of_them(env: Env) -> None:
+    """pruneCallbacks(max_age=0) called over and over while threads make requests never drops one of
+    those requests: each doRequest still returns its own reply."""
+    env.service({"echo": lambda m: m["x"]})
+    stop = threading.Event()
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def pruner() -> None:
+        for _ in range(1_000_000):
+            if stop.is_set():
+                return
+            env.rh.pruneCallbacks(max_age=0)
+
+    def worker(k: int) -> None:
+        for i in range(150):
+            try:
+                assert env.rh.doRequest({"cmd": "echo", "x": [k, i]}, timeout=5)["data"] == [k, i]
+            except Exception as exc:  # collected and asserted on the test thread
+                with lock:
+                    errors.append(f"{k}/{i}: {exc!r}")
+
+    prune_thread = threading.Thread(target=pruner, name="test-pruner", daemon=True)
+    prune_thread.start()
+    workers = [threading.Thread(target=worker, args=(k,), name=f"test-worker-{k}", daemon=True) for k in range(8)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(40)
+    stop.set()
+    prune_thread.join(5)
+    assert not any(w.is_alive() for w in workers)
+    assert errors == [], f"{len(errors)} of 1200 requests lost, e.g. {errors[:3]}"
