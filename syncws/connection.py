@@ -42,7 +42,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
 _UNPACK_16 = struct.Struct("!H").unpack
 _UNPACK_64 = struct.Struct("!Q").unpack
-_RECV_SIZE = 256 * 1024  # one read for many small frames, without a large idle buffer
+_RECV_SIZE = 64 * 1024  # one read for many small frames; below malloc's mmap threshold
 _DIRECT_READ = 64 * 1024  # payloads this large are read straight into their own buffer
 _COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
 _MASK_SLICE = 256 * 1024  # masked sends go out in slices of this size
@@ -68,6 +68,8 @@ class Connection:
         send_timeout: abort a send that makes no progress for this long; None: wait.
         close_timeout: how long to wait for the peer's close frame after ours.
         initial_data: bytes read past the handshake that belong to the frame stream.
+        preamble: bytes to write before the first frame (the server's 101
+            response): see :meth:`flush_preamble`.
         name: used in log lines.
     """
 
@@ -82,6 +84,7 @@ class Connection:
         send_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
         initial_data: bytes = b"",
+        preamble: bytes = b"",
         name: str = "connection",
     ) -> None:
         self.sock = sock
@@ -100,6 +103,7 @@ class Connection:
         # nothing may be sent after it, and each frame must go out whole.
         self._send_lock = threading.Lock()
         self._close_sent = False
+        self._preamble = preamble
         self._closing_deadline = 0.0
         self._closed = threading.Event()
         self._rbuf = bytearray(initial_data)
@@ -377,8 +381,21 @@ class Connection:
                 self._send_all(out)
                 offset += len(piece)
 
+    def flush_preamble(self) -> None:
+        """Write the preamble now if no frame has carried it out yet. Safe from any thread.
+
+        The server registers a connection before its 101 response is out, so
+        that a peer that sees the 101 can be sent to at once; a frame written
+        in between takes the 101 out ahead of itself, under the send lock.
+        """
+        with self._send_lock:
+            self._send_all(b"")
+
     def _send_all(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        """Write all of ``data``; the caller holds the send lock."""
+        """Write all of ``data`` (after the preamble, if still pending); the caller holds the send lock."""
+        if self._preamble:
+            data = self._preamble + data
+            self._preamble = b""
         view = memoryview(data)
         last_progress = time.monotonic()
         while view:

@@ -96,6 +96,8 @@ def _one_request(handler: RequestHandler, i: int, tally: _Tally, progress: Optio
             handler.doRequest({"cmd": "sleep", "seconds": 2.0}, timeout=0.5)
             tally.add("mismatch", time.perf_counter() - started)
     except RequestError as exc:
+        if kind != "fail":
+            logger.warning("request %d (%s) failed: %s", i, kind, exc)
         tally.add("error reply (expected)" if kind == "fail" else f"error {exc.status}", time.perf_counter() - started)
     except RequestTimeout:
         tally.add("timeout (expected)" if kind == "timeout" else "timeout", time.perf_counter() - started)

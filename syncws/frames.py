@@ -12,15 +12,11 @@ slices, which keeps every step in C (about 0.5 GB/s, 25 times a byte loop).
 
 from __future__ import annotations
 
+import importlib.util
 import struct
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from .exceptions import ProtocolError
-
-try:  # numpy is an optional accelerator; the pure-Python path gives the same bytes.
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the environment
-    _np = None  # type: ignore[assignment]
 
 __all__ = [
     "OP_CONTINUATION",
@@ -54,7 +50,20 @@ OP_PONG = 0xA
 DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
 CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
-HAVE_NUMPY = _np is not None
+# numpy is an optional accelerator, imported on the first large mask (it takes
+# a third of a second to import: too much for every program that imports syncws).
+HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
+_np: Any = None
+
+
+def _numpy() -> Any:
+    global _np
+    if _np is None and HAVE_NUMPY:
+        import numpy
+
+        _np = numpy
+    return _np
+
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -127,7 +136,7 @@ def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
     n = len(data)
     if n == 0:
         return
-    if _np is not None and n >= 256:
+    if n >= 256 and HAVE_NUMPY:
         _apply_mask_numpy(data, mask_key)
     elif n <= _MASK_CHUNK:
         key = int.from_bytes((mask_key * ((n >> 2) + 1))[:n], "little")
@@ -154,11 +163,11 @@ def _apply_mask_chunks(data: Union[bytearray, memoryview], mask_key: bytes) -> N
 
 
 def _apply_mask_numpy(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
-    assert _np is not None
+    np = _numpy()
     n = len(data)
     body = n - n % 4
-    words = _np.frombuffer(data, dtype=_np.uint32, count=body >> 2)
-    _np.bitwise_xor(words, _np.frombuffer(mask_key, dtype=_np.uint32)[0], out=words)
+    words = np.frombuffer(data, dtype=np.uint32, count=body >> 2)
+    np.bitwise_xor(words, np.frombuffer(mask_key, dtype=np.uint32)[0], out=words)
     for i in range(body, n):
         data[i] ^= mask_key[i - body]
 

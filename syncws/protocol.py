@@ -13,13 +13,9 @@
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
 from typing import Any, NamedTuple, Optional, Union
-
-try:  # optional: numpy arrays travel as raw bytes with their dtype and shape
-    import numpy as _np
-except ImportError:  # pragma: no cover - depends on the environment
-    _np = None  # type: ignore[assignment]
 
 __all__ = [
     "PART_MAGIC",
@@ -73,14 +69,30 @@ def decode_part_header(message: BytesLike) -> Optional[PartHeader]:
 def as_binary(value: Any) -> Optional[tuple[memoryview, dict[str, Any]]]:
     """If ``value`` travels as binary, return its bytes and the header fields that describe it."""
     if isinstance(value, (bytes, bytearray, memoryview)):
-        view = memoryview(value).cast("B")
-        return view, {"dataType": "bytes"}
-    if _np is not None and isinstance(value, _np.ndarray):
-        if value.dtype.hasobject:
-            return None  # object arrays hold Python objects, not data: refuse them
-        array = _np.ascontiguousarray(value)
-        return array.data.cast("B"), {"dataType": "ndarray", "dtype": array.dtype.str, "shape": list(array.shape)}
+        view = memoryview(value)
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        return view.cast("B"), {"dataType": "bytes"}
+    # An ndarray can only come from a program that imported numpy already; the
+    # getattr copes with numpy being half-imported by another thread meanwhile.
+    np = sys.modules.get("numpy")
+    ndarray = getattr(np, "ndarray", None)
+    if ndarray is not None and isinstance(value, ndarray):
+        return _array_bytes(np, value)
     return None
+
+
+def _array_bytes(np: Any, value: Any) -> tuple[memoryview, dict[str, Any]]:
+    dtype = value.dtype
+    if dtype.hasobject or (dtype.kind == "V" and dtype.fields is None):
+        # Object arrays hold Python objects, not data; raw void has no layout to rebuild.
+        raise TypeError(f"numpy arrays of dtype {dtype} cannot be sent")
+    # C order, keeping the shape (ascontiguousarray would make a 0-d array 1-d).
+    array = value if value.flags.c_contiguous else value.copy(order="C")
+    raw = array.reshape(-1).view(np.uint8)
+    # A structured dtype travels as its field list (numpy's descr), a plain one as its string.
+    described = dtype.descr if dtype.fields is not None else dtype.str
+    return memoryview(raw), {"dataType": "ndarray", "dtype": described, "shape": list(value.shape)}
 
 
 def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: dict[str, Any]) -> dict[str, Any]:
@@ -93,10 +105,15 @@ def from_binary(data: bytearray, header: dict[str, Any]) -> Any:
     (writable) ndarray that shares ``data``'s memory."""
     if header.get("dataType") != "ndarray":
         return bytes(data)
-    if _np is None:
-        raise ValueError("the reply is a numpy array, but numpy is not installed")
-    dtype = _np.dtype(header["dtype"])
+    try:
+        import numpy as np
+    except ImportError:
+        raise ValueError("the reply is a numpy array, but numpy is not installed") from None
+    described = header["dtype"]
+    if isinstance(described, list):  # a structured dtype's fields: [[name, type(, shape)], ...]
+        described = [tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in described]
+    dtype = np.dtype(described)
     if dtype.hasobject:
-        raise ValueError("object arrays are refused")
+        raise ValueError(f"refused array dtype {dtype}")
     shape = tuple(int(n) for n in header["shape"])
-    return _np.frombuffer(data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(shape)

@@ -257,7 +257,14 @@ class RemoteService:
                 logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
                 self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 500, "error": f"{type(exc).__name__}: {exc}"})
                 return
-            self.send_result(connection, cmd, call_id, result)
+            try:
+                self.send_result(connection, cmd, call_id, result)
+            except (ConnectionClosed, SendTimeout):
+                raise
+            except Exception as exc:
+                # The result could not be encoded: the caller must still hear of it.
+                logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
+                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 500, "error": f"{type(exc).__name__}: {exc}"})
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
 

@@ -187,7 +187,7 @@ class RequestHandler:
         Raises NotConnected (no peer), RequestTimeout, ConnectionClosed (the
         peer went away, at once) and RequestError (the peer's status was not 200).
         """
-        call_id, handler = self.prepare_request(msg, conn, progress)
+        call_id, handler = self._register(msg, conn, progress, claimed=True)
         try:
             request = dict(msg, callId=call_id)
             try:
@@ -202,13 +202,21 @@ class RequestHandler:
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
     ) -> tuple[int, BaseWebSocketHandler]:
         """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``."""
+        return self._register(msg, conn, progress, claimed=False)
+
+    def _register(
+        self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler], progress: Optional[Progress], claimed: bool
+    ) -> tuple[int, BaseWebSocketHandler]:
+        # A claimed call belongs to a doRequest that will wait for it: pruning never touches it.
         handler = conn if conn is not None else self.registry.newest(self.name)
         if handler is None or handler.connection.closed:
             raise NotConnected(f"{self.name} not connected. Please start the remote service.")
         self._maybe_prune()
         with self.callbackLock:
             call_id = next(self._call_ids)
-            self._calls[call_id] = _PendingCall(call_id, msg.get("cmd"), handler, progress)
+            call = _PendingCall(call_id, msg.get("cmd"), handler, progress)
+            call.waiting = claimed
+            self._calls[call_id] = call
         return call_id, handler
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:

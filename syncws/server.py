@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Optional, Union
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
-from .exceptions import HandshakeError
+from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler
 from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
 from .registry import ConnectionRegistry, websocketState
@@ -351,9 +351,10 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             if not is_upgrade(request) and self._serve_static(sock, request):
                 return None
             check_upgrade(request.headers)
-            connection = self._make_connection(sock, rest, address)
+            # The 101 goes out with the first frame or after open(), whichever
+            # comes first: see Connection.flush_preamble.
+            connection = self._make_connection(sock, rest, address, accept_response(request))
             handler = self._accept(request, connection)
-            sock.sendall(accept_response(request))
         except HandshakeError as exc:
             logger.info("refused handshake from %s: %s", address, exc)
             try:
@@ -392,7 +393,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 raise ConnectionResetError("peer closed during the handshake")
             data += chunk
 
-    def _make_connection(self, sock: socket.socket, rest: bytes, address: tuple[str, int]) -> Connection:
+    def _make_connection(self, sock: socket.socket, rest: bytes, address: tuple[str, int], preamble: bytes) -> Connection:
         return Connection(
             sock,
             is_client=False,
@@ -402,6 +403,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             send_timeout=self.send_timeout,
             close_timeout=self.close_timeout,
             initial_data=rest,
+            preamble=preamble,
             name=f"{threading.current_thread().name} {address[0]}:{address[1]}",
         )
 
@@ -449,6 +451,10 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         except Exception:
             logger.exception("open() of %r failed; closing", handler)
             connection.close(1011, "handler failed to open")
+        try:
+            connection.flush_preamble()
+        except SyncWSError:
+            pass  # the peer is gone; recv() below sees it
         try:
             while True:
                 message = connection.recv()

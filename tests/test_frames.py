@@ -32,7 +32,7 @@ def test_apply_mask_pure_python_path(monkeypatch: pytest.MonkeyPatch, size: int)
     data, key = os.urandom(size), os.urandom(4)
     expected = bytearray(data)
     frames.apply_mask(expected, key)
-    monkeypatch.setattr(frames, "_np", None)
+    monkeypatch.setattr(frames, "HAVE_NUMPY", False)
     buf = bytearray(data)
     frames.apply_mask(buf, key)
     assert buf == expected
