@@ -316,3 +316,14 @@ def test_handler_error_is_logged_once_and_connection_lives(server: syncws.WebSoc
         assert ws.recv() == "after"
     assert sum("boom" in (r.exc_text or str(r.exc_info)) for r in caplog.records) == 1
     ws.close()
+
+
+def test_client_recv_timeout_then_message(server: syncws.WebSocketServer) -> None:
+    """ClientConnection.recv(timeout) raises TimeoutError when nothing comes, and the connection stays usable."""
+    conn = syncws.connect(server.url + "/echo")
+    with pytest.raises(TimeoutError):
+        conn.recv(timeout=0.05)
+    conn.send("late")
+    assert conn.recv(timeout=5) == "late"
+    conn.close()
+    assert conn.close_code == 1000

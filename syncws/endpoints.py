@@ -1,0 +1,107 @@
+"""Ready-made endpoint handlers: echo, broadcast, relay, and a gateway for requests.
+
+They serve ``syncws serve`` and are meant to be used as they are or read as
+examples of handler classes. Every ``on_message`` runs on the connection's
+own thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Optional
+
+from .connection import Message
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
+from .handlers import BaseWebSocketHandler, sendWebSocketMessage
+from .requests import RequestHandler
+
+__all__ = ["EchoHandler", "BroadcastHandler", "RelayHandler", "CallGatewayHandler"]
+
+logger = logging.getLogger(__name__)
+
+
+class EchoHandler(BaseWebSocketHandler):
+    """Sends every message back as it came: text as text, binary as binary."""
+
+    def on_message(self, message: Message) -> None:
+        """Echo (connection thread)."""
+        self.write_message(message)
+
+
+class BroadcastHandler(BaseWebSocketHandler):
+    """Sends every message to every connection on the endpoint, the sender included."""
+
+    def on_message(self, message: Message) -> None:
+        """Broadcast (connection thread)."""
+        sendWebSocketMessage(self.name, message, registry=self.registry)
+
+
+class RelayHandler(BaseWebSocketHandler):
+    """Sends every message to every other connection on the endpoint."""
+
+    def on_message(self, message: Message) -> None:
+        """Relay (connection thread)."""
+        for handler in self.registry.connections(self.name):
+            if handler is not self:
+                try:
+                    handler.write_message(message)
+                except (ConnectionClosed, SendTimeout) as exc:
+                    logger.info("relay to %r failed: %s", handler, exc)
+
+
+class CallGatewayHandler(BaseWebSocketHandler):
+    """Lets a client outside the server make requests of the server's peers (``syncws call``).
+
+    The client sends a request as JSON (``{"cmd": ..., ...}``, optionally with
+    ``"timeout"`` in seconds); the gateway runs ``doRequest`` on its
+    RequestHandler and sends back the reply as JSON. Bytes data come as a JSON
+    header with ``"dataType": "bytes"`` and ``"size"``, then one binary
+    message. While a reply in parts arrives, ``{"progress": [received, total]}``
+    messages report on it. Errors come back as ``{"status", "error"}``.
+    """
+
+    def initialize(self, name: Optional[str] = None, request_handler: Optional[RequestHandler] = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Take the RequestHandler to forward requests to (connection thread)."""
+        super().initialize(name=name, **kwargs)
+        if request_handler is None:
+            raise ValueError("CallGatewayHandler needs request_handler=")
+        self.request_handler = request_handler
+
+    def on_message(self, message: Message) -> None:
+        """Forward one request and send back its reply (connection thread; blocks this connection only)."""
+        try:
+            request = json.loads(message)
+            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+                raise ValueError("a request is a JSON object with a string 'cmd'")
+            timeout = request.pop("timeout", 60)
+            timeout = None if timeout is None else float(timeout)
+        except (ValueError, TypeError, RecursionError) as exc:
+            self.write_message({"status": 400, "error": f"bad request: {exc}"})
+            return
+        try:
+            reply = self.request_handler.doRequest(request, timeout=timeout, progress=self._progress)
+        except RequestError as exc:
+            self.write_message({"cmd": request["cmd"], "status": exc.status, "error": exc.error})
+            return
+        except (NotConnected, RequestTimeout, ConnectionClosed) as exc:
+            status = {NotConnected: 503, RequestTimeout: 504}.get(type(exc), 502)
+            self.write_message({"cmd": request["cmd"], "status": status, "error": str(exc)})
+            return
+        data: Any = reply.get("data")
+        if isinstance(data, (bytes, bytearray)):
+            header = {k: v for k, v in reply.items() if k != "data"}
+            self.write_message({**header, "dataType": "bytes", "size": len(data)})
+            self.write_message(data)
+        elif type(data).__name__ == "ndarray":
+            header = {k: v for k, v in reply.items() if k != "data"}
+            self.write_message({**header, "dataType": "ndarray", "dtype": data.dtype.str, "shape": list(data.shape), "size": data.nbytes})
+            self.write_message(data.tobytes())
+        else:
+            self.write_message(reply)
+
+    def _progress(self, received: int, total: int) -> None:
+        try:
+            self.write_message({"progress": [received, total]})
+        except (ConnectionClosed, SendTimeout):
+            pass

@@ -1,0 +1,160 @@
+/*
+ * syncws.js: the browser side of syncws's request/reply protocol (docs/protocol.md).
+ *
+ *   <script src="/syncws.js"></script>
+ *   <script>
+ *     const peer = new syncws.Peer("ws://" + location.host + "/wsData");
+ *     peer.register("add", (msg) => msg.a + msg.b);                  // JSON reply
+ *     peer.register("snapshot", async (msg) => new Uint8Array(1024)); // binary reply
+ *     peer.onmessage = (msg) => console.log("broadcast", msg);        // anything that is not a request
+ *     peer.start();
+ *   </script>
+ *
+ * A function may return a value, a Promise, an ArrayBuffer or a typed array
+ * (sent as binary parts with a CRC-32 each, never base64), or throw (the
+ * reply then has status 500 and "Type: message"). The connection comes back
+ * by itself with exponential backoff and jitter.
+ */
+(function (global) {
+  "use strict";
+
+  const PART_MAGIC = [0x53, 0x57, 0x53, 0x42]; // "SWSB"
+  const PART_HEADER_SIZE = 32;
+
+  const CRC_TABLE = (function () {
+    const table = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+    return table;
+  })();
+
+  function crc32(bytes) {
+    let crc = 0xffffffff;
+    for (let i = 0; i < bytes.length; i++) crc = CRC_TABLE[(crc ^ bytes[i]) & 0xff] ^ (crc >>> 8);
+    return (crc ^ 0xffffffff) >>> 0;
+  }
+
+  function asBytes(value) {
+    if (value instanceof ArrayBuffer) return new Uint8Array(value);
+    if (ArrayBuffer.isView(value)) return new Uint8Array(value.buffer, value.byteOffset, value.byteLength);
+    return null;
+  }
+
+  class Peer {
+    constructor(url, options) {
+      options = options || {};
+      this.url = url;
+      this.partSize = options.partSize || 1 << 20;
+      this.backoffMin = options.backoffMin || 500;
+      this.backoffMax = options.backoffMax || 30000;
+      this.commands = new Map();
+      this.onmessage = null;
+      this.onopen = null;
+      this.onclose = null;
+      this.socket = null;
+      this.stopped = true;
+      this.attempt = 0;
+      this.timer = null;
+    }
+
+    register(cmd, fn) {
+      this.commands.set(cmd, fn);
+      return this;
+    }
+
+    start() {
+      this.stopped = false;
+      this._connect();
+      return this;
+    }
+
+    stop() {
+      this.stopped = true;
+      clearTimeout(this.timer);
+      if (this.socket) this.socket.close(1000, "stopped");
+    }
+
+    send(message) {
+      if (!this.socket || this.socket.readyState !== WebSocket.OPEN) throw new Error("not connected");
+      this.socket.send(typeof message === "string" || asBytes(message) ? message : JSON.stringify(message));
+    }
+
+    _connect() {
+      const socket = new WebSocket(this.url);
+      socket.binaryType = "arraybuffer";
+      this.socket = socket;
+      socket.onopen = () => {
+        this.attempt = 0;
+        if (this.onopen) this.onopen();
+      };
+      socket.onmessage = (event) => this._receive(event.data);
+      socket.onclose = (event) => {
+        if (this.onclose) this.onclose(event.code, event.reason);
+        if (this.stopped) return;
+        this.attempt += 1;
+        const delay = Math.min(this.backoffMax, this.backoffMin * 2 ** Math.min(this.attempt - 1, 20));
+        this.timer = setTimeout(() => this._connect(), delay * (0.5 + Math.random() / 2));
+      };
+    }
+
+    _receive(data) {
+      let msg = data;
+      if (typeof data === "string") {
+        try {
+          msg = JSON.parse(data);
+        } catch (err) {
+          msg = data;
+        }
+      }
+      if (msg && typeof msg === "object" && !asBytes(msg) && typeof msg.cmd === "string" && "callId" in msg && this.commands.has(msg.cmd)) {
+        this._answer(msg);
+      } else if (this.onmessage) {
+        this.onmessage(msg);
+      }
+    }
+
+    async _answer(msg) {
+      const base = { cmd: msg.cmd, callId: msg.callId };
+      let result;
+      try {
+        result = await this.commands.get(msg.cmd)(msg);
+      } catch (err) {
+        const name = (err && err.name) || "Error";
+        this._sendJSON(Object.assign(base, { status: 500, error: name + ": " + ((err && err.message) || String(err)) }));
+        return;
+      }
+      const bytes = asBytes(result);
+      if (!bytes) {
+        const reply = Object.assign(base, { status: 200 });
+        if (result !== undefined && result !== null) reply.data = result;
+        this._sendJSON(reply);
+        return;
+      }
+      const parts = Math.ceil(bytes.length / this.partSize);
+      this._sendJSON(Object.assign(base, { status: 200, dataType: "bytes", size: bytes.length, parts: parts }));
+      for (let index = 0; index < parts; index++) {
+        const offset = index * this.partSize;
+        const slice = bytes.subarray(offset, Math.min(bytes.length, offset + this.partSize));
+        const frame = new Uint8Array(PART_HEADER_SIZE + slice.length);
+        const view = new DataView(frame.buffer);
+        PART_MAGIC.forEach((b, i) => view.setUint8(i, b));
+        view.setBigUint64(4, BigInt(msg.callId));
+        view.setUint32(12, index);
+        view.setUint32(16, parts);
+        view.setBigUint64(20, BigInt(offset));
+        view.setUint32(28, crc32(slice));
+        frame.set(slice, PART_HEADER_SIZE);
+        this.socket.send(frame);
+      }
+    }
+
+    _sendJSON(obj) {
+      if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(obj));
+    }
+  }
+
+  global.syncws = { Peer: Peer, crc32: crc32 };
+})(typeof window !== "undefined" ? window : globalThis);
