@@ -120,7 +120,7 @@ class Peer:
 
     def __init__(self, args):
         self.errf = tempfile.TemporaryFile()
-        self.p = subprocess.Popen([sys.executable, PEERS] + list(args),
+        self.p = subprocess.Popen([sys.executable, PEERS, *list(args)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self.errf, env=_env(), text=True, bufsize=1)
         self.lines = queue.Queue()
@@ -138,13 +138,13 @@ class Peer:
         try:
             line = self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise BenchError("peer %s: no answer in %.0fs%s" % (self.p.args[2:4], timeout, self.tail()))
+            raise BenchError(f"peer {self.p.args[2:4]}: no answer in {timeout:.0f}s{self.tail()}") from None
         if line is None:
             try:
                 self.p.wait(2)
             except subprocess.TimeoutExpired:
                 pass
-            raise BenchError("peer %s exited (rc=%s)%s" % (self.p.args[2:4], self.p.returncode, self.tail()))
+            raise BenchError(f"peer {self.p.args[2:4]} exited (rc={self.p.returncode}){self.tail()}")
         return json.loads(line)
 
     def cmd(self, line, timeout=15.0):
@@ -323,7 +323,7 @@ def make_client(impl, srv, path):
 
 def pct(vals, q):
     s = sorted(vals)
-    i = min(len(s) - 1, max(0, int(round(q * (len(s) - 1)))))
+    i = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return s[i]
 
 
@@ -366,7 +366,7 @@ class ManyClients:
                 if len(resp) > 65536:
                     raise BenchError("handshake: response too long")
             if not resp.startswith(b"HTTP/1.1 101"):
-                raise BenchError("handshake refused: %r" % resp[:80])
+                raise BenchError(f"handshake refused: {resp[:80]!r}")
             if resp.split(b"\r\n\r\n", 1)[1]:
                 raise BenchError("unexpected data after handshake")
         s.setblocking(False)
@@ -491,7 +491,7 @@ def wl_bulk(impl, cfg):
                 c.send(data)
                 ack = c.recv()
                 if int(ack) != size:
-                    raise BenchError("bulk up: server got %s bytes" % ack)
+                    raise BenchError(f"bulk up: server got {ack} bytes")
             out["up_MBps"] = size * count / (time.perf_counter() - t) / 1e6
         finally:
             c.close()
@@ -585,14 +585,14 @@ def fmt(v):
         return "-"
     a = abs(v)
     if a >= 1000:
-        return "{:,.0f}".format(v)
+        return f"{v:,.0f}"
     if a >= 100:
-        return "%.0f" % v
+        return f"{v:.0f}"
     if a >= 10:
-        return "%.1f" % v
+        return f"{v:.1f}"
     if a >= 1:
-        return "%.2f" % v
-    return "%.3f" % v
+        return f"{v:.2f}"
+    return f"{v:.3f}"
 
 
 def summarize(results, impls, workloads):
@@ -628,29 +628,29 @@ def summarize(results, impls, workloads):
 def markdown(rows, meta):
     out = ["# syncws benchmark (%s mode, %d repetitions)" % (meta["mode"], meta["reps"]), ""]
     out.append("Python %s on %s, %d CPUs; %s" % (meta["python"], meta["platform"], meta["cpus"],
-                                                 ", ".join("%s %s" % kv for kv in meta["versions"].items())))
+                                                 ", ".join("{} {}".format(*kv) for kv in meta["versions"].items())))
     out.append("")
     out.append("| workload | figure | implementation | median | min | max | x raw | note |")
     out.append("|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         unit = (" " + r["unit"]) if r["unit"] else ""
-        fig = "%s%s, %s" % (r["label"], unit, "lower is better" if r["better"] == "lower" else "higher is better")
+        fig = "{}{}, {}".format(r["label"], unit, "lower is better" if r["better"] == "lower" else "higher is better")
         if r["status"] == "ok":
-            ratio = "%.2f" % r["ratio_to_raw"] if r.get("ratio_to_raw") is not None else "-"
+            ratio = "{:.2f}".format(r["ratio_to_raw"]) if r.get("ratio_to_raw") is not None else "-"
             note = r["note"]
             if r.get("errors"):
                 note = (note + "; " if note else "") + "%d failed run(s)" % len(r["errors"])
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            out.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 r["workload"], fig, r["impl"], fmt(r["median"]), fmt(r["min"]), fmt(r["max"]),
                 ratio, note))
         elif r["status"] == "n/a":
-            out.append("| %s | %s | %s | n/a | n/a | n/a | n/a | %s |" % (
+            out.append("| {} | {} | {} | n/a | n/a | n/a | n/a | {} |".format(
                 r["workload"], fig, r["impl"], r["note"]))
         else:
             err = str(r["errors"][-1]).replace("|", "/").replace("\n", " ")[:160]
-            out.append("| %s | %s | %s | error | | | | %s |" % (r["workload"], fig, r["impl"], err))
+            out.append("| {} | {} | {} | error | | | | {} |".format(r["workload"], fig, r["impl"], err))
     out.append("")
-    out.append("x raw = median / raw median. Wall time %.1f s." % meta["wall_s"])
+    out.append("x raw = median / raw median. Wall time {:.1f} s.".format(meta["wall_s"]))
     return "\n".join(out)
 
 
@@ -661,13 +661,13 @@ def versions():
         try:
             m = __import__(mod)
             out[name] = getattr(m, "__version__", None) or getattr(m, "version", "?")
-        except Exception:  # noqa: BLE001 - a missing package only shows as "missing"
+        except Exception:
             out[name] = "missing"
     try:
         from importlib.metadata import version
 
         out["websocket-server"] = version("websocket-server")
-    except Exception:  # noqa: BLE001
+    except Exception:
         out["websocket-server"] = "missing"
     return out
 
@@ -682,7 +682,7 @@ def parse_list(value, allowed, aliases=None, what="value"):
             continue
         item = (aliases or {}).get(item, item)
         if item not in allowed:
-            raise SystemExit("unknown %s %r (choose from %s)" % (what, item, ", ".join(allowed)))
+            raise SystemExit("unknown {} {!r} (choose from {})".format(what, item, ", ".join(allowed)))
         if item not in out:
             out.append(item)
     return [x for x in allowed if x in out]
@@ -717,10 +717,10 @@ def main(argv: list[str] | None = None) -> int:
                     figs = RUNNERS[wl](impl, cfg)
                     for k, v in figs.items():
                         res["values"].setdefault(k, []).append(float(v))
-                    status = " ".join("%s=%s" % (k, fmt(v)) for k, v in figs.items())
-                except Exception as e:  # noqa: BLE001 - one failed run must not stop the others
-                    res["errors"].append("%s: %s" % (type(e).__name__, e))
-                    status = "ERROR %s: %s" % (type(e).__name__, str(e)[:300])
+                    status = " ".join(f"{k}={fmt(v)}" for k, v in figs.items())
+                except Exception as e:
+                    res["errors"].append(f"{type(e).__name__}: {e}")
+                    status = f"ERROR {type(e).__name__}: {str(e)[:300]}"
                 print("[%d/%d] %-14s %-16s %5.1fs  %s" % (rep + 1, cfg["reps"], wl, impl,
                                                           time.monotonic() - t, status),
                       file=sys.stderr, flush=True)

@@ -156,7 +156,7 @@ def start_tornado(routes):
 
     threading.Thread(target=run, name="tornado-ioloop", daemon=True).start()
     if not ready.wait(15) or "error" in box:
-        raise RuntimeError("tornado did not start: %s" % box.get("error"))
+        raise RuntimeError("tornado did not start: {}".format(box.get("error")))
     return box["port"], box["ioloop"]
 
 
@@ -452,7 +452,7 @@ def role_serve(impl):
 class Pending:
     """Per-call rendezvous: the worker waits on its own condition."""
 
-    __slots__ = ("cond", "reply", "done")
+    __slots__ = ("cond", "done", "reply")
 
     def __init__(self):
         self.cond = threading.Condition(threading.Lock())
@@ -683,7 +683,7 @@ class SyncwsRequester(RequesterBase):
                 return
             except self.syncws.NotConnected:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("syncws peer did not connect")
+                    raise RuntimeError("syncws peer did not connect") from None
                 time.sleep(0.02)
 
     def doRequest(self, msg, timeout=10):
@@ -709,7 +709,7 @@ def make_requester(impl):
 def _pct(sorted_vals, q):
     if not sorted_vals:
         return float("nan")
-    i = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
+    i = min(len(sorted_vals) - 1, max(0, round(q * (len(sorted_vals) - 1))))
     return sorted_vals[i]
 
 
@@ -721,7 +721,7 @@ def run_workers(n_threads, fn, timeout):
         try:
             barrier.wait()
             fn(i)
-        except BaseException as e:  # noqa: BLE001 - reported to the driver
+        except BaseException as e:
             errors.append(repr(e))
 
     threads = [threading.Thread(target=body, args=(i,), name="worker-%d" % i, daemon=True)
@@ -735,7 +735,7 @@ def run_workers(n_threads, fn, timeout):
         t.join(max(0.0, deadline - time.monotonic()))
     elapsed = time.perf_counter() - t0
     if any(t.is_alive() for t in threads):
-        errors.append("workers still running after %.0fs" % timeout)
+        errors.append(f"workers still running after {timeout:.0f}s")
     if errors:
         raise RuntimeError("; ".join(errors[:3]))
     return elapsed
@@ -752,7 +752,7 @@ def role_reqserver(impl, workload, params):
         for i in range(20):  # warm-up
             r = req.doRequest({"cmd": "echo", "x": i}, timeout=10)
             if r.get("data") != i:
-                raise RuntimeError("bad echo reply: %r" % (r,))
+                raise RuntimeError(f"bad echo reply: {r!r}")
         timeout = float(params.get("timeout", 120))
         if workload == "latency":
             n = int(params["n"])
@@ -764,7 +764,7 @@ def role_reqserver(impl, workload, params):
                     r = req.doRequest({"cmd": "echo", "x": i}, timeout=10)
                     lat.append(time.perf_counter() - t)
                     if r.get("data") != i:
-                        raise RuntimeError("bad reply %r" % (r,))
+                        raise RuntimeError(f"bad reply {r!r}")
 
             run_workers(1, one, timeout)
             lat.sort()
@@ -777,7 +777,7 @@ def role_reqserver(impl, workload, params):
                     x = w * 100000 + i
                     r = req.doRequest({"cmd": "echo", "x": x}, timeout=30)
                     if r.get("data") != x:
-                        raise RuntimeError("bad reply %r" % (r,))
+                        raise RuntimeError(f"bad reply {r!r}")
 
             elapsed = run_workers(threads, many, timeout)
             emit({"rps": threads * n / elapsed})
@@ -829,7 +829,7 @@ def handle_cmd(msg, b64):
             return reply, None
         return reply, data
     reply["status"] = 400
-    reply["error"] = "unknown cmd %r" % (cmd,)
+    reply["error"] = f"unknown cmd {cmd!r}"
     return reply, None
 
 
@@ -922,7 +922,7 @@ def main(argv):
         elif role == "reqpeer":
             role_reqpeer(argv[1], argv[2])
         else:
-            raise SystemExit("unknown role %r" % role)
+            raise SystemExit(f"unknown role {role!r}")
     except BaseException:  # report and leave at once, whatever threads remain
         import traceback
 

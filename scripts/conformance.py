@@ -435,12 +435,12 @@ def summarise(results: dict[str, dict[str, Any]]) -> list[tuple[str, Counter[str
     total: Counter[str] = Counter()
     for _, counts in table:
         total.update(counts)
-    return table + [("total", total)]
+    return [*table, ("total", total)]
 
 
 def print_report(reports: Path, results: dict[str, dict[str, Any]], details: bool) -> int:
     """Print the table and the failing cases; return the exit status (1 if any failed)."""
-    columns = BEHAVIORS + ["UNCLEAN", "cases"]
+    columns = [*BEHAVIORS, "UNCLEAN", "cases"]
     widths = [len(name) + 2 for name in columns]
     print(f"{'category':<9}" + "".join(f"{n:>{w}}" for n, w in zip(columns, widths)))
     for category, counts in summarise(results):

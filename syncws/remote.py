@@ -2,12 +2,14 @@
 
 Threads:
 
-* ``syncws-remote``: connects (through websocket-client), reads requests and
-  hands each to the worker pool; reconnects with capped exponential backoff
-  and jitter when the connection drops. Keepalive pings run on it too.
-* ``syncws-remote-worker_N``: a bounded pool that runs the registered
-  functions and sends their replies, so one slow request holds up neither
-  the others nor the pings.
+* ``syncws-remote``: connects (through websocket-client), starts the
+  connection's workers, and reconnects with capped exponential backoff and
+  jitter when the connection drops.
+* ``syncws-remote-worker-N``: ``workers`` threads per connection that take
+  turns reading (leader and followers): the thread that reads a request runs
+  it itself once another worker has taken over reading, so a request costs
+  no hand-off between threads, one slow request holds up neither the others
+  nor the pings, and at most ``workers`` functions run at once.
 * ``register``, ``command``, ``start``, ``stop`` and the properties are safe
   from any thread.
 """
@@ -18,7 +20,7 @@ import json
 import logging
 import random
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from typing import Any, Callable, Optional, Union
 
 from . import protocol
@@ -90,12 +92,11 @@ class RemoteService:
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        # Synchronize access to _commands, _connection, _thread and _pool.
+        # Synchronize access to _commands, _connection and _thread.
         self._lock = threading.Lock()
         self._commands: dict[str, CommandFunction] = {}
         self._connection: Optional[ClientConnection] = None
         self._thread: Optional[threading.Thread] = None
-        self._pool: Optional[ThreadPoolExecutor] = None
         self._stop = threading.Event()
         self._connected = threading.Event()
         #: How many times a connection was opened (1 after the first).
@@ -161,18 +162,14 @@ class RemoteService:
         """Close the connection and stop; returns within about a second. Safe from any thread."""
         self._stop.set()
         with self._lock:
-            connection, thread, pool = self._connection, self._thread, self._pool
+            connection, thread = self._connection, self._thread
             self._thread = None
         if connection is not None:
             connection.abort()
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self) -> None:
-        with self._lock:
-            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="syncws-remote-worker")
         attempt = 0
         while not self._stop.is_set():
             connection = self._connect()
@@ -207,13 +204,10 @@ class RemoteService:
         return connection
 
     def _serve(self, connection: ClientConnection) -> None:
-        """Read requests until the connection closes (syncws-remote thread)."""
+        """Run the connection's worker threads until it closes (syncws-remote thread)."""
+        session = _Session(self, connection)
         try:
-            while True:
-                message = connection.recv()
-                if message is None:
-                    break
-                self._dispatch(connection, message)
+            session.run(self.workers)
         finally:
             self._connected.clear()
             with self._lock:
@@ -221,24 +215,20 @@ class RemoteService:
             connection.release()
             logger.info("disconnected from %s (code %s)", self.url, connection.close_code)
 
-    def _dispatch(self, connection: ClientConnection, message: Union[str, bytes]) -> None:
+    def _parse_request(self, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
+        """The request in a message, or None (logged) for anything that is not one."""
         if not isinstance(message, str):
             logger.warning("binary message from the server ignored (%d bytes)", len(message))
-            return
+            return None
         try:
             request = json.loads(message)
         except (ValueError, RecursionError):
             logger.warning("request that is not JSON ignored (%d characters)", len(message))
-            return
+            return None
         if not isinstance(request, dict) or "cmd" not in request:
             logger.warning("request without a cmd ignored")
-            return
-        pool = self._pool
-        if pool is not None:
-            try:
-                pool.submit(self._answer, connection, request)
-            except RuntimeError:
-                pass  # stopping
+            return None
+        return request
 
     # ------------------------------------------------------------------ answering
 
@@ -299,3 +289,80 @@ class RemoteService:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+class _Session:
+    """The worker threads of one connection, taking turns as its reader (leader/followers).
+
+    One worker at a time, the leader, reads. When a request comes in and
+    another worker is idle, the leader wakes it to lead and runs the request
+    itself; when all others are busy, it queues the request and goes on
+    reading, so pings are always answered. A worker that finishes takes
+    queued requests first. ``condition`` guards every field.
+    """
+
+    def __init__(self, service: RemoteService, connection: ClientConnection) -> None:
+        self.service = service
+        self.connection = connection
+        self.condition = threading.Condition(threading.Lock())
+        self.queued: deque[dict[str, Any]] = deque()
+        self.leading = False
+        self.idle = 0
+        self.ended = False
+
+    def run(self, workers: int) -> None:
+        """Start the workers and wait until the connection closed (supervisor thread)."""
+        name = threading.current_thread().name
+        threads = [threading.Thread(target=self._work, name=f"{name}-worker-{i + 1}", daemon=True) for i in range(max(1, workers))]
+        for thread in threads:
+            thread.start()
+        with self.condition:
+            self.condition.wait_for(lambda: self.ended)
+        # Workers still running a request finish it on their own; their replies
+        # fail to send and are logged at debug level.
+
+    def _work(self) -> None:
+        while True:
+            with self.condition:
+                request = self._next_task()
+            if request is None:
+                if self.ended:
+                    return
+                request = self._lead()
+                if request is None:
+                    return
+            self.service._answer(self.connection, request)
+
+    def _next_task(self) -> Optional[dict[str, Any]]:
+        """A queued request, or None when this worker is to lead or the session ended (condition held)."""
+        while True:
+            if self.queued:
+                return self.queued.popleft()
+            if self.ended:
+                return None
+            if not self.leading:
+                self.leading = True
+                return None
+            self.idle += 1
+            self.condition.wait()
+            self.idle -= 1
+
+    def _lead(self) -> Optional[dict[str, Any]]:
+        """Read until a request can be handed to this worker; None when the connection closed."""
+        while True:
+            message = self.connection.recv()
+            if message is None:
+                with self.condition:
+                    self.ended, self.leading = True, False
+                    self.condition.notify_all()
+                return None
+            request = self.service._parse_request(message)
+            if request is None:
+                continue
+            with self.condition:
+                if self.idle:
+                    # Hand the reading on and run this request here: no hand-off of the request itself.
+                    self.leading = False
+                    self.condition.notify()
+                    return request
+                self.queued.append(request)
