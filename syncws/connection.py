@@ -112,6 +112,7 @@ class Connection:
         limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
         self._tick = max(0.05, min([*limits, 10.0]) / 2)
         sock.settimeout(self._tick)
+        frames.load_accelerator()
 
     # ------------------------------------------------------------------ state
 

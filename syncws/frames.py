@@ -38,6 +38,7 @@ __all__ = [
     "is_valid_close_code",
     "truncate_utf8",
     "HAVE_NUMPY",
+    "load_accelerator",
 ]
 
 OP_CONTINUATION = 0x0
@@ -50,10 +51,16 @@ OP_PONG = 0xA
 DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
 CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
-# numpy is an optional accelerator, imported on the first large mask (it takes
-# a third of a second to import: too much for every program that imports syncws).
+# numpy is an optional accelerator. It takes a third of a second to import: too
+# much for every program that imports syncws (a --help, say), so it is imported
+# when the first connection opens (see load_accelerator), before any transfer.
 HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
 _np: Any = None
+
+
+def load_accelerator() -> None:
+    """Import numpy now, if installed, so that no transfer waits for it. Safe from any thread."""
+    _numpy()
 
 
 def _numpy() -> Any:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Optional, Union
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "PART_HEADER",
     "PartHeader",
     "encode_part_header",
+    "pack_part_header",
+    "part_checksums",
     "decode_part_header",
     "binary_reply_header",
     "as_binary",
@@ -53,7 +57,32 @@ def crc32(data: BytesLike) -> int:
 
 def encode_part_header(call_id: int, index: int, count: int, offset: int, data: BytesLike) -> bytes:
     """The 32-byte header of part ``index`` of ``count``, carrying ``data`` at ``offset``."""
-    return PART_HEADER.pack(PART_MAGIC, call_id, index, count, offset, crc32(data))
+    return pack_part_header(call_id, index, count, offset, crc32(data))
+
+
+def pack_part_header(call_id: int, index: int, count: int, offset: int, checksum: int) -> bytes:
+    """The 32-byte header of a part whose CRC-32 is already known."""
+    return PART_HEADER.pack(PART_MAGIC, call_id, index, count, offset, checksum)
+
+
+def part_checksums(view: memoryview, part_size: int) -> Iterator[int]:
+    """The CRC-32 of each ``part_size`` slice of ``view``, in order.
+
+    Each next one is computed on a helper thread while the caller sends the
+    current part: zlib releases the GIL, so checking costs little time.
+    """
+    count = -(-len(view) // part_size)
+    if count <= 1:
+        if count:
+            yield crc32(view)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="syncws-crc") as pool:
+        future = pool.submit(crc32, view[:part_size])
+        for index in range(count):
+            checksum = future.result()
+            if index + 1 < count:
+                future = pool.submit(crc32, view[(index + 1) * part_size : (index + 2) * part_size])
+            yield checksum
 
 
 def decode_part_header(message: BytesLike) -> Optional[PartHeader]:
@@ -100,11 +129,11 @@ def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: d
     return {"cmd": cmd, "callId": call_id, "status": 200, "size": size, "parts": parts, **fields}
 
 
-def from_binary(data: bytearray, header: dict[str, Any]) -> Any:
-    """Turn the received bytes back into the value the peer returned: bytes, or a
-    (writable) ndarray that shares ``data``'s memory."""
+def from_binary(parts: list[memoryview], header: dict[str, Any]) -> Any:
+    """Join received parts into the value the peer returned: bytes, or a (writable)
+    ndarray. One copy either way: ``join`` allocates the result once."""
     if header.get("dataType") != "ndarray":
-        return bytes(data)
+        return b"".join(parts)
     try:
         import numpy as np
     except ImportError:
@@ -116,4 +145,4 @@ def from_binary(data: bytearray, header: dict[str, Any]) -> Any:
     if dtype.hasobject:
         raise ValueError(f"refused array dtype {dtype}")
     shape = tuple(int(n) for n in header["shape"])
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return np.frombuffer(bytearray().join(parts), dtype=dtype).reshape(shape)

@@ -275,10 +275,10 @@ class RemoteService:
         size = len(view)
         count = -(-size // self.part_size)
         connection.send(json.dumps(protocol.binary_reply_header(cmd, call_id, size, count, fields)))
-        for index in range(count):
+        for index, checksum in enumerate(protocol.part_checksums(view, self.part_size)):
             offset = index * self.part_size
             chunk = view[offset : offset + self.part_size]
-            connection.send_parts(protocol.encode_part_header(call_id, index, count, offset, chunk), chunk)
+            connection.send_parts(protocol.pack_part_header(call_id, index, count, offset, checksum), chunk)
 
     @staticmethod
     def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:

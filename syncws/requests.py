@@ -39,9 +39,14 @@ _PRUNE_EVERY = 60.0
 class _PendingCall:
     """One request waiting for its reply.
 
-    The connection thread fills it (:meth:`deliver`, :meth:`add_part`,
-    :meth:`fail`); the caller waits in :meth:`wait`. ``condition`` guards every
-    field below it.
+    The connection thread fills it (:meth:`deliver`, :meth:`start_binary`,
+    :meth:`add_part`, :meth:`fail`); the caller waits in :meth:`wait`.
+    ``condition`` guards every field below it.
+
+    A binary reply is split between the two threads: the connection thread
+    checks each part's place and keeps it; the caller, otherwise idle, checks
+    each part's CRC-32 while the next ones arrive (zlib releases the GIL, so
+    the two run at once) and joins them into the result in one copy.
     """
 
     def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, progress: Optional[Progress]) -> None:
@@ -57,8 +62,9 @@ class _PendingCall:
         self.reply: Optional[dict[str, Any]] = None
         self.error: Optional[BaseException] = None
         self.binary_header: Optional[dict[str, Any]] = None
-        self.buffer = bytearray()
-        self.parts_received = 0
+        self.parts: list[tuple[memoryview, int]] = []  # (slice, its CRC-32 as announced)
+        self.received = 0
+        self.complete = False
 
     def deliver(self, reply: dict[str, Any]) -> None:
         with self.condition:
@@ -81,61 +87,75 @@ class _PendingCall:
         if size > max_size:
             raise ValueError(f"reply of {size} bytes exceeds max_reply_size {max_size}")
         with self.condition:
-            # One buffer of the announced size, filled in place: no quadratic copying.
-            self.buffer = bytearray(size)
             self.binary_header = header
+            self.complete = size == 0
             self.activity += 1
             self.condition.notify_all()
-        if size == 0:
-            self._finish_binary()
 
     def add_part(self, part: protocol.PartHeader, message: bytes) -> None:
+        """Check a part's place and keep it (connection thread)."""
         header = self.binary_header
         if header is None:
             raise ValueError("binary part before the reply header")
         data = memoryview(message)[protocol.PART_HEADER.size :]
-        if part.part != self.parts_received or part.parts != header["parts"]:
-            raise ValueError(f"part {part.part}/{part.parts} out of order (expected {self.parts_received}/{header['parts']})")
-        if part.offset + len(data) > len(self.buffer):
-            raise ValueError("part runs past the announced size")
-        if protocol.crc32(data) != part.crc32:
-            raise ValueError(f"part {part.part} failed its CRC-32 check")
-        self.buffer[part.offset : part.offset + len(data)] = data
-        self.parts_received += 1
+        size = header["size"]
+        if part.part != len(self.parts) or part.parts != header["parts"]:
+            raise ValueError(f"part {part.part}/{part.parts} out of order (expected {len(self.parts)}/{header['parts']})")
+        if part.offset != self.received or part.offset + len(data) > size:
+            raise ValueError(f"part {part.part} at offset {part.offset} does not follow on (expected {self.received}) or runs past {size}")
+        last = part.part + 1 == part.parts
+        if last and part.offset + len(data) != size:
+            raise ValueError("parts do not add up to the announced size")
         with self.condition:
+            self.parts.append((data, part.crc32))
+            self.received += len(data)
+            self.complete = last
             self.activity += 1
             self.condition.notify_all()
         if self.progress is not None:
             try:
-                self.progress(part.offset + len(data), len(self.buffer))
+                self.progress(self.received, size)
             except Exception:
                 logger.exception("progress callback of call %d failed", self.call_id)
-        if self.parts_received == part.parts:
-            if part.offset + len(data) != len(self.buffer):
-                raise ValueError("parts do not add up to the announced size")
-            self._finish_binary()
-
-    def _finish_binary(self) -> None:
-        assert self.binary_header is not None
-        reply = {k: v for k, v in self.binary_header.items() if k not in ("size", "parts", "dataType", "dtype", "shape")}
-        reply["data"] = protocol.from_binary(self.buffer, self.binary_header)
-        self.buffer = bytearray()
-        self.deliver(reply)
 
     def _moved(self, seen: int) -> Callable[[], bool]:
         return lambda: self.done or self.activity != seen
 
     def wait(self, timeout: Optional[float]) -> dict[str, Any]:
-        """Block until done; ``timeout`` bounds each wait for the next sign of progress."""
-        with self.condition:
-            self.waiting = True
-            while not self.done:
-                if not self.condition.wait_for(self._moved(self.activity), timeout):
-                    raise RequestTimeout(self.call_id, self.cmd, timeout)
-            if self.error is not None:
-                raise self.error
-            assert self.reply is not None
-            return self.reply
+        """Block until the whole reply is in (caller thread); ``timeout`` bounds each wait for progress."""
+        checked = 0
+        while True:
+            with self.condition:
+                self.waiting = True
+                while not self.done and len(self.parts) == checked and not self.complete:
+                    if not self.condition.wait_for(self._moved(self.activity), timeout):
+                        raise RequestTimeout(self.call_id, self.cmd, timeout)
+                if self.error is not None:
+                    raise self.error
+                if self.reply is not None:
+                    return self.reply
+                new_parts, complete = self.parts[checked:], self.complete
+            for data, expected in new_parts:
+                if protocol.crc32(data) != expected:
+                    error = RequestError(502, f"damaged binary reply: part {checked} failed its CRC-32 check", self._reply_fields())
+                    self.fail(error)
+                    raise error
+                checked += 1
+            if complete and checked == len(self.parts):
+                reply = self._reply_fields()
+                try:
+                    reply["data"] = protocol.from_binary([data for data, _ in self.parts], self.binary_header or {})
+                except (ValueError, TypeError) as exc:  # an array header that does not fit its bytes
+                    error = RequestError(502, f"invalid binary reply: {exc}", reply)
+                    self.fail(error)
+                    raise error from exc
+                self.parts = []
+                self.deliver(reply)
+                return reply
+
+    def _reply_fields(self) -> dict[str, Any]:
+        header = self.binary_header or {"cmd": self.cmd, "callId": self.call_id, "status": 502}
+        return {k: v for k, v in header.items() if k not in ("size", "parts", "dataType", "dtype", "shape")}
 
 
 class RequestHandler:
