@@ -152,56 +152,43 @@ class Connection:
         return None
 
     def _recv_message(self) -> Optional[Message]:
-        fragments: Optional[list[bytes]] = None
-        text_parts: Optional[list[str]] = None
+        fragments: Optional[list[bytearray]] = None  # a binary message's frames so far
+        text: Optional[list[str]] = None  # a text message's decoded pieces so far
         decoder = None
         size = 0
-        first_opcode = 0
         while True:
-            fin, opcode, payload = self._read_frame(size)
+            fin, opcode, length, key = self._read_header(size)
             if opcode >= 8:
-                if self._handle_control(opcode, payload):
+                if self._handle_control(opcode, self._read_payload(length, key)):
                     return None
                 continue
             if opcode == frames.OP_CONTINUATION:
-                if fragments is None:
+                if fragments is None and text is None:
                     raise ProtocolError("continuation frame without a message to continue")
-            elif fragments is not None:
+            elif fragments is not None or text is not None:
                 raise ProtocolError("new data frame inside a fragmented message")
-            elif fin:
-                # The common case: a whole message in one frame.
-                if self._close_sent:
-                    continue  # section 1.4: after our close frame, data is discarded
-                if opcode == frames.OP_TEXT:
-                    try:
-                        return payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        raise ProtocolError("text message is not valid UTF-8", 1007) from None
-                return bytes(payload)
+            elif opcode == frames.OP_TEXT:
+                decoder, text = _utf8_decoder(), []
             else:
-                fragments, first_opcode = [], opcode
-                if opcode == frames.OP_TEXT:
-                    decoder, text_parts = _utf8_decoder(), []
+                fragments = []
+            size += length
+            if decoder is not None and text is not None:
+                self._read_text(length, key, decoder, text, fin)
+            elif fragments is not None:
+                fragments.append(self._read_payload(length, key))
+            if not fin:
+                continue
+            if self._close_sent:
+                # Section 1.4: after our close frame, data is discarded.
+                fragments, text, decoder, size = None, None, None, 0
+                continue
+            if text is not None:
+                return text[0] if len(text) == 1 else "".join(text)
+            assert fragments is not None
+            return bytes(fragments[0]) if len(fragments) == 1 else b"".join(fragments)
 
-            size += len(payload)
-            if decoder is not None and text_parts is not None:
-                # Decode each fragment as it arrives, so that bad UTF-8 fails the
-                # message at once rather than after the whole of it is in.
-                try:
-                    text_parts.append(decoder.decode(payload, fin))
-                except UnicodeDecodeError:
-                    raise ProtocolError("text message is not valid UTF-8", 1007) from None
-            else:
-                fragments.append(payload)  # type: ignore[arg-type]
-            if fin:
-                if self._close_sent:  # discarded, as above
-                    fragments, text_parts, decoder, size = None, None, None, 0
-                    continue
-                if first_opcode == frames.OP_TEXT:
-                    return "".join(text_parts or ())
-                return b"".join(fragments)
-
-    def _read_frame(self, message_size: int) -> tuple[bool, int, bytearray]:
+    def _read_header(self, message_size: int) -> tuple[bool, int, int, Optional[bytes]]:
+        """Read and check a frame header: ``(fin, opcode, payload length, mask key or None)``."""
         b1, b2 = self._read(2)
         header = frames.parse_header(b1, b2)
         frames.check_header(header, expect_masked=not self.is_client)
@@ -216,13 +203,34 @@ class Connection:
         if limit is not None and header.opcode < 8 and message_size + length > limit:
             # Decided from the header alone: the payload is never read.
             raise PayloadTooBig(message_size + length, limit)
-        if header.masked:
-            key = bytes(self._read(4))
-            payload = self._read(length)
+        key = bytes(self._read(4)) if header.masked else None
+        return header.fin, header.opcode, length, key
+
+    def _read_payload(self, length: int, key: Optional[bytes]) -> bytearray:
+        payload = self._read(length)
+        if key is not None:
             frames.apply_mask(payload, key)
-        else:
-            payload = self._read(length)
-        return header.fin, header.opcode, payload
+        return payload
+
+    def _read_text(self, length: int, key: Optional[bytes], decoder: codecs.IncrementalDecoder, out: list[str], final: bool) -> None:
+        """Read a text frame's payload and decode it into ``out`` as it arrives.
+
+        Decoding each piece as it comes off the socket fails a message at its
+        first invalid byte (close 1007), not once the whole of it is in.
+        """
+        offset = 0
+        while True:
+            chunk = self._read_some(length - offset)
+            if key is not None and chunk:
+                shift = offset % 4  # keep the key aligned with the payload's byte positions
+                frames.apply_mask(chunk, key[shift:] + key[:shift])
+            offset += len(chunk)
+            try:
+                out.append(decoder.decode(chunk, final and offset == length))
+            except UnicodeDecodeError:
+                raise ProtocolError("text message is not valid UTF-8", 1007) from None
+            if offset == length:
+                return
 
     def _handle_control(self, opcode: int, payload: bytearray) -> bool:
         """Act on a control frame; return True when it ended the connection."""
@@ -266,6 +274,17 @@ class Connection:
             buf += self._recv_some()
         data = buf[:n]
         del buf[:n]
+        return data
+
+    def _read_some(self, limit: int) -> bytearray:
+        """Return between 1 and ``limit`` bytes (none when ``limit`` is 0), reading only if nothing is buffered."""
+        if limit <= 0:
+            return bytearray()
+        buf = self._rbuf
+        if not buf:
+            buf += self._recv_some()
+        data = buf[:limit]
+        del buf[:limit]
         return data
 
     def _recv_some(self) -> bytes:
@@ -461,7 +480,8 @@ class Connection:
         # reads our close frame instead of a reset (the suite checks this).
         try:
             while not self._closed.is_set():
-                _, opcode, _ = self._read_frame(0)
+                _, opcode, length, key = self._read_header(0)
+                self._read_payload(length, key)
                 if opcode == frames.OP_CLOSE:
                     break
         except (ProtocolError, _Abort, OSError):
