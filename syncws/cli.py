@@ -248,9 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("url", help="endpoint URL, e.g. ws://127.0.0.1:8888/wsData")
     peer.set_defaults(func=_cmd_peer)
 
+    # Everything after "bench" belongs to scripts/bench.py (see main()).
     bench = sub.add_parser("bench", help="the benchmark (scripts/bench.py; --help after 'bench' for its options)", add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for scripts/bench.py")
-    bench.set_defaults(func=_cmd_bench)
+    bench.set_defaults(func=_cmd_bench, bench_args=[])
 
     ab = sub.add_parser("autobahn-client", help="echo client for the Autobahn|Testsuite fuzzingserver")
     ab.add_argument("--url", required=True, help="the fuzzingserver's URL, e.g. ws://127.0.0.1:9002")
@@ -261,7 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the ``syncws`` command; return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # What follows "bench" belongs to scripts/bench.py: argparse leaves it over.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # Configuring logging is the application's job, and here syncws is the application.
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:

@@ -90,7 +90,7 @@
         this.attempt = 0;
         if (this.onopen) this.onopen();
       };
-      socket.onmessage = (event) => this._receive(event.data);
+      socket.onmessage = (event) => this._receive(socket, event.data);
       socket.onclose = (event) => {
         if (this.onclose) this.onclose(event.code, event.reason);
         if (this.stopped) return;
@@ -100,7 +100,7 @@
       };
     }
 
-    _receive(data) {
+    _receive(socket, data) {
       let msg = data;
       if (typeof data === "string") {
         try {
@@ -109,32 +109,43 @@
           msg = data;
         }
       }
-      if (msg && typeof msg === "object" && !asBytes(msg) && typeof msg.cmd === "string" && "callId" in msg && this.commands.has(msg.cmd)) {
-        this._answer(msg);
+      if (msg && typeof msg === "object" && !asBytes(msg) && typeof msg.cmd === "string" && "callId" in msg) {
+        this._answer(socket, msg); // a request: answered on the connection it came on
       } else if (this.onmessage) {
         this.onmessage(msg);
       }
     }
 
-    async _answer(msg) {
+    async _answer(socket, msg) {
       const base = { cmd: msg.cmd, callId: msg.callId };
+      const fn = this.commands.get(msg.cmd);
+      if (!fn) {
+        this._sendJSON(socket, Object.assign(base, { status: 404, error: "unknown command '" + msg.cmd + "'" }));
+        return;
+      }
       let result;
       try {
-        result = await this.commands.get(msg.cmd)(msg);
+        result = await fn(msg);
       } catch (err) {
         const name = (err && err.name) || "Error";
-        this._sendJSON(Object.assign(base, { status: 500, error: name + ": " + ((err && err.message) || String(err)) }));
+        this._sendJSON(socket, Object.assign(base, { status: 500, error: name + ": " + ((err && err.message) || String(err)) }));
         return;
       }
       const bytes = asBytes(result);
       if (!bytes) {
-        const reply = Object.assign(base, { status: 200 });
+        const reply = Object.assign({}, base, { status: 200 });
         if (result !== undefined && result !== null) reply.data = result;
-        this._sendJSON(reply);
+        let text;
+        try {
+          text = JSON.stringify(reply);
+        } catch (err) {
+          text = JSON.stringify(Object.assign({}, base, { status: 500, error: "TypeError: result is not JSON-serializable: " + err.message }));
+        }
+        if (socket.readyState === WebSocket.OPEN) socket.send(text);
         return;
       }
       const parts = Math.ceil(bytes.length / this.partSize);
-      this._sendJSON(Object.assign(base, { status: 200, dataType: "bytes", size: bytes.length, parts: parts }));
+      this._sendJSON(socket, Object.assign(base, { status: 200, dataType: "bytes", size: bytes.length, parts: parts }));
       for (let index = 0; index < parts; index++) {
         const offset = index * this.partSize;
         const slice = bytes.subarray(offset, Math.min(bytes.length, offset + this.partSize));
@@ -147,12 +158,13 @@
         view.setBigUint64(20, BigInt(offset));
         view.setUint32(28, crc32(slice));
         frame.set(slice, PART_HEADER_SIZE);
-        this.socket.send(frame);
+        if (socket.readyState !== WebSocket.OPEN) return;
+        socket.send(frame);
       }
     }
 
-    _sendJSON(obj) {
-      if (this.socket && this.socket.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(obj));
+    _sendJSON(socket, obj) {
+      if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(obj));
     }
   }
 
