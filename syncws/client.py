@@ -110,7 +110,9 @@ def connect(
     reached within ``timeout``.
     """
     ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
-    options: dict[str, Any] = {"timeout": timeout}
+    # websocket-client sends an Origin header of its own unless told not to;
+    # a program is not a browser, so it sends one only when asked to.
+    options: dict[str, Any] = {"timeout": timeout, "suppress_origin": origin is None}
     if header is not None:
         options["header"] = header
     if cookie is not None:

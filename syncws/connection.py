@@ -296,7 +296,7 @@ class Connection:
                 continue
             if not data:
                 raise _Abort("end of stream")
-            self._last_received = time.monotonic()
+            self._received()
             return data
 
     def _recv_into(self, view: memoryview) -> int:
@@ -308,8 +308,14 @@ class Connection:
                 continue
             if not n:
                 raise _Abort("end of stream")
-            self._last_received = time.monotonic()
+            self._received()
             return n
+
+    def _received(self) -> None:
+        self._last_received = now = time.monotonic()
+        if self._close_sent and now >= self._closing_deadline:
+            # A peer that keeps sending after our close frame still gets close_timeout, no more.
+            raise _Abort("close timeout")
 
     def _on_idle(self) -> None:
         """Called by the reader when a read timed out: enforce the close and keepalive deadlines."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import struct
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, Optional, Union
 
 __all__ = [
@@ -76,13 +76,28 @@ def part_checksums(view: memoryview, part_size: int) -> Iterator[int]:
         if count:
             yield crc32(view)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="syncws-crc") as pool:
-        future = pool.submit(crc32, view[:part_size])
-        for index in range(count):
-            checksum = future.result()
-            if index + 1 < count:
-                future = pool.submit(crc32, view[(index + 1) * part_size : (index + 2) * part_size])
-            yield checksum
+    ahead = _Checksum(view[:part_size])
+    for index in range(count):
+        checksum = ahead.result()
+        if index + 1 < count:
+            ahead = _Checksum(view[(index + 1) * part_size : (index + 2) * part_size])
+        yield checksum
+
+
+class _Checksum:
+    """The CRC-32 of a slice, computed on its own short-lived daemon thread."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._value = 0
+        self._thread = threading.Thread(target=self._compute, args=(data,), name="syncws-crc", daemon=True)
+        self._thread.start()
+
+    def _compute(self, data: memoryview) -> None:
+        self._value = crc32(data)
+
+    def result(self) -> int:
+        self._thread.join()
+        return self._value
 
 
 def decode_part_header(message: BytesLike) -> Optional[PartHeader]:

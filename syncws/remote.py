@@ -5,11 +5,11 @@ Threads:
 * ``syncws-remote``: connects (through websocket-client), starts the
   connection's workers, and reconnects with capped exponential backoff and
   jitter when the connection drops.
-* ``syncws-remote-worker-N``: ``workers`` threads per connection that take
-  turns reading (leader and followers): the thread that reads a request runs
-  it itself once another worker has taken over reading, so a request costs
-  no hand-off between threads, one slow request holds up neither the others
-  nor the pings, and at most ``workers`` functions run at once.
+* ``syncws-remote-worker-N``: ``workers + 1`` threads per connection that
+  take turns reading (leader and followers): the thread that reads a request
+  runs it itself once another worker has taken over reading, so a request
+  costs no hand-off between threads, one slow request holds up neither the
+  others nor the pings, and at most ``workers`` functions run at once.
 * ``register``, ``command``, ``start``, ``stop`` and the properties are safe
   from any thread.
 """
@@ -42,7 +42,7 @@ class RemoteService:
 
     Args:
         url: the endpoint, e.g. ``ws://host:8888/wsData`` (``wss://`` for TLS).
-        workers: size of the worker pool that runs the functions.
+        workers: how many functions may run at once (one thread more reads).
         part_size: bytes per binary message of a large bytes result.
         header, cookie, sslopt, origin: passed to websocket-client's handshake.
         token: sent as ``Authorization: Bearer <token>``.
@@ -309,15 +309,19 @@ class _Session:
         self.leading = False
         self.idle = 0
         self.ended = False
+        # Set with ended; the supervisor waits on it, not on the condition, so
+        # that a notify() meant for an idle worker never wakes it instead.
+        self.finished = threading.Event()
 
     def run(self, workers: int) -> None:
         """Start the workers and wait until the connection closed (supervisor thread)."""
-        name = threading.current_thread().name
-        threads = [threading.Thread(target=self._work, name=f"{name}-worker-{i + 1}", daemon=True) for i in range(max(1, workers))]
+        # One thread more than may run functions: whoever leads never runs one
+        # while all the others are busy, so there is always a reader.
+        count = max(1, workers) + 1
+        threads = [threading.Thread(target=self._work, name=f"syncws-remote-worker-{i + 1}", daemon=True) for i in range(count)]
         for thread in threads:
             thread.start()
-        with self.condition:
-            self.condition.wait_for(lambda: self.ended)
+        self.finished.wait()
         # Workers still running a request finish it on their own; their replies
         # fail to send and are logged at debug level.
 
@@ -355,6 +359,7 @@ class _Session:
                 with self.condition:
                     self.ended, self.leading = True, False
                     self.condition.notify_all()
+                self.finished.set()
                 return None
             request = self.service._parse_request(message)
             if request is None:

@@ -200,3 +200,10 @@ def test_silent_tls_client_is_dropped(tls_server: syncws.WebSocketServer) -> Non
     sock = socket.create_connection(("127.0.0.1", tls_server.port), timeout=10)
     assert sock.recv(1) == b""
     sock.close()
+
+
+def test_origins_do_not_refuse_syncws_clients() -> None:
+    """With an Origin allow-list, syncws.connect and RemoteService (no Origin sent) still connect."""
+    srv = make_server(origins=["https://lab.example"])
+    assert _status(srv) == 101
+    srv.stop()

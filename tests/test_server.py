@@ -327,3 +327,33 @@ def test_client_recv_timeout_then_message(server: syncws.WebSocketServer) -> Non
     assert conn.recv(timeout=5) == "late"
     conn.close()
     assert conn.close_code == 1000
+
+
+def test_close_timeout_holds_while_peer_keeps_sending() -> None:
+    """After our close frame, a peer that keeps sending data instead of closing is dropped after close_timeout."""
+    closed = threading.Event()
+
+    class Closer(syncws.BaseWebSocketHandler):
+        def open(self) -> None:
+            super().open()
+            self.close(1000, "bye")
+
+        def on_close(self) -> None:
+            super().on_close()
+            closed.set()
+
+    srv = make_server(close_timeout=0.5)
+    srv.add_handler("/closer", Closer)
+    raw = RawClient(srv.port)
+    raw.handshake("/closer")
+    assert raw.recv_close() == (1000, "bye")
+    for _ in range(2000):  # bounded: keep talking until the server gives up on us
+        if closed.is_set():
+            break
+        try:
+            raw.send_frame(frames.OP_TEXT, b"still talking")
+        except OSError:
+            break
+        closed.wait(0.01)
+    assert closed.wait(5)
+    srv.stop()
