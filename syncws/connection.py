@@ -152,7 +152,7 @@ class Connection:
         return None
 
     def _recv_message(self) -> Optional[Message]:
-        fragments: Optional[list[bytearray]] = None  # a binary message's frames so far
+        fragments: Optional[list[Union[bytearray, memoryview]]] = None  # a binary message's frames so far
         text: Optional[list[str]] = None  # a text message's decoded pieces so far
         decoder = None
         size = 0
@@ -206,7 +206,7 @@ class Connection:
         key = bytes(self._read(4)) if header.masked else None
         return header.fin, header.opcode, length, key
 
-    def _read_payload(self, length: int, key: Optional[bytes]) -> bytearray:
+    def _read_payload(self, length: int, key: Optional[bytes]) -> Union[bytearray, memoryview]:
         payload = self._read(length)
         if key is not None:
             frames.apply_mask(payload, key)
@@ -232,7 +232,7 @@ class Connection:
             if offset == length:
                 return
 
-    def _handle_control(self, opcode: int, payload: bytearray) -> bool:
+    def _handle_control(self, opcode: int, payload: Union[bytearray, memoryview]) -> bool:
         """Act on a control frame; return True when it ended the connection."""
         if opcode == frames.OP_PING:
             try:
@@ -253,8 +253,8 @@ class Connection:
         self._mark_closed(code, reason)
         return True
 
-    def _read(self, n: int) -> bytearray:
-        """Return exactly ``n`` bytes from the stream."""
+    def _read(self, n: int) -> Union[bytearray, memoryview]:
+        """Return exactly ``n`` bytes from the stream (a writable buffer)."""
         buf = self._rbuf
         if len(buf) >= n:
             data = buf[:n]
@@ -262,14 +262,13 @@ class Connection:
             return data
         if n >= _DIRECT_READ:
             # A large payload: read it straight into its own buffer, no copies.
-            data = bytearray(n)
-            view = memoryview(data)
+            view = memoryview(bytearray(n))
             have = len(buf)
             view[:have] = buf
             buf.clear()
             while have < n:
                 have += self._recv_into(view[have:])
-            return data
+            return view
         while len(buf) < n:
             buf += self._recv_some()
         data = buf[:n]
@@ -401,9 +400,8 @@ class Connection:
             for start in range(0, len(view), _MASK_SLICE):
                 piece = view[start : start + _MASK_SLICE]
                 out = memoryview(scratch)[: len(piece)]
-                out[:] = piece
                 shift = offset % 4  # keep the key aligned with the payload's byte positions
-                frames.apply_mask(out, mask_key[shift:] + mask_key[:shift])
+                frames.mask_into(out, piece, mask_key[shift:] + mask_key[:shift])
                 self._send_all(out)
                 offset += len(piece)
 

@@ -39,6 +39,7 @@ __all__ = [
     "truncate_utf8",
     "HAVE_NUMPY",
     "load_accelerator",
+    "mask_into",
 ]
 
 OP_CONTINUATION = 0x0
@@ -150,6 +151,21 @@ def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
         data[:] = (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
     else:
         _apply_mask_chunks(data, mask_key)
+
+
+def mask_into(target: memoryview, source: Union[bytes, bytearray, memoryview], mask_key: bytes) -> None:
+    """Write ``source`` XOR the mask into ``target`` (same length): a copy and a mask in one pass."""
+    n = len(source)
+    if n >= 256 and HAVE_NUMPY:
+        np = _numpy()
+        body = n - n % 4
+        key = np.frombuffer(mask_key, dtype=np.uint32)[0]
+        np.bitwise_xor(np.frombuffer(source, dtype=np.uint32, count=body >> 2), key, out=np.frombuffer(target, dtype=np.uint32, count=body >> 2))
+        for i in range(body, n):
+            target[i] = source[i] ^ mask_key[i - body]
+    else:
+        target[:] = source
+        apply_mask(target, mask_key)
 
 
 def _apply_mask_chunks(data: Union[bytearray, memoryview], mask_key: bytes) -> None:

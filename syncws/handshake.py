@@ -11,9 +11,10 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterator, Mapping
 from typing import Optional
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from .exceptions import HandshakeError
 
@@ -31,6 +32,8 @@ __all__ = [
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@%"
+_ORIGIN_FORM = re.compile(rf"/[{_PCHARS}/]*(?:\?[{_PCHARS}/?]*)?")
 _REASONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -127,10 +130,13 @@ def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers
             raise HandshakeError(400, "malformed header line")
         items.append((name, value.strip(" \t")))
     headers = Headers(items)
-    split = urlsplit(target)
-    if not target.startswith("/"):
-        raise HandshakeError(400, "request target is not an absolute path")
-    return Request(split.path, parse_qs(split.query), headers, remote_address)
+    # The target of a GET is an absolute path and a query (RFC 7230 5.3.1), in
+    # the characters RFC 3986 allows there. It is split by hand: urlsplit would
+    # read "//host/x" as a host and a path.
+    if not _ORIGIN_FORM.fullmatch(target):
+        raise HandshakeError(400, "request target is not an absolute path and query")
+    path, _, query = target.partition("?")
+    return Request(path, parse_qs(query), headers, remote_address)
 
 
 def _tokens(value: str) -> set[str]:
