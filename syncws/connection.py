@@ -142,7 +142,12 @@ class Connection:
         with the RFC's code. It never raises for anything the peer does.
         """
         try:
-            return self._recv_message()
+            buf = self._rbuf
+            if not buf:
+                buf += self._recv_some()
+            # The common case first: a small, whole, unfragmented message already buffered.
+            message = self._small_message(buf)
+            return message if message is not None else self._recv_message()
         except ProtocolError as exc:
             logger.info("%s: protocol error from peer: %s", self.name, exc)
             self._fail(exc.code, exc.reason)
@@ -150,6 +155,42 @@ class Connection:
             self._mark_closed(1006, "")
             logger.debug("%s: connection lost: %r", self.name, exc)
         return None
+
+    def _small_message(self, buf: bytearray) -> Optional[Message]:
+        """The next message if it is one small whole frame already in ``buf``, else None (nothing consumed).
+
+        A shortcut past the general path for what most traffic is; it accepts
+        only frames that path would accept too (FIN set, no RSV bits, text or
+        binary, the right mask bit, under 126 bytes) and leaves all else to it.
+        """
+        if len(buf) < 2 or self._close_sent:
+            return None
+        b1, b2 = buf[0], buf[1]
+        length = b2 & 0x7F
+        if (b1 != 0x81 and b1 != 0x82) or length > 125 or bool(b2 & 0x80) == self.is_client:
+            return None
+        if self.max_message_size is not None and length > self.max_message_size:
+            return None
+        payload: Union[bytes, bytearray]
+        if self.is_client:
+            if len(buf) < 2 + length:
+                return None
+            payload = buf[2 : 2 + length]
+            del buf[: 2 + length]
+        else:
+            if len(buf) < 6 + length:
+                return None
+            key = bytes(buf[2:6])
+            masked = buf[6 : 6 + length]
+            del buf[: 6 + length]
+            mask = int.from_bytes((key * ((length >> 2) + 1))[:length], "little")
+            payload = (int.from_bytes(masked, "little") ^ mask).to_bytes(length, "little")
+        if b1 == 0x82:
+            return bytes(payload)
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("text message is not valid UTF-8", 1007) from None
 
     def _recv_message(self) -> Optional[Message]:
         fragments: Optional[list[Union[bytearray, memoryview]]] = None  # a binary message's frames so far
@@ -365,24 +406,29 @@ class Connection:
         self._send_frame(frames.OP_BINARY, *parts)
 
     def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
-        length = sum(map(len, parts)) if len(parts) != 1 else len(parts[0])
+        payload = parts[0] if len(parts) == 1 else None
+        length = len(payload) if payload is not None else sum(map(len, parts))
         mask_key = os.urandom(4) if self.is_client else None
         header = frames.encode_header(opcode, length, True, mask_key)
+        if length < _COALESCE_LIMIT:
+            # Small: build the whole frame before taking the lock, and send it in one call.
+            data = payload if payload is not None else b"".join(parts)
+            if mask_key is not None and length:
+                mask = int.from_bytes((mask_key * ((length >> 2) + 1))[:length], "little")
+                data = (int.from_bytes(data, "little") ^ mask).to_bytes(length, "little")
+            frame = header + data
+            with self._send_lock:
+                if self._close_sent:
+                    raise ConnectionClosed(self.close_code or 1006, self.close_reason, f"{self.name} is closing")
+                self._send_all(frame)
+            return
         with self._send_lock:
             if self._close_sent:
                 raise ConnectionClosed(self.close_code or 1006, self.close_reason, f"{self.name} is closing")
-            if length < _COALESCE_LIMIT:
-                payload: Union[bytes, bytearray] = b"".join(parts)
-                if mask_key is not None:
-                    masked = bytearray(payload)
-                    frames.apply_mask(masked, mask_key)
-                    payload = masked
-                self._send_all(header + payload)
-            elif mask_key is not None:
-                self._send_all(header)
+            self._send_all(header)
+            if mask_key is not None:
                 self._send_masked(parts, mask_key)
             else:
-                self._send_all(header)
                 for part in parts:
                     self._send_all(part)
 
