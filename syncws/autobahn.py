@@ -26,10 +26,7 @@ def _echo_case(url: str) -> None:
         logger.info("case connection %s failed: %s", url, exc)
         return
     try:
-        while True:
-            message = connection.recv()
-            if message is None:
-                break
+        for message in connection:
             try:
                 connection.send(message)
             except SyncWSError:

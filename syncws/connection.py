@@ -28,6 +28,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from typing import Optional, Union
 
 from . import frames
@@ -43,7 +44,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 _UNPACK_16 = struct.Struct("!H").unpack
 _UNPACK_64 = struct.Struct("!Q").unpack
 _RECV_SIZE = 64 * 1024  # one read for many small frames; below malloc's mmap threshold
-_DIRECT_READ = 64 * 1024  # payloads this large are read straight into their own buffer
+_LARGE_PAYLOAD = 64 * 1024  # payloads this large are read in pieces (see _read_large)
 _COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
 _MASK_SLICE = 256 * 1024  # masked sends go out in slices of this size
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
@@ -156,6 +157,14 @@ class Connection:
             logger.debug("%s: connection lost: %r", self.name, exc)
         return None
 
+    def __iter__(self) -> Iterator[Message]:
+        """The messages, as :meth:`recv` returns them, until the connection closes. Reader thread only."""
+        while True:
+            message = self.recv()
+            if message is None:
+                return
+            yield message
+
     def _small_message(self, buf: bytearray) -> Optional[Message]:
         """The next message if it is one small whole frame already in ``buf``, else None (nothing consumed).
 
@@ -193,7 +202,7 @@ class Connection:
             raise ProtocolError("text message is not valid UTF-8", 1007) from None
 
     def _recv_message(self) -> Optional[Message]:
-        fragments: Optional[list[Union[bytearray, memoryview]]] = None  # a binary message's frames so far
+        fragments: Optional[list[Union[bytes, bytearray]]] = None  # a binary message's frames so far
         text: Optional[list[str]] = None  # a text message's decoded pieces so far
         decoder = None
         size = 0
@@ -247,11 +256,44 @@ class Connection:
         key = bytes(self._read(4)) if header.masked else None
         return header.fin, header.opcode, length, key
 
-    def _read_payload(self, length: int, key: Optional[bytes]) -> Union[bytearray, memoryview]:
-        payload = self._read(length)
-        if key is not None:
-            frames.apply_mask(payload, key)
+    def _read_payload(self, length: int, key: Optional[bytes]) -> Union[bytes, bytearray]:
+        if length < _LARGE_PAYLOAD or length <= len(self._rbuf):
+            payload = self._read(length)
+            if key is not None:
+                frames.apply_mask(payload, key)
+            return payload
+        if key is None:
+            return self._read_large(length)
+        # Masked (the server's side): one buffer to unmask in place; the caller copies it to bytes.
+        payload = bytearray(length)
+        view = memoryview(payload)
+        have = len(self._rbuf)
+        view[:have] = self._rbuf
+        self._rbuf.clear()
+        while have < length:
+            have += self._recv_into(view[have:])
+        frames.apply_mask(payload, key)
         return payload
+
+    def _read_large(self, length: int) -> bytes:
+        """Read a large unmasked payload (the client's side) as ``bytes``: pieces of at
+        most 64 KiB, joined once.
+
+        A message ends as a fresh ``bytes`` object, and fresh memory costs a
+        page fault per 4 KiB on first touch, more than the copying itself. Small
+        pieces reuse warm memory, so the join is the only fresh buffer, where
+        reading into one big buffer and copying that to bytes would make two.
+        """
+        pieces: list[Union[bytes, bytearray]] = []
+        offset = 0
+        if self._rbuf:
+            pieces.append(self._read(min(len(self._rbuf), length)))
+            offset = len(pieces[0])
+        while offset < length:
+            piece = self._recv_some(min(_RECV_SIZE, length - offset))
+            pieces.append(piece)
+            offset += len(piece)
+        return b"".join(pieces)
 
     def _read_text(self, length: int, key: Optional[bytes], decoder: codecs.IncrementalDecoder, out: list[str], final: bool) -> None:
         """Read a text frame's payload and decode it into ``out`` as it arrives.
@@ -273,7 +315,7 @@ class Connection:
             if offset == length:
                 return
 
-    def _handle_control(self, opcode: int, payload: Union[bytearray, memoryview]) -> bool:
+    def _handle_control(self, opcode: int, payload: Union[bytes, bytearray]) -> bool:
         """Act on a control frame; return True when it ended the connection."""
         if opcode == frames.OP_PING:
             try:
@@ -294,22 +336,13 @@ class Connection:
         self._mark_closed(code, reason)
         return True
 
-    def _read(self, n: int) -> Union[bytearray, memoryview]:
+    def _read(self, n: int) -> bytearray:
         """Return exactly ``n`` bytes from the stream (a writable buffer)."""
         buf = self._rbuf
         if len(buf) >= n:
             data = buf[:n]
             del buf[:n]
             return data
-        if n >= _DIRECT_READ:
-            # A large payload: read it straight into its own buffer, no copies.
-            view = memoryview(bytearray(n))
-            have = len(buf)
-            view[:have] = buf
-            buf.clear()
-            while have < n:
-                have += self._recv_into(view[have:])
-            return view
         while len(buf) < n:
             buf += self._recv_some()
         data = buf[:n]
@@ -327,10 +360,10 @@ class Connection:
         del buf[:limit]
         return data
 
-    def _recv_some(self) -> bytes:
+    def _recv_some(self, size: int = _RECV_SIZE) -> bytes:
         while True:
             try:
-                data = self.sock.recv(_RECV_SIZE)
+                data = self.sock.recv(size)
             except socket.timeout:
                 self._on_idle()
                 continue

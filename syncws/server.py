@@ -456,10 +456,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         except SyncWSError:
             pass  # the peer is gone; recv() below sees it
         try:
-            while True:
-                message = connection.recv()
-                if message is None:
-                    break
+            for message in connection:
                 try:
                     handler.on_message(message)
                 except Exception:
