@@ -13,6 +13,7 @@ slices, which keeps every step in C (about 0.5 GB/s, 25 times a byte loop).
 from __future__ import annotations
 
 import importlib.util
+import os
 import struct
 from typing import Any, NamedTuple, Optional, Union
 
@@ -55,7 +56,8 @@ CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 # numpy is an optional accelerator. It takes a third of a second to import: too
 # much for every program that imports syncws (a --help, say), so it is imported
 # when the first connection opens (see load_accelerator), before any transfer.
-HAVE_NUMPY = importlib.util.find_spec("numpy") is not None
+# SYNCWS_NO_NUMPY=1 turns it off, to measure or test the pure-Python path.
+HAVE_NUMPY = importlib.util.find_spec("numpy") is not None and not os.environ.get("SYNCWS_NO_NUMPY")
 _np: Any = None
 
 
