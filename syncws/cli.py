@@ -24,44 +24,22 @@ import logging
 import ssl
 import sys
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Optional
 
 from .auth import bearer_token
 from .client import ClientConnection, connect
 from .endpoints import BroadcastHandler, CallGatewayHandler, EchoHandler, RelayHandler
 from .exceptions import SyncWSError
 from .handlers import DataWebSocketHandler
+from .progress import ProgressBar
 from .registry import ConnectionRegistry
 from .requests import RequestHandler
 from .server import WebSocketServer
 from .static import javascript_client
 
-__all__ = ["main", "build_parser", "ProgressBar"]
+__all__ = ["main", "build_parser"]
 
 logger = logging.getLogger(__name__)
-
-
-class ProgressBar:
-    """A one-line progress bar for transfers: ``update(done, total)``, then ``finish()``."""
-
-    def __init__(self, out: TextIO, label: str = "") -> None:
-        self.out = out
-        self.label = label
-        self.shown = False
-
-    def update(self, done: int, total: int) -> None:
-        """Redraw the bar (any thread; one bar is updated by one thread at a time)."""
-        fraction = done / total if total else 1.0
-        filled = int(fraction * 30)
-        self.out.write(f"\r{self.label}[{'#' * filled}{'.' * (30 - filled)}] {fraction:6.1%} {done / 2**20:8.1f}/{total / 2**20:.1f} MiB")
-        self.out.flush()
-        self.shown = True
-
-    def finish(self) -> None:
-        """End the bar's line."""
-        if self.shown:
-            self.out.write("\n")
-            self.out.flush()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any, Optional, TextIO
 
 from .exceptions import RequestError, RequestTimeout, SyncWSError
 from .handlers import DataWebSocketHandler
+from .progress import ProgressBar
 from .registry import ConnectionRegistry
 from .remote import RemoteService
 from .requests import RequestHandler
@@ -127,6 +128,7 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
                 pool.submit(_one_request, handler, i, tally, None)
         elapsed = time.perf_counter() - started
         _report(tally, elapsed, out)
+        _large_transfer(handler, out)
         bad = sum(n for k, n in tally.outcomes.items() if "expected" not in k and k != "ok")
         return 0 if bad == 0 else 1
     finally:
@@ -138,6 +140,18 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
             peer.kill()
             peer.wait(5)
         server.stop()
+
+
+def _large_transfer(handler: RequestHandler, out: TextIO, size: int = 64 * 1024 * 1024) -> None:
+    """One large bytes result, with a progress bar, checked byte for byte."""
+    print(f"one {size >> 20} MiB transfer:", file=out, flush=True)
+    bar = ProgressBar(out, "  ")
+    started = time.perf_counter()
+    reply = handler.doRequest({"cmd": "getBytes", "size": size, "seed": 7}, timeout=30, progress=bar.update)
+    elapsed = time.perf_counter() - started
+    bar.finish()
+    intact = reply["data"] == demo_payload(size, 7)
+    print(f"  {'intact' if intact else 'DAMAGED'}, {size / 2**20 / elapsed:.0f} MiB/s", file=out, flush=True)
 
 
 def _report(tally: _Tally, elapsed: float, out: TextIO) -> None:
