@@ -569,9 +569,23 @@ class Connection:
                 self._read_payload(length, key)
                 if opcode == frames.OP_CLOSE:
                     break
-        except (ProtocolError, _Abort, OSError):
+        except ProtocolError:
+            # The stream cannot be parsed past the error: drop raw bytes until
+            # the peer goes quiet, so that closing with unread input does not
+            # turn into a reset that would hide our close frame from the peer.
+            self._discard_until_quiet(0.2)
+        except (_Abort, OSError):
             pass
         self._mark_closed(self.close_code or 1006, self.close_reason)
+
+    def _discard_until_quiet(self, quiet: float) -> None:
+        self._rbuf.clear()
+        try:
+            self.sock.settimeout(quiet)
+            while time.monotonic() < self._closing_deadline and self.sock.recv(_RECV_SIZE):
+                pass
+        except OSError:  # socket.timeout included: the peer went quiet
+            pass
 
     def _mark_closed_code(self, code: int, reason: str) -> None:
         if self.close_code is None:
