@@ -114,7 +114,6 @@ def test_slow_request_does_not_hold_up_a_fast_one(env: Env, workers: int) -> Non
     env.service({"slow": slow, "echo": lambda m: m["x"]}, workers=workers)
     slow_caller, slow_results = in_thread(lambda: env.rh.doRequest({"cmd": "slow"}, timeout=10))
     entered.get(timeout=10)  # the slow one is running at the peer
-    start = time.monotonic()
     assert env.rh.doRequest({"cmd": "echo", "x": "fast"}, timeout=10)["data"] == "fast"
     fast_done = time.monotonic()
     slow_caller.join(10)
