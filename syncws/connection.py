@@ -22,14 +22,17 @@ stuck peer block its senders forever.
 from __future__ import annotations
 
 import codecs
+import functools
 import logging
 import os
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
 from collections.abc import Iterator
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 from . import frames
 from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, SendTimeout
@@ -39,6 +42,7 @@ __all__ = ["Connection", "Message", "DEFAULT_MAX_MESSAGE_SIZE"]
 logger = logging.getLogger(__name__)
 
 Message = Union[str, bytes]
+T = TypeVar("T")
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
 _UNPACK_16 = struct.Struct("!H").unpack
@@ -112,7 +116,12 @@ class Connection:
         self._ping_sent_at: Optional[float] = None
         limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
         self._tick = max(0.05, min([*limits, 10.0]) / 2)
-        sock.settimeout(self._tick)
+        # OpenSSL's objects are not safe for a read and a write at once from two
+        # threads (seen as spurious EAGAIN and dropped connections). On TLS the
+        # socket is made non-blocking and every SSL call runs under one lock,
+        # held only for the call itself: waiting happens in select(), unlocked.
+        self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
+        sock.settimeout(0.0 if self._tls_lock is not None else self._tick)
         frames.load_accelerator()
 
     # ------------------------------------------------------------------ state
@@ -363,6 +372,12 @@ class Connection:
         return data
 
     def _recv_some(self, size: int = _RECV_SIZE) -> bytes:
+        if self._tls_lock is not None:
+            data = self._tls_call(lambda: self.sock.recv(size), reading=True)
+            if not data:
+                raise _Abort("end of stream")
+            self._received()
+            return data
         while True:
             try:
                 data = self.sock.recv(size)
@@ -375,6 +390,12 @@ class Connection:
             return data
 
     def _recv_into(self, view: memoryview) -> int:
+        if self._tls_lock is not None:
+            n: int = self._tls_call(lambda: self.sock.recv_into(view), reading=True)
+            if not n:
+                raise _Abort("end of stream")
+            self._received()
+            return n
         while True:
             try:
                 n = self.sock.recv_into(view)
@@ -385,6 +406,32 @@ class Connection:
                 raise _Abort("end of stream")
             self._received()
             return n
+
+    def _tls_call(self, call: Callable[[], T], reading: bool) -> T:
+        """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
+
+        A reader that waits a tick without data runs the idle checks; a writer
+        that makes no progress for ``send_timeout`` raises socket.timeout,
+        which the send loop turns into SendTimeout.
+        """
+        assert self._tls_lock is not None
+        started = time.monotonic()
+        while True:
+            with self._tls_lock:
+                try:
+                    return call()
+                except ssl.SSLWantReadError:
+                    wait_read = True
+                except ssl.SSLWantWriteError:
+                    wait_read = False
+            sockets = [self.sock]
+            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], self._tick)
+            if ready[0] or ready[1]:
+                continue
+            if reading:
+                self._on_idle()
+            elif self.send_timeout is not None and time.monotonic() - started >= self.send_timeout:
+                raise socket.timeout("TLS send made no progress")
 
     def _received(self) -> None:
         self._last_received = now = time.monotonic()
@@ -505,7 +552,8 @@ class Connection:
         last_progress = time.monotonic()
         while view:
             try:
-                sent = self.sock.send(view)
+                tls = self._tls_lock is not None
+                sent = self._tls_call(functools.partial(self.sock.send, view), reading=False) if tls else self.sock.send(view)
             except socket.timeout:
                 if self.send_timeout is not None and time.monotonic() - last_progress >= self.send_timeout:
                     # Part of a frame may be out: the stream cannot be resumed.
@@ -544,7 +592,9 @@ class Connection:
         self._closing_deadline = time.monotonic() + self.close_timeout
         try:
             # Wake the reader sooner, so that it keeps the close deadline.
-            self.sock.settimeout(min(self._tick, max(self.close_timeout / 4, 0.05)))
+            self._tick = min(self._tick, max(self.close_timeout / 4, 0.05))
+            if self._tls_lock is None:
+                self.sock.settimeout(self._tick)
             with self._send_lock:
                 self._send_all(frame)
         except (ConnectionClosed, SendTimeout, OSError):
@@ -581,10 +631,10 @@ class Connection:
     def _discard_until_quiet(self, quiet: float) -> None:
         self._rbuf.clear()
         try:
-            self.sock.settimeout(quiet)
-            while time.monotonic() < self._closing_deadline and self.sock.recv(_RECV_SIZE):
-                pass
-        except OSError:  # socket.timeout included: the peer went quiet
+            while time.monotonic() < self._closing_deadline and select.select([self.sock], [], [], quiet)[0]:
+                if not (self._tls_call(lambda: self.sock.recv(_RECV_SIZE), reading=True) if self._tls_lock else self.sock.recv(_RECV_SIZE)):
+                    return
+        except (OSError, _Abort):  # socket.timeout included: the peer went quiet
             pass
 
     def _mark_closed_code(self, code: int, reason: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import queue
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +209,30 @@ def test_origins_do_not_refuse_syncws_clients() -> None:
     srv = make_server(origins=["https://lab.example"])
     assert _status(srv) == 101
     srv.stop()
+
+
+def test_tls_concurrent_requests_and_sends(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path]) -> None:
+    """Over TLS, many threads making requests while the peer's workers reply at once lose nothing (SSL calls never overlap)."""
+    handler = syncws.RequestHandler("wsData", tls_server)
+    tls_server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+    service = syncws.RemoteService(tls_server.url + "/wsData", sslopt={"ca_certs": str(certificate[0])}, part_size=50_000)
+    service.register("blob", lambda msg: bytes([msg["n"] % 256]) * (1000 + msg["n"] * 997))
+    service.start(timeout=10)
+    failures: queue.Queue[BaseException] = queue.Queue()
+
+    def caller(base: int) -> None:
+        for n in range(base, base + 25):
+            try:
+                data = handler.doRequest({"cmd": "blob", "n": n}, timeout=20)["data"]
+                assert data == bytes([n % 256]) * (1000 + n * 997)
+            except BaseException as exc:  # reported to the test thread
+                failures.put(exc)
+
+    threads = [threading.Thread(target=caller, args=(100 * i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    service.stop()
+    assert failures.empty(), failures.get()
+    assert not any(thread.is_alive() for thread in threads)
