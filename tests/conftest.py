@@ -9,6 +9,7 @@ import pytest
 import syncws
 
 from .helpers import make_server
+from .test_requests import Env
 
 
 @pytest.fixture
@@ -19,3 +20,13 @@ def server() -> Iterator[syncws.WebSocketServer]:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    """A fresh server, registry and RequestHandler; everything it started is stopped afterwards."""
+    e = Env()
+    try:
+        yield e
+    finally:
+        e.close()

@@ -18,16 +18,6 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def env():
-    """A fresh server, registry and RequestHandler; everything it started is stopped afterwards."""
-    e = Env()
-    try:
-        yield e
-    finally:
-        e.close()
-
-
-@pytest.fixture
 def dead_url():
     """A ws:// URL on 127.0.0.1 where nothing listens (a port bound, then closed)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -198,16 +198,6 @@ class Env:
         self.server.stop()
 
 
-@pytest.fixture
-def env():
-    """A fresh server, registry and RequestHandler; everything it started is stopped afterwards."""
-    e = Env()
-    try:
-        yield e
-    finally:
-        e.close()
-
-
 def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, queue.Queue]:
     """Run ``fn`` on a thread; its queue gets ("ok", result, t) or ("err", exception, t)."""
     results: queue.Queue = queue.Queue()
