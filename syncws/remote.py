@@ -326,6 +326,17 @@ class _Session:
         # fail to send and are logged at debug level.
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except Exception:  # a bug here must not leave the session without a reader
+            logger.exception("worker of %s failed; dropping the connection", self.service.url)
+            self.connection.abort()
+            with self.condition:
+                self.ended, self.leading = True, False
+                self.condition.notify_all()
+            self.finished.set()
+
+    def _work_loop(self) -> None:
         while True:
             with self.condition:
                 request = self._next_task()
