@@ -223,8 +223,10 @@ class Connection:
                 continue
             if opcode == frames.OP_CONTINUATION:
                 if fragments is None and text is None:
+                    self._skip_buffered(length)
                     raise ProtocolError("continuation frame without a message to continue")
             elif fragments is not None or text is not None:
+                self._skip_buffered(length)
                 raise ProtocolError("new data frame inside a fragmented message")
             elif opcode == frames.OP_TEXT:
                 decoder, text = _utf8_decoder(), []
@@ -250,7 +252,11 @@ class Connection:
         """Read and check a frame header: ``(fin, opcode, payload length, mask key or None)``."""
         b1, b2 = self._read(2)
         header = frames.parse_header(b1, b2)
-        frames.check_header(header, expect_masked=not self.is_client)
+        try:
+            frames.check_header(header, expect_masked=not self.is_client)
+        except ProtocolError:
+            self._skip_buffered_frame(header)
+            raise
         length = header.length_code
         if length == 126:
             (length,) = _UNPACK_16(self._read(2))
@@ -264,6 +270,27 @@ class Connection:
             raise PayloadTooBig(message_size + length, limit)
         key = bytes(self._read(4)) if header.masked else None
         return header.fin, header.opcode, length, key
+
+    def _skip_buffered_frame(self, header: frames.FrameHeader) -> None:
+        """Drop the rest of a refused frame if all of it is buffered already.
+
+        Failing a connection, we still want to read the peer's close frame that
+        follows, and that needs the stream in step. What is not buffered is not
+        waited for: a hostile peer may never send it.
+        """
+        buf = self._rbuf
+        extra = {126: 2, 127: 8}.get(header.length_code, 0)
+        if len(buf) < extra:
+            return
+        length = header.length_code if not extra else int.from_bytes(buf[:extra], "big")
+        total = extra + (4 if header.masked else 0) + length
+        if len(buf) >= total:
+            del buf[:total]
+
+    def _skip_buffered(self, length: int) -> None:
+        """Drop a refused frame's payload if all of it is buffered already (see _skip_buffered_frame)."""
+        if len(self._rbuf) >= length:
+            del self._rbuf[:length]
 
     def _read_payload(self, length: int, key: Optional[bytes]) -> Union[bytes, bytearray]:
         if length < _LARGE_PAYLOAD or length <= len(self._rbuf):
