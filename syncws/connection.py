@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import io
 import logging
 import os
 import select
@@ -298,40 +299,35 @@ class Connection:
             if key is not None:
                 frames.apply_mask(payload, key)
             return payload
-        if key is None or not frames.HAVE_NUMPY:
-            return self._read_large(length, key)
-        # Masked, with numpy (the server's side): one buffer to unmask in place
-        # at memory speed; the caller copies it to bytes.
-        payload = bytearray(length)
-        view = memoryview(payload)
-        have = len(self._rbuf)
-        view[:have] = self._rbuf
-        self._rbuf.clear()
-        while have < length:
-            have += self._recv_into(view[have:])
-        frames.apply_mask(payload, key)
-        return payload
+        return self._read_large(length, key)
 
     def _read_large(self, length: int, key: Optional[bytes]) -> bytes:
-        """Read a large payload as ``bytes``: pieces of at most 64 KiB, joined once.
+        """Read a large payload straight into the ``bytes`` object that is returned.
 
-        A message ends as a fresh ``bytes`` object, and fresh memory costs a
-        page fault per 4 KiB on first touch, more than the copying itself. Small
-        pieces reuse warm memory, so the join is the only fresh buffer, where
-        reading into one big buffer and copying that to bytes would make two.
-        Without numpy, each piece is unmasked as it comes (big-integer XOR, at
-        its fastest on pieces of this size) straight into its final bytes.
+        Fresh memory costs a page fault per 4 KiB on first touch, more than the
+        copying itself, so a large message must not pass through a second big
+        buffer. ``io.BytesIO`` over a zeroed ``bytes`` lends a writable view of
+        that very object (``getbuffer``), and once the view is released its
+        ``getvalue()`` hands the object out without copying (CPython; where it
+        copies instead, the result is the same, only slower). Each stretch is
+        unmasked in place as soon as it arrives, while it is still in the CPU
+        cache and while the peer goes on sending.
         """
-        pieces: list[Union[bytes, bytearray]] = []
-        offset = 0
-        while offset < length:
-            want = length - offset
-            piece: Union[bytes, bytearray] = self._read(min(len(self._rbuf), want)) if self._rbuf else self._recv_some(min(_RECV_SIZE, want))
-            if key is not None:
-                piece = frames.masked_copy(piece, key, offset)
-            pieces.append(piece)
-            offset += len(piece)
-        return b"".join(pieces)
+        holder = io.BytesIO(bytes(length))
+        with holder.getbuffer() as view:
+            have = min(len(self._rbuf), length)
+            view[:have] = self._rbuf[:have]
+            del self._rbuf[:have]
+            unmasked = 0
+            while True:
+                if key is not None and have > unmasked:
+                    shift = unmasked % 4  # keep the key aligned with the payload's byte positions
+                    frames.apply_mask(view[unmasked:have], key[shift:] + key[:shift])
+                    unmasked = have
+                if have == length:
+                    break
+                have += self._recv_into(view[have:])
+        return holder.getvalue()
 
     def _read_text(self, length: int, key: Optional[bytes], decoder: codecs.IncrementalDecoder, out: list[str], final: bool) -> None:
         """Read a text frame's payload and decode it into ``out`` as it arrives.
