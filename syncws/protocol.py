@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import struct
 import sys
 import threading
@@ -29,7 +30,7 @@ __all__ = [
     "decode_part_header",
     "binary_reply_header",
     "as_binary",
-    "from_binary",
+    "ReplyAssembler",
     "crc32",
 ]
 
@@ -144,20 +145,80 @@ def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: d
     return {"cmd": cmd, "callId": call_id, "status": 200, "size": size, "parts": parts, **fields}
 
 
-def from_binary(parts: list[memoryview], header: dict[str, Any]) -> Any:
-    """Join received parts into the value the peer returned: bytes, or a (writable)
-    ndarray. One copy either way: ``join`` allocates the result once."""
-    if header.get("dataType") != "ndarray":
-        return b"".join(parts)
+class ReplyAssembler:
+    """Builds the value of a binary reply from its parts: bytes, or a writable ndarray.
+
+    The result is allocated once, at the size the reply header announced, and
+    each part is copied into its place as soon as it is added, so a transfer
+    holds the result and the parts not yet added, not every part and then the
+    result too. A bytes result is filled in place through ``io.BytesIO``'s
+    writable view and handed out without a final copy (see
+    ``Connection._read_large``). Not thread-safe: one thread adds and takes
+    the value.
+
+    Raises ValueError, at once, for a header whose array description does not
+    fit its size, or for an array reply when numpy is not installed.
+    """
+
+    def __init__(self, header: dict[str, Any]) -> None:
+        size = header["size"]
+        self._array: Optional[tuple[Any, tuple[int, ...]]] = None
+        self._holder: Optional[io.BytesIO] = None
+        if header.get("dataType") == "ndarray":
+            self._array = _array_layout(header, size)
+            self._buffer: Union[bytearray, memoryview] = bytearray(size)
+            self._view = memoryview(self._buffer)
+        else:
+            self._holder = io.BytesIO(bytes(size))
+            self._view = self._holder.getbuffer()
+        self._filled = 0
+
+    def add(self, data: BytesLike) -> None:
+        """Copy the next part into place; raises ValueError if it runs past the announced size."""
+        end = self._filled + len(data)
+        if end > len(self._view):
+            raise ValueError("parts run past the announced size")
+        self._view[self._filled : end] = data
+        self._filled = end
+
+    def value(self) -> Any:
+        """The finished value; raises ValueError if the parts fell short of the announced size."""
+        if self._filled != len(self._view):
+            raise ValueError(f"parts hold {self._filled} bytes, not the {len(self._view)} announced")
+        self._view.release()
+        if self._holder is not None:
+            return self._holder.getvalue()
+        assert self._array is not None
+        dtype, shape = self._array
+        return _numpy_module().frombuffer(self._buffer, dtype=dtype).reshape(shape)
+
+
+def _numpy_module() -> Any:
     try:
-        import numpy as np
+        import numpy
     except ImportError:
         raise ValueError("the reply is a numpy array, but numpy is not installed") from None
-    described = header["dtype"]
+    return numpy
+
+
+def _array_layout(header: dict[str, Any], size: int) -> tuple[Any, tuple[int, ...]]:
+    """The dtype and shape an array reply announces, checked against its size in bytes."""
+    np = _numpy_module()
+    described = header.get("dtype")
     if isinstance(described, list):  # a structured dtype's fields: [[name, type(, shape)], ...]
         described = [tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in described]
-    dtype = np.dtype(described)
+    try:
+        dtype = np.dtype(described)
+        shape = tuple(int(n) for n in header["shape"])
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"invalid array description: {exc}") from None
     if dtype.hasobject:
         raise ValueError(f"refused array dtype {dtype}")
-    shape = tuple(int(n) for n in header["shape"])
-    return np.frombuffer(bytearray().join(parts), dtype=dtype).reshape(shape)
+    count = 1
+    for n in shape:
+        if n < 0:
+            raise ValueError(f"invalid array shape {shape}")
+        count *= n
+    if count * dtype.itemsize != size:
+        raise ValueError(f"an array of {shape} {dtype} does not take {size} bytes")
+    return dtype, shape

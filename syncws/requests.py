@@ -44,9 +44,11 @@ class _PendingCall:
     ``condition`` guards every field below it.
 
     A binary reply is split between the two threads: the connection thread
-    checks each part's place and keeps it; the caller, otherwise idle, checks
+    checks each part's place and queues it; the caller, otherwise idle, checks
     each part's CRC-32 while the next ones arrive (zlib releases the GIL, so
-    the two run at once) and joins them into the result in one copy.
+    the two run at once), copies it into the result, allocated once at the
+    announced size, and lets it go. A transfer holds the result and the parts
+    still queued, never every part and the result at once.
     """
 
     def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, progress: Optional[Progress]) -> None:
@@ -62,7 +64,9 @@ class _PendingCall:
         self.reply: Optional[dict[str, Any]] = None
         self.error: Optional[BaseException] = None
         self.binary_header: Optional[dict[str, Any]] = None
-        self.parts: list[tuple[memoryview, int]] = []  # (slice, its CRC-32 as announced)
+        self.assembler: Optional[protocol.ReplyAssembler] = None  # filled by the caller only
+        self.parts: list[tuple[memoryview, int]] = []  # queued for the caller: (slice, its CRC-32 as announced)
+        self.parts_received = 0
         self.received = 0
         self.complete = False
 
@@ -86,21 +90,22 @@ class _PendingCall:
             raise ValueError(f"invalid size {size!r} or parts {parts!r}")
         if size > max_size:
             raise ValueError(f"reply of {size} bytes exceeds max_reply_size {max_size}")
+        assembler = protocol.ReplyAssembler(header)  # checks an array's layout now, before its bytes come
         with self.condition:
-            self.binary_header = header
+            self.binary_header, self.assembler = header, assembler
             self.complete = size == 0
             self.activity += 1
             self.condition.notify_all()
 
     def add_part(self, part: protocol.PartHeader, message: bytes) -> None:
-        """Check a part's place and keep it (connection thread)."""
+        """Check a part's place and queue it for the caller (connection thread)."""
         header = self.binary_header
         if header is None:
             raise ValueError("binary part before the reply header")
         data = memoryview(message)[protocol.PART_HEADER.size :]
         size = header["size"]
-        if part.part != len(self.parts) or part.parts != header["parts"]:
-            raise ValueError(f"part {part.part}/{part.parts} out of order (expected {len(self.parts)}/{header['parts']})")
+        if part.part != self.parts_received or part.parts != header["parts"]:
+            raise ValueError(f"part {part.part}/{part.parts} out of order (expected {self.parts_received}/{header['parts']})")
         if part.offset != self.received or part.offset + len(data) > size:
             raise ValueError(f"part {part.part} at offset {part.offset} does not follow on (expected {self.received}) or runs past {size}")
         last = part.part + 1 == part.parts
@@ -108,6 +113,7 @@ class _PendingCall:
             raise ValueError("parts do not add up to the announced size")
         with self.condition:
             self.parts.append((data, part.crc32))
+            self.parts_received += 1
             self.received += len(data)
             self.complete = last
             self.activity += 1
@@ -127,31 +133,42 @@ class _PendingCall:
         while True:
             with self.condition:
                 self.waiting = True
-                while not self.done and len(self.parts) == checked and not self.complete:
+                while not self.done and not self.parts and not (self.complete and checked == self.parts_received):
                     if not self.condition.wait_for(self._moved(self.activity), timeout):
                         raise RequestTimeout(self.call_id, self.cmd, timeout)
                 if self.error is not None:
                     raise self.error
                 if self.reply is not None:
                     return self.reply
-                new_parts, complete = self.parts[checked:], self.complete
-            for data, expected in new_parts:
-                if protocol.crc32(data) != expected:
-                    error = RequestError(502, f"damaged binary reply: part {checked} failed its CRC-32 check", self._reply_fields())
-                    self.fail(error)
-                    raise error
+                new_parts, self.parts = self.parts, []
+                assembler, complete, expected_parts = self.assembler, self.complete, self.parts_received
+            assert assembler is not None  # set with the header, before any part is queued
+            while new_parts:  # popped one by one: each message is let go once it is copied
+                self._add_part_data(assembler, *new_parts.pop(0), index=checked)
                 checked += 1
-            if complete and checked == len(self.parts):
+            if complete and checked == expected_parts:
                 reply = self._reply_fields()
                 try:
-                    reply["data"] = protocol.from_binary([data for data, _ in self.parts], self.binary_header or {})
-                except (ValueError, TypeError) as exc:  # an array header that does not fit its bytes
-                    error = RequestError(502, f"invalid binary reply: {exc}", reply)
-                    self.fail(error)
-                    raise error from exc
-                self.parts = []
+                    reply["data"] = assembler.value()
+                except ValueError as exc:
+                    raise self._failed(f"damaged binary reply: {exc}") from None
                 self.deliver(reply)
                 return reply
+
+    def _add_part_data(self, assembler: protocol.ReplyAssembler, data: memoryview, checksum: int, index: int) -> None:
+        """Check a part's CRC-32 and copy it into the result (caller thread)."""
+        if protocol.crc32(data) != checksum:
+            raise self._failed(f"damaged binary reply: part {index} failed its CRC-32 check")
+        try:
+            assembler.add(data)
+        except ValueError as exc:
+            raise self._failed(f"damaged binary reply: {exc}") from None
+
+    def _failed(self, reason: str) -> RequestError:
+        """Fail the call with a 502 RequestError, and return that error for the caller to raise."""
+        error = RequestError(502, reason, self._reply_fields())
+        self.fail(error)
+        return error
 
     def _reply_fields(self) -> dict[str, Any]:
         header = self.binary_header or {"cmd": self.cmd, "callId": self.call_id, "status": 502}

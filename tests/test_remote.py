@@ -212,3 +212,12 @@ def test_numpy_arrays_round_trip_with_dtype_and_shape(env: Env, name: str, make:
     assert data.dtype == expected.dtype
     assert data.shape == expected.shape
     assert numpy.array_equal(data, expected)
+
+
+def test_numpy_array_result_is_writable(env: Env) -> None:
+    """An array result arrives in memory of its own: the caller may change it in place."""
+    numpy = pytest.importorskip("numpy")
+    env.service({"array": lambda m: numpy.arange(200_000, dtype=numpy.float64)}, part_size=50_000)
+    data = env.rh.doRequest({"cmd": "array"}, timeout=10)["data"]
+    data *= 2
+    assert data[-1] == 2 * 199_999

@@ -545,10 +545,20 @@ def _bad_size(call_id: int) -> list[Any]:
     return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": -1, "parts": 1}]
 
 
-@pytest.mark.parametrize("damage", [_bad_crc, _part_before_header, _out_of_order, _past_the_end, _short, _bad_size])
+def _array_does_not_fit(call_id: int) -> list[Any]:
+    # Three float64 take 24 bytes, not 10: refused from the header, before any part.
+    return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "ndarray", "dtype": "<f8", "shape": [3], "size": 10, "parts": 1}]
+
+
+def _object_array(call_id: int) -> list[Any]:
+    return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "ndarray", "dtype": "|O", "shape": [1], "size": 8, "parts": 1}]
+
+
+@pytest.mark.parametrize("damage", [_bad_crc, _part_before_header, _out_of_order, _past_the_end, _short, _bad_size, _array_does_not_fit, _object_array])
 def test_damaged_binary_reply_fails_the_call_with_502(env: Env, caplog: pytest.LogCaptureFixture, damage: Callable[[int], list[Any]]) -> None:
-    """A damaged binary reply (bad CRC, part before header, out of order, past the end, short, bad size)
-    fails the waiting call at once with RequestError 502 instead of leaving it hanging."""
+    """A damaged binary reply (bad CRC, part before header, out of order, past the end, short, bad size,
+    an array that does not fit its size or holds objects) fails the waiting call at once with RequestError
+    502 instead of leaving it hanging."""
     peer = env.fake_peer()
     start = time.monotonic()
     caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=10))
