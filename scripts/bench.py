@@ -15,6 +15,8 @@ Implementations:
                       go as binary frames.
     tornado_seed_b64  tornado_seed with bytes replies as base64 text, as the
                       seed did (large_reply only)
+    syncws_inline     syncws with the peer's echo command registered
+                      inline=True (req_latency and req_throughput only)
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 
@@ -64,7 +66,7 @@ for _p in (HERE, ROOT):
 import bench_peers as bp  # noqa: E402
 
 MiB = 1 << 20
-IMPLS = ["raw", "syncws", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+IMPLS = ["raw", "syncws", "syncws_inline", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
 WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle"]
 ALIASES = {"latency": "req_latency", "throughput": "req_throughput", "large": "large_reply",
            "fan-out": "fanout", "fan_out": "fanout", "request_latency": "req_latency",
@@ -85,11 +87,13 @@ FIGURES = {
 }
 # where the workload is impossible or not meant to run
 NA = {("websocket_server", "bulk"): "n/a: websocket-server 0.6.4 has no binary frames"}
-ONLY_FOR = {"tornado_seed_b64": {"large_reply"}}
+ONLY_FOR = {"tornado_seed_b64": {"large_reply"}, "syncws_inline": {"req_latency", "req_throughput"}}
 NOTES = {
     ("websocket_server", "large_reply"): "base64 text",
     ("tornado_seed_b64", "large_reply"): "base64 text",
     ("tornado_seed", "large_reply"): "binary frame",
+    ("syncws_inline", "req_latency"): "peer command inline",
+    ("syncws_inline", "req_throughput"): "peer command inline",
 }
 
 FULL = dict(reps=5, echo_n=2000, echo_size=100, bulk_size=16 * MiB, bulk_count=4,

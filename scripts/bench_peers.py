@@ -693,7 +693,7 @@ class SyncwsRequester(RequesterBase):
 def make_requester(impl):
     if impl == "raw":
         return RawRequester()
-    if impl == "syncws":
+    if impl in ("syncws", "syncws_inline"):
         return SyncwsRequester()
     if impl == "websockets":
         return WebsocketsRequester()
@@ -883,12 +883,12 @@ def peer_websocket_client(url, b64):
             ws.send_binary(binary_reply(reply, data))
 
 
-def peer_syncws(url):
+def peer_syncws(url, inline=False):
     ensure_syncws_importable()
     import syncws
 
     svc = syncws.RemoteService(url)
-    svc.register("echo", lambda msg: msg.get("x"))
+    svc.register("echo", lambda msg: msg.get("x"), inline=inline)
     svc.register("blob", lambda msg: bytes(int(msg["size"])))
     svc.run_forever()
 
@@ -901,8 +901,8 @@ def role_reqpeer(impl, url):
             peer_websockets(url)
         elif impl in ("tornado_seed", "tornado_seed_b64", "websocket_server"):
             peer_websocket_client(url, impl in IMPLS_B64)
-        elif impl == "syncws":
-            peer_syncws(url)
+        elif impl in ("syncws", "syncws_inline"):
+            peer_syncws(url, inline=impl == "syncws_inline")
         else:
             raise ValueError(impl)
     except (OSError, EOFError):

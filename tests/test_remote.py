@@ -112,6 +112,56 @@ def test_slow_request_does_not_hold_up_a_fast_one(env: Env, workers: int) -> Non
     assert fast_done < slow_done
 
 
+def test_inline_command_runs_before_anything_else_is_read(env: Env) -> None:
+    """An inline command runs on the reading thread: a request that arrives while it runs waits until it returns."""
+    entered: queue.Queue = queue.Queue()
+    gate, echoed = threading.Event(), threading.Event()
+
+    def held(msg: dict) -> str:
+        entered.put(threading.current_thread().name)
+        gate.wait(10)
+        return "held"
+
+    def echo(msg: dict) -> Any:
+        echoed.set()
+        return msg["x"]
+
+    service = env.service({"echo": echo}, workers=4)
+    service.register("held", held, inline=True)
+    held_caller, held_results = in_thread(lambda: env.rh.doRequest({"cmd": "held"}, timeout=20))
+    assert entered.get(timeout=10).startswith("syncws-remote-worker-")
+    call_id, conn = env.rh.prepare_request({"cmd": "echo"})
+    conn.write_message({"cmd": "echo", "x": 1, "callId": call_id})  # in the peer's socket buffer when this returns
+    # Four workers are idle, yet nobody reads the echo request while the inline command runs.
+    assert not echoed.wait(0.5)
+    gate.set()
+    assert env.rh.get_response(call_id, timeout=10)["data"] == 1
+    held_caller.join(10)
+    assert held_results.get_nowait()[1]["data"] == "held"
+
+
+def test_registering_again_without_inline_makes_a_command_run_on_a_worker(env: Env) -> None:
+    """register(cmd, fn) after register(cmd, fn, inline=True) runs it on a worker again: a blocked one does not stop an echo."""
+    gate = threading.Event()
+    entered: queue.Queue = queue.Queue()
+
+    def held(msg: dict) -> str:
+        entered.put(1)
+        gate.wait(10)
+        return "held"
+
+    service = env.service({"echo": lambda m: m["x"]}, workers=2)
+    service.register("held", held, inline=True)
+    service.register("held", held)
+    held_caller, _ = in_thread(lambda: env.rh.doRequest({"cmd": "held"}, timeout=20))
+    entered.get(timeout=10)
+    try:
+        assert env.rh.doRequest({"cmd": "echo", "x": 2}, timeout=10)["data"] == 2
+    finally:
+        gate.set()
+        held_caller.join(10)
+
+
 def test_reconnects_by_itself_after_server_restart_on_same_port() -> None:
     """After the server stops and a new one starts on the same port, the service reconnects by itself
     and requests flow again."""
