@@ -96,6 +96,10 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         registry: where handlers register (default: the shared ``websocketState``).
         max_message_size: larger messages are refused with close 1009.
         max_connections: beyond this many open connections, handshakes get HTTP 503.
+        max_handshakes: how many accepted sockets may be in their handshake at
+            once (each has a thread, for at most ``handshake_timeout``); beyond
+            this many, a new socket is closed at once, unanswered, so that idle
+            or slow sockets cannot pile up threads.
         ssl_context: serve TLS (``wss://``) with this server-side context.
         auth: ``auth(request)`` decides, before the upgrade, who may connect to
             any endpoint; see :meth:`add_handler`.
@@ -111,6 +115,9 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
     """
 
     daemon_threads = True
+    # The listen backlog: socketserver's default of 5 drops connections when
+    # a burst of clients connects at once (they retry only after a second).
+    request_queue_size = 128
 
     def __init__(
         self,
@@ -120,6 +127,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         registry: Optional[ConnectionRegistry] = None,
         max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
         max_connections: int = 1024,
+        max_handshakes: int = 128,
         ssl_context: Optional[ssl.SSLContext] = None,
         auth: Optional[AuthCheck] = None,
         origins: Optional[list[str]] = None,
@@ -139,6 +147,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self.registry = registry if registry is not None else websocketState
         self.max_message_size = max_message_size
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
         self.ssl_context = ssl_context
         self.auth = auth
         self.origins = origins
@@ -151,12 +160,13 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self.close_timeout = close_timeout
         self.thread: Optional[threading.Thread] = None
 
-        # Synchronize access to _endpoints, _handlers, _conn_threads and the flags below.
+        # Synchronize access to _endpoints, _handlers, _conn_threads, the counter and the flags below.
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
         self._handlers: dict[Connection, BaseWebSocketHandler] = {}
         self._conn_threads: set[threading.Thread] = set()
-        self._pending_sockets = 0
+        self._handshaking = 0  # accepted sockets whose handshake has not ended
+        self._handshakes_refused = 0
         self._serving = False
         self._stopped = False
         self._ids = itertools.count(1)
@@ -298,7 +308,20 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
     # ------------------------------------------------------------------ connections
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a named thread for a new connection (accept thread)."""
+        """Start a named thread for a new connection, or close it at once when too many handshake (accept thread)."""
+        with self._lock:
+            refused = self._handshaking >= self.max_handshakes
+            if refused:
+                self._handshakes_refused += 1
+                first_refusal = self._handshakes_refused == 1
+            else:
+                self._handshaking += 1
+        if refused:
+            # Logged once per burst, not per socket: a flood must not flood the log too.
+            log = logger.warning if first_refusal else logger.debug
+            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
+            self.shutdown_request(request)
+            return
         thread = threading.Thread(
             target=self._connection_thread,
             args=(request, client_address),
@@ -326,13 +349,17 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-        opened = self._open(sock, address)
+        try:
+            opened = self._open(sock, address)
+        finally:
+            with self._lock:
+                self._handshaking -= 1
+                if self._handshaking < self.max_handshakes:
+                    self._handshakes_refused = 0
         if opened is None:
             return
         sock, connection, handler = opened
         try:
-            with self._lock:
-                self._handlers[connection] = handler
             self._run(connection, handler)
         finally:
             with self._lock:
@@ -411,12 +438,9 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         """Route and check a request; build and initialize its handler, or raise HandshakeError."""
         with self._lock:
             endpoint = self._endpoints.get(request.path)
-            too_many = len(self._handlers) >= self.max_connections
-            stopping = self._stopped
         if endpoint is None:
             raise HandshakeError(404, f"no endpoint at {request.path!r}")
-        if stopping or too_many:
-            raise HandshakeError(503, "server is at its connection limit" if too_many else "server is stopping")
+        self._check_capacity()
         origins = endpoint.origins if endpoint.origins is not None else self.origins
         origin = request.headers.get("Origin")
         if origins is not None and origin is not None and origin not in origins:
@@ -428,7 +452,20 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         except Exception:
             logger.exception("initialize() of %s failed", endpoint.handler_class.__name__)
             raise HandshakeError(500, "handler failed to initialize") from None
+        # Checked again and taken in one step: two handshakes at once cannot both take the last place.
+        self._check_capacity(admit=(connection, handler))
         return handler
+
+    def _check_capacity(self, admit: Optional[tuple[Connection, BaseWebSocketHandler]] = None) -> None:
+        """Raise HTTP 503 when stopping or full; else, with ``admit``, register that connection (connection thread)."""
+        with self._lock:
+            too_many = len(self._handlers) >= self.max_connections
+            if not (self._stopped or too_many) and admit is not None:
+                self._handlers[admit[0]] = admit[1]
+                return
+            stopping = self._stopped
+        if stopping or too_many:
+            raise HandshakeError(503, "server is at its connection limit" if too_many else "server is stopping")
 
     @staticmethod
     def _check_auth(auth: Optional[AuthCheck], request: Request) -> None:

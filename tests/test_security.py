@@ -120,6 +120,67 @@ def test_connection_limit_gives_503() -> None:
     srv.stop()
 
 
+def test_simultaneous_handshakes_never_exceed_the_connection_limit() -> None:
+    """Twenty handshakes held together past routing and initialize(), racing for three places: three get 101, seventeen 503."""
+    together = threading.Barrier(20, timeout=20)
+
+    class HeldTogether(EchoHandler):
+        def initialize(self, **kwargs: object) -> None:
+            together.wait()  # every handshake has passed the first check before any is admitted
+
+    srv = make_server(max_connections=3)
+    srv.add_handler("/held", HeldTogether)
+    results: queue.Queue = queue.Queue()
+
+    def racer() -> None:
+        try:
+            results.put(syncws.connect(srv.url + "/held", timeout=30))
+        except syncws.HandshakeError as exc:
+            results.put(exc.status)
+        except Exception as exc:  # reported through the queue
+            results.put(exc)
+
+    threads = [threading.Thread(target=racer) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    outcomes = [results.get(timeout=40) for _ in threads]
+    for thread in threads:
+        thread.join(10)
+    opened = [o for o in outcomes if isinstance(o, syncws.ClientConnection)]
+    try:
+        assert sorted(o for o in outcomes if not isinstance(o, syncws.ClientConnection)) == [503] * 17, outcomes
+        assert len(opened) == 3
+        for conn in opened:
+            conn.send("still here")
+            assert conn.recv(timeout=5) == "still here"
+    finally:
+        for conn in opened:
+            conn.close()
+        srv.stop()
+
+
+def test_idle_sockets_beyond_max_handshakes_are_closed_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """With max_handshakes=2 taken by two silent sockets, a third socket is closed unanswered; once they go, handshakes work again."""
+    srv = make_server(max_handshakes=2, handshake_timeout=30)
+    silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(2)]
+    try:
+        # Accepted in order: the two silent sockets are counted before the third is looked at.
+        third = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        assert third.recv(1024) == b""  # closed by the server, with no answer
+        third.close()
+        assert any("handshakes in progress" in r.getMessage() for r in caplog.records)
+    finally:
+        for sock in silent:
+            sock.close()
+    # The silent sockets' threads see the close and end their handshake.
+    with srv._lock:
+        threads = list(srv._conn_threads)
+    for thread in threads:
+        thread.join(10)
+    assert _status(srv) == 101
+    srv.stop()
+
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A self-signed certificate for 127.0.0.1, made at test time."""
