@@ -313,7 +313,11 @@ class Connection:
         unmasked in place as soon as it arrives, while it is still in the CPU
         cache and while the peer goes on sending.
         """
-        holder = io.BytesIO(bytes(length))
+        try:
+            holder = io.BytesIO(bytes(length))
+        except (MemoryError, OverflowError):
+            # Only without a max_message_size: a claimed length no memory can hold.
+            raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", 1009) from None
         with holder.getbuffer() as view:
             have = min(len(self._rbuf), length)
             view[:have] = self._rbuf[:have]

@@ -29,9 +29,22 @@ __all__ = ["run_demo", "run_demo_peer", "demo_payload"]
 logger = logging.getLogger(__name__)
 
 
+_BLOCK = 65521  # the largest prime below 2**16: a repeat never lines up with a part boundary
+
+
 def demo_payload(size: int, seed: int) -> bytes:
-    """Deterministic bytes that both processes can make and check (SHAKE-128 of the seed)."""
-    return hashlib.shake_128(seed.to_bytes(8, "big")).digest(size)
+    """Deterministic bytes that both processes can make and check: a block of
+    SHAKE-128 output for the seed, repeated.
+
+    The block's length is prime, so parts that came back swapped or shifted
+    do not compare equal; and a large payload costs one copy, not a hash of
+    every byte (that would cap the demo's transfer figure at the hash's speed).
+    """
+    block = hashlib.shake_128(seed.to_bytes(8, "big")).digest(min(size, _BLOCK))
+    if size <= len(block):
+        return block
+    repeats, rest = divmod(size, len(block))
+    return b"".join([block] * repeats + [block[:rest]])
 
 
 def run_demo_peer(url: str) -> int:

@@ -79,3 +79,19 @@ def test_large_fragments_are_joined_in_order(masking: str) -> None:
     )
     message = _receive_through_short_reads(stream, is_client=False)
     assert type(message) is bytes and message == b"".join(parts)
+
+
+def test_claimed_length_no_memory_can_hold_closes_with_1009(caplog: pytest.LogCaptureFixture) -> None:
+    """With no size limit, a frame claiming 2**62 bytes closes the connection with 1009 instead of raising MemoryError."""
+    near, far = socket.socketpair()
+    conn = Connection(far, is_client=False, max_message_size=None, ping_interval=None, close_timeout=1.0)
+    try:
+        near.sendall(frames.encode_header(frames.OP_BINARY, 1 << 62, mask_key=os.urandom(4)))
+        assert conn.recv() is None
+        assert conn.close_code == 1009
+        close_frame = near.recv(64)
+        assert close_frame[0] == 0x80 | frames.OP_CLOSE and int.from_bytes(close_frame[2:4], "big") == 1009
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        near.close()
+        far.close()
