@@ -166,7 +166,8 @@ class ReplyAssembler:
         self._holder: Optional[io.BytesIO] = None
         if header.get("dataType") == "ndarray":
             self._array = _array_layout(header, size)
-            self._buffer: Union[bytearray, memoryview] = bytearray(size)
+            # Uninitialized, aligned memory that the caller may write to: no pass to zero it first.
+            self._buffer: Any = _numpy_module().empty(size, dtype="u1")
             self._view = memoryview(self._buffer)
         else:
             self._holder = io.BytesIO(bytes(size))
@@ -190,7 +191,7 @@ class ReplyAssembler:
             return self._holder.getvalue()
         assert self._array is not None
         dtype, shape = self._array
-        return _numpy_module().frombuffer(self._buffer, dtype=dtype).reshape(shape)
+        return self._buffer.view(dtype).reshape(shape)
 
 
 def _numpy_module() -> Any:
