@@ -161,32 +161,33 @@ class ReplyAssembler:
     """
 
     def __init__(self, header: dict[str, Any]) -> None:
-        size = header["size"]
+        self._size: int = header["size"]
         self._array: Optional[tuple[Any, tuple[int, ...]]] = None
         self._holder: Optional[io.BytesIO] = None
+        self._buffer: Any = None
         if header.get("dataType") == "ndarray":
-            self._array = _array_layout(header, size)
+            self._array = _array_layout(header, self._size)
             # Uninitialized, aligned memory that the caller may write to: no pass to zero it first.
-            self._buffer: Any = _numpy_module().empty(size, dtype="u1")
-            self._view = memoryview(self._buffer)
+            self._buffer = _numpy_module().empty(self._size, dtype="u1")
         else:
-            self._holder = io.BytesIO(bytes(size))
-            self._view = self._holder.getbuffer()
+            self._holder = io.BytesIO(bytes(self._size))
         self._filled = 0
 
     def add(self, data: BytesLike) -> None:
         """Copy the next part into place; raises ValueError if it runs past the announced size."""
         end = self._filled + len(data)
-        if end > len(self._view):
+        if end > self._size:
             raise ValueError("parts run past the announced size")
-        self._view[self._filled : end] = data
+        # A view only for the copy: an export left open would make the BytesIO
+        # complain (BufferError) when an abandoned reply is collected.
+        with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as view:
+            view[self._filled : end] = data
         self._filled = end
 
     def value(self) -> Any:
         """The finished value; raises ValueError if the parts fell short of the announced size."""
-        if self._filled != len(self._view):
-            raise ValueError(f"parts hold {self._filled} bytes, not the {len(self._view)} announced")
-        self._view.release()
+        if self._filled != self._size:
+            raise ValueError(f"parts hold {self._filled} bytes, not the {self._size} announced")
         if self._holder is not None:
             return self._holder.getvalue()
         assert self._array is not None
