@@ -165,7 +165,9 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self._endpoints: dict[str, _Endpoint] = {}
         self._handlers: dict[Connection, BaseWebSocketHandler] = {}
         self._conn_threads: set[threading.Thread] = set()
-        self._handshaking = 0  # accepted sockets whose handshake has not ended
+        # The socket of each connection thread still in its handshake, so that
+        # stop() can cut those short instead of waiting out handshake_timeout.
+        self._handshakes: dict[threading.Thread, socket.socket] = {}
         self._handshakes_refused = 0
         self._serving = False
         self._stopped = False
@@ -278,7 +280,15 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             self._stopped = True
             connections = list(self._handlers)
             request_handlers = list(self._request_handlers)
+            in_handshake = list(self._handshakes.values())
         self.server_close()
+        for sock in in_handshake:
+            try:
+                # socket.socket's own shutdown: on a TLS socket it leaves the SSL
+                # object to the connection thread, whose read then ends at once.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
         for connection in connections:
             connection.close(code, reason)
         deadline = time.monotonic() + self.close_timeout
@@ -309,19 +319,6 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a named thread for a new connection, or close it at once when too many handshake (accept thread)."""
-        with self._lock:
-            refused = self._handshaking >= self.max_handshakes
-            if refused:
-                self._handshakes_refused += 1
-                first_refusal = self._handshakes_refused == 1
-            else:
-                self._handshaking += 1
-        if refused:
-            # Logged once per burst, not per socket: a flood must not flood the log too.
-            log = logger.warning if first_refusal else logger.debug
-            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
-            self.shutdown_request(request)
-            return
         thread = threading.Thread(
             target=self._connection_thread,
             args=(request, client_address),
@@ -329,7 +326,21 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             daemon=True,
         )
         with self._lock:
-            self._conn_threads.add(thread)
+            stopping = self._stopped
+            refused = len(self._handshakes) >= self.max_handshakes
+            if refused:
+                self._handshakes_refused += 1
+                first_refusal = self._handshakes_refused == 1
+            elif not stopping:
+                self._handshakes[thread] = request
+                self._conn_threads.add(thread)
+        if refused and not stopping:
+            # Logged once per burst, not per socket: a flood must not flood the log too.
+            log = logger.warning if first_refusal else logger.debug
+            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
+        if refused or stopping:
+            self.shutdown_request(request)
+            return
         thread.start()
 
     def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
@@ -353,8 +364,8 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             opened = self._open(sock, address)
         finally:
             with self._lock:
-                self._handshaking -= 1
-                if self._handshaking < self.max_handshakes:
+                self._handshakes.pop(threading.current_thread(), None)
+                if len(self._handshakes) < self.max_handshakes:
                     self._handshakes_refused = 0
         if opened is None:
             return
@@ -372,7 +383,11 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         try:
             sock.settimeout(self.handshake_timeout)
             if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_side=True)
+                # Wrapping moves the socket into a new object: track that one
+                # before the TLS handshake, so that stop() can cut it short.
+                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                self._track_handshake(sock)
+                sock.do_handshake()
             head, rest = self._read_head(sock, deadline)
             request = parse_http_request(head, address, self.max_headers)
             if not is_upgrade(request) and self._serve_static(sock, request):
@@ -393,6 +408,13 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             logger.info("handshake with %s failed: %s", address, exc)
             return None
         return sock, connection, handler
+
+    def _track_handshake(self, sock: socket.socket) -> None:
+        """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
+        with self._lock:
+            if self._stopped:
+                raise ConnectionAbortedError("server is stopping")
+            self._handshakes[threading.current_thread()] = sock
 
     def _serve_static(self, sock: socket.socket, request: Request) -> bool:
         """Answer a plain GET for a static resource; False when there is none at that path."""

@@ -9,6 +9,7 @@ import queue
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from websockets.sync.client import connect as websockets_connect
 
 import syncws
 
-from .helpers import EchoHandler, RawClient, make_server
+from .helpers import EchoHandler, RawClient, make_server, syncws_threads
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -256,6 +257,22 @@ def test_remote_service_over_tls(tls_server: syncws.WebSocketServer, certificate
     service.start(timeout=10)
     assert handler.doRequest({"cmd": "blob"}, timeout=10)["data"] == bytes(range(256)) * 4000
     service.stop()
+
+
+def test_stop_cuts_short_a_tls_handshake_in_progress(certificate: tuple[Path, Path]) -> None:
+    """stop() ends a connection still in its TLS handshake at once: the client sees its socket closed and no syncws thread is left."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    srv = make_server(ssl_context=context, handshake_timeout=30, close_timeout=5)
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    # Accepted in order: once this one is through, the silent socket is in its TLS handshake.
+    syncws.connect(srv.url + "/echo", sslopt={"ca_certs": str(certificate[0])}).close()
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 4  # without the cut, stop() waits close_timeout + 1 s
+    assert silent.recv(16) == b""
+    assert syncws_threads() == []
+    silent.close()
 
 
 def test_silent_tls_client_is_dropped(tls_server: syncws.WebSocketServer) -> None:

@@ -213,6 +213,21 @@ def test_stop_returns_when_client_never_answers_close() -> None:
     srv.stop()  # a second call is harmless
 
 
+def test_stop_cuts_short_a_handshake_in_progress() -> None:
+    """stop() ends a connection still in its handshake at once, instead of after handshake_timeout: the client sees
+    its socket closed, stop() returns well before close_timeout, and no syncws thread is left."""
+    srv = make_server(handshake_timeout=30, close_timeout=5)
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    # Accepted in order: once this one has its 101, the silent socket is in its handshake.
+    websocket.create_connection(srv.url + "/echo", timeout=5).close()
+    started = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - started < 4  # without the cut, stop() waits close_timeout + 1 s
+    assert silent.recv(16) == b""
+    assert syncws_threads() == []
+    silent.close()
+
+
 def test_stop_leaves_no_threads_and_frees_port() -> None:
     """After stop() no syncws thread is left and the port can be bound again."""
     srv = make_server()
