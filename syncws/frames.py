@@ -41,7 +41,6 @@ __all__ = [
     "HAVE_NUMPY",
     "load_accelerator",
     "mask_into",
-    "masked_copy",
 ]
 
 OP_CONTINUATION = 0x0
@@ -154,14 +153,6 @@ def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
         data[:] = (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
     else:
         _apply_mask_chunks(data, mask_key)
-
-
-def masked_copy(data: Union[bytes, bytearray], mask_key: bytes, offset: int = 0) -> bytes:
-    """``data`` XOR the mask, as new bytes; ``offset`` is ``data``'s position in the payload."""
-    n = len(data)
-    shift = offset % 4
-    key = mask_key[shift:] + mask_key[:shift]
-    return (int.from_bytes(data, "little") ^ int.from_bytes((key * ((n >> 2) + 1))[:n], "little")).to_bytes(n, "little")
 
 
 def mask_into(target: memoryview, source: Union[bytes, bytearray, memoryview], mask_key: bytes) -> None:
