@@ -160,7 +160,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self.close_timeout = close_timeout
         self.thread: Optional[threading.Thread] = None
 
-        # Synchronize access to _endpoints, _handlers, _conn_threads, the counter and the flags below.
+        # Synchronize access to _endpoints, _handlers, _conn_threads, _handshakes, _handshakes_refused and the flags below.
         self._lock = threading.Lock()
         self._endpoints: dict[str, _Endpoint] = {}
         self._handlers: dict[Connection, BaseWebSocketHandler] = {}
@@ -377,9 +377,10 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 self._handlers.pop(connection, None)
             connection.release()
 
-    def _open(self, sock: socket.socket, address: tuple[str, int]) -> Optional[tuple[socket.socket, Connection, BaseWebSocketHandler]]:
-        """TLS and the handshake; the handler object, or None when refused (HTTP error sent)."""
+    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[socket.socket, Connection, BaseWebSocketHandler]]:
+        """TLS and the handshake; the socket, connection and handler, or None when refused (HTTP error sent)."""
         deadline = time.monotonic() + self.handshake_timeout
+        sock = raw
         try:
             sock.settimeout(self.handshake_timeout)
             if self.ssl_context is not None:
@@ -391,7 +392,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             head, rest = self._read_head(sock, deadline)
             request = parse_http_request(head, address, self.max_headers)
             if not is_upgrade(request) and self._serve_static(sock, request):
-                return None
+                return self._ended(sock, raw)
             check_upgrade(request.headers)
             # The 101 goes out with the first frame or after open(), whichever
             # comes first: see Connection.flush_preamble.
@@ -403,11 +404,21 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 sock.sendall(error_response(exc.status, exc.reason))
             except OSError:
                 pass
-            return None
+            return self._ended(sock, raw)
         except (OSError, ssl.SSLError) as exc:
             logger.info("handshake with %s failed: %s", address, exc)
-            return None
+            return self._ended(sock, raw)
         return sock, connection, handler
+
+    @staticmethod
+    def _ended(sock: socket.socket, raw: socket.socket) -> None:
+        """Close the TLS socket of a handshake that ended without a connection; socketserver closes ``raw``."""
+        if sock is not raw:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_WR)
+            except OSError:
+                pass
+            sock.close()
 
     def _track_handshake(self, sock: socket.socket) -> None:
         """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
@@ -483,7 +494,9 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         with self._lock:
             too_many = len(self._handlers) >= self.max_connections
             if not (self._stopped or too_many) and admit is not None:
+                # Admitted: from now on stop() closes it as a connection, not as a handshake.
                 self._handlers[admit[0]] = admit[1]
+                self._handshakes.pop(threading.current_thread(), None)
                 return
             stopping = self._stopped
         if stopping or too_many:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import gc
 import ipaddress
 import logging
 import queue
@@ -10,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,6 +275,23 @@ def test_stop_cuts_short_a_tls_handshake_in_progress(certificate: tuple[Path, Pa
     assert silent.recv(16) == b""
     assert syncws_threads() == []
     silent.close()
+
+
+def test_failed_tls_handshakes_close_their_sockets(tls_server: syncws.WebSocketServer) -> None:
+    """A plaintext client and a refused path on the TLS port: the server closes each TLS socket itself (no unclosed-socket warning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises((websocket.WebSocketException, OSError)):
+            websocket.create_connection(tls_server.url.replace("wss://", "ws://") + "/echo", timeout=5)
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(tls_server.url + "/nowhere", timeout=5, sslopt={"cert_reqs": ssl.CERT_NONE})
+        with tls_server._lock:
+            threads = list(tls_server._conn_threads)
+        for thread in threads:
+            thread.join(10)
+        gc.collect()
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "SSLSocket" in str(w.message)]
+    assert unclosed == []
 
 
 def test_silent_tls_client_is_dropped(tls_server: syncws.WebSocketServer) -> None:
