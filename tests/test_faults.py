@@ -397,7 +397,7 @@ def test_garbage_requests_to_remote_service_get_logged_or_answered_and_the_conne
     svc = syncws.RemoteService(side.url, backoff_min=0.05, backoff_max=0.2)
     svc.register("echo", lambda msg: msg.get("data"))
     svc.register("getBytes", lambda msg: demo_payload(int(msg["size"]), int(msg["seed"])))
-    svc.register("sleep", lambda msg: time.sleep(float(msg["seconds"])))  # only ever asked for an impossible sleep
+    svc.register("sleep", lambda msg: threading.Event().wait(float(msg["seconds"])))  # only ever asked for an impossible wait
     try:
         svc.start(timeout=10)
         handler = side.handler()
