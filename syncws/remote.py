@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 #: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
 CommandFunction = Callable[[dict[str, Any]], Any]
+_Task = tuple[dict[str, Any], Optional[CommandFunction]]  # a request and its function (None: unknown command)
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
@@ -246,17 +247,17 @@ class RemoteService:
 
     # ------------------------------------------------------------------ answering
 
-    def _runs_inline(self, request: dict[str, Any]) -> bool:
-        """True if the reader should answer ``request`` itself: an inline command, or an unknown one (a quick 404)."""
+    def _command_for(self, request: dict[str, Any]) -> tuple[Optional[CommandFunction], bool]:
+        """The function for ``request`` (None: unknown) and whether the reader answers it itself:
+        an inline command, or an unknown one (a quick 404)."""
         cmd = request.get("cmd")
         with self._lock:
-            return not isinstance(cmd, str) or cmd in self._inline or cmd not in self._commands
-
-    def _answer(self, connection: ClientConnection, request: dict[str, Any]) -> None:
-        """Run the function for one request and send its reply (worker thread)."""
-        cmd, call_id = request.get("cmd"), request.get("callId")
-        with self._lock:
             fn = self._commands.get(cmd) if isinstance(cmd, str) else None
+            return fn, fn is None or cmd in self._inline
+
+    def _answer(self, connection: ClientConnection, request: dict[str, Any], fn: Optional[CommandFunction]) -> None:
+        """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""
+        cmd, call_id = request.get("cmd"), request.get("callId")
         try:
             if fn is None:
                 self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 404, "error": f"unknown command {cmd!r}"})
@@ -327,7 +328,7 @@ class _Session:
         self.service = service
         self.connection = connection
         self.condition = threading.Condition(threading.Lock())
-        self.queued: deque[dict[str, Any]] = deque()
+        self.queued: deque[_Task] = deque()
         self.leading = False
         self.idle = 0
         self.ended = False
@@ -361,16 +362,16 @@ class _Session:
     def _work_loop(self) -> None:
         while True:
             with self.condition:
-                request = self._next_task()
-            if request is None:
+                task = self._next_task()
+            if task is None:
                 if self.ended:
                     return
-                request = self._lead()
-                if request is None:
+                task = self._lead()
+                if task is None:
                     return
-            self.service._answer(self.connection, request)
+            self.service._answer(self.connection, *task)
 
-    def _next_task(self) -> Optional[dict[str, Any]]:
+    def _next_task(self) -> Optional[_Task]:
         """A queued request, or None when this worker is to lead or the session ended (condition held)."""
         while True:
             if self.queued:
@@ -384,7 +385,7 @@ class _Session:
             self.condition.wait()
             self.idle -= 1
 
-    def _lead(self) -> Optional[dict[str, Any]]:
+    def _lead(self) -> Optional[_Task]:
         """Read until a request can be handed to this worker; None when the connection closed."""
         while True:
             message = self.connection.recv()
@@ -397,13 +398,14 @@ class _Session:
             request = self.service._parse_request(message)
             if request is None:
                 continue
-            if self.service._runs_inline(request):
-                self.service._answer(self.connection, request)
+            fn, inline = self.service._command_for(request)
+            if inline:
+                self.service._answer(self.connection, request, fn)
                 continue
             with self.condition:
                 if self.idle:
                     # Hand the reading on and run this request here: no hand-off of the request itself.
                     self.leading = False
                     self.condition.notify()
-                    return request
-                self.queued.append(request)
+                    return request, fn
+                self.queued.append((request, fn))
