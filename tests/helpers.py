@@ -7,6 +7,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from typing import Any
 
 import syncws
@@ -31,6 +32,21 @@ def make_server(**options: Any) -> syncws.WebSocketServer:
 def syncws_threads() -> list[threading.Thread]:
     """The syncws threads alive now."""
     return [t for t in threading.enumerate() if t.name.startswith("syncws-")]
+
+
+def stop_with_a_handshake_in_progress(server: syncws.WebSocketServer, silent: socket.socket) -> None:
+    """Stop ``server`` while ``silent`` is in its handshake; assert that stop() cut it short.
+
+    stop() returns well before close_timeout (5 s here: without the cut it
+    waits close_timeout + 1 s), the client sees its socket closed, and no
+    syncws thread is left.
+    """
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 4
+    assert silent.recv(16) == b""
+    assert syncws_threads() == []
+    silent.close()
 
 
 class RawClient:
