@@ -21,7 +21,13 @@ Callback = Callable[["BaseWebSocketHandler", Any], Any]
 
 
 class ConnectionRegistry:
-    """Open connections by endpoint name, oldest first. Every method is safe from any thread."""
+    """Open connections by endpoint name, oldest first. Every method is safe from any thread.
+
+    Several servers in one process may share a registry (the default
+    ``websocketState``, as in rtCommon): the module-level functions then reach
+    the connections of all of them, while a server, and a RequestHandler bound
+    to one, asks with ``server=`` for the connections it accepted itself.
+    """
 
     def __init__(self) -> None:
         # Synchronize access to wsConnectionLists and wsCallbacks.
@@ -55,16 +61,19 @@ class ConnectionRegistry:
         with self.wsConnLock:
             return handler in self.wsConnectionLists.get(name, ())
 
-    def connections(self, name: str) -> list[BaseWebSocketHandler]:
-        """A copy of the list of ``name``, oldest first."""
+    def connections(self, name: str, server: Optional[object] = None) -> list[BaseWebSocketHandler]:
+        """A copy of the list of ``name``, oldest first; with ``server``, only the connections that server accepted."""
         with self.wsConnLock:
-            return list(self.wsConnectionLists.get(name, ()))
+            handlers = self.wsConnectionLists.get(name, ())
+            return [h for h in handlers if server is None or h.server is server]
 
-    def newest(self, name: str) -> Optional[BaseWebSocketHandler]:
-        """The most recently opened connection of ``name``, or None."""
+    def newest(self, name: str, server: Optional[object] = None) -> Optional[BaseWebSocketHandler]:
+        """The most recently opened connection of ``name`` (accepted by ``server``, when given), or None."""
         with self.wsConnLock:
-            handlers = self.wsConnectionLists.get(name)
-            return handlers[-1] if handlers else None
+            for handler in reversed(self.wsConnectionLists.get(name, ())):
+                if server is None or handler.server is server:
+                    return handler
+            return None
 
     def callback(self, name: str) -> Optional[Callback]:
         """The callback registered for ``name``, or None."""
