@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import threading
 from typing import Any, Optional
 
 from .connection import Message
@@ -16,9 +18,31 @@ from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTim
 from .handlers import BaseWebSocketHandler, sendWebSocketMessage
 from .requests import RequestHandler
 
-__all__ = ["EchoHandler", "BroadcastHandler", "RelayHandler", "CallGatewayHandler"]
+__all__ = ["EchoHandler", "BroadcastHandler", "RelayHandler", "CallGatewayHandler", "gateway_timeout", "DEFAULT_GATEWAY_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds the gateway waits for a reply when the request names no ``timeout``.
+DEFAULT_GATEWAY_TIMEOUT = 60.0
+
+
+def gateway_timeout(value: Any) -> Optional[float]:
+    """A request's ``timeout`` as doRequest takes it: seconds, or None to wait forever.
+
+    Any non-negative number is valid; ``null``, infinity and numbers too large
+    for a lock's wait (above ``threading.TIMEOUT_MAX``) mean "wait forever".
+    Raises ValueError for NaN, a negative number or anything not a number.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds or null, not {value!r}")
+    if isinstance(value, int) and abs(value) > threading.TIMEOUT_MAX:
+        value = math.inf if value > 0 else -math.inf  # an int too large for float() must not raise OverflowError
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {value!r}")
+    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
 class EchoHandler(BaseWebSocketHandler):
@@ -54,11 +78,15 @@ class CallGatewayHandler(BaseWebSocketHandler):
     """Lets a client outside the server make requests of the server's peers (``syncws call``).
 
     The client sends a request as JSON (``{"cmd": ..., ...}``, optionally with
-    ``"timeout"`` in seconds); the gateway runs ``doRequest`` on its
+    ``"timeout"`` in seconds: any non-negative number, ``null`` or a huge
+    number to wait forever, 60 by default); the gateway runs ``doRequest`` on its
     RequestHandler and sends back the reply as JSON. Bytes data come as a JSON
     header with ``"dataType": "bytes"`` and ``"size"``, then one binary
     message. While a reply in parts arrives, ``{"progress": [received, total]}``
-    messages report on it. Errors come back as ``{"status", "error"}``.
+    messages report on it. Errors come back as ``{"status", "error"}``: 400 for
+    a bad request (not JSON, no string ``cmd``, a NaN or negative timeout), the
+    peer's own status, 502 when the peer's connection closed, 503 when no peer
+    is connected, 504 on timeout, and 500 for anything unexpected.
     """
 
     def initialize(self, name: Optional[str] = None, request_handler: Optional[RequestHandler] = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -69,13 +97,26 @@ class CallGatewayHandler(BaseWebSocketHandler):
         self.request_handler = request_handler
 
     def on_message(self, message: Message) -> None:
-        """Forward one request and send back its reply (connection thread; blocks this connection only)."""
+        """Forward one request and send back its reply (connection thread; blocks this connection only).
+
+        Every request gets an answer: an unexpected failure here is logged and
+        answered with status 500 rather than left unanswered.
+        """
+        try:
+            self._forward(message)
+        except (ConnectionClosed, SendTimeout) as exc:
+            # The client went away (or the server is stopping): nobody to answer.
+            logger.info("%s: the reply could not be sent: %s", self.name, exc)
+        except Exception as exc:
+            logger.exception("%s: request failed unexpectedly", self.name)
+            self._send_quietly({"status": 500, "error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _forward(self, message: Message) -> None:
         try:
             request = json.loads(message)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ValueError("a request is a JSON object with a string 'cmd'")
-            timeout = request.pop("timeout", 60)
-            timeout = None if timeout is None else float(timeout)
+            timeout = gateway_timeout(request.pop("timeout", DEFAULT_GATEWAY_TIMEOUT))
         except (ValueError, TypeError, RecursionError) as exc:
             self.write_message({"status": 400, "error": f"bad request: {exc}"})
             return
@@ -88,6 +129,9 @@ class CallGatewayHandler(BaseWebSocketHandler):
             status = {NotConnected: 503, RequestTimeout: 504}.get(type(exc), 502)
             self.write_message({"cmd": request["cmd"], "status": status, "error": str(exc)})
             return
+        except (ValueError, TypeError) as exc:  # doRequest refused the request itself
+            self.write_message({"cmd": request["cmd"], "status": 400, "error": f"bad request: {exc}"})
+            return
         data: Any = reply.get("data")
         if isinstance(data, (bytes, bytearray)):
             header = {k: v for k, v in reply.items() if k != "data"}
@@ -99,6 +143,12 @@ class CallGatewayHandler(BaseWebSocketHandler):
             self.write_message(data.tobytes())
         else:
             self.write_message(reply)
+
+    def _send_quietly(self, message: dict[str, Any]) -> None:
+        try:
+            self.write_message(message)
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.info("%s: the error reply could not be sent: %s", self.name, exc)
 
     def _progress(self, received: int, total: int) -> None:
         try:
