@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import functools
 import io
+import json
 import logging
 import os
 import select
@@ -33,16 +34,18 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from typing import Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from . import frames
+from . import frames, timeouts
 from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError, SendTimeout
 
-__all__ = ["Connection", "Message", "DEFAULT_MAX_MESSAGE_SIZE"]
+__all__ = ["Connection", "Message", "Outgoing", "encode_message", "DEFAULT_MAX_MESSAGE_SIZE"]
 
 logger = logging.getLogger(__name__)
 
 Message = Union[str, bytes]
+#: What ``send`` takes: str (text), a bytes-like object (binary), or a dict or list (JSON text).
+Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
 T = TypeVar("T")
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
@@ -57,8 +60,91 @@ _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 OPEN, CLOSING, CLOSED = "OPEN", "CLOSING", "CLOSED"
 
 
+_EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
+
+
 class _Abort(Exception):
     """Raised inside the read loop when the socket is gone (EOF, reset or aborted)."""
+
+
+class _Timeout(Exception):
+    """Raised inside the read loop, before a read that would block, once the caller's deadline passed."""
+
+
+class _DataFrame:
+    """A data frame whose header was taken and whose payload is being read (reader thread only)."""
+
+    __slots__ = ("fin", "holder", "key", "length", "offset", "unmasked")
+
+    def __init__(self, fin: bool, length: int, key: Optional[bytes]) -> None:
+        self.fin = fin
+        self.length = length
+        self.key = key
+        self.offset = 0  # payload bytes read so far
+        self.unmasked = 0  # of those, how many are unmasked (large payloads only)
+        self.holder: Optional[io.BytesIO] = None  # a large payload's bytes, as they are read
+
+
+class _PartialMessage:
+    """A text message, or a message in several frames, as it arrives (reader thread only).
+
+    Every frame's payload is appended to one buffer, so a message in progress
+    holds its payload so far and a constant, however many fragments it came
+    in (a list of fragments would cost some 90 bytes per fragment, even an
+    empty one). Text is checked as it arrives, so that an invalid byte fails
+    the message at once (close 1007), not when the whole of it is in.
+    """
+
+    __slots__ = ("data", "decoder")
+
+    def __init__(self, opcode: int) -> None:
+        self.data = bytearray()
+        self.decoder = _utf8_decoder() if opcode == frames.OP_TEXT else None
+
+    def add(self, chunk: bytearray) -> None:
+        decoder = self.decoder
+        # An ASCII stretch is valid UTF-8 unless it ends a character left open before it.
+        if decoder is not None and not (chunk.isascii() and not decoder.getstate()[0]):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                raise ProtocolError("text message is not valid UTF-8", 1007) from None
+        self.data += chunk
+
+    def result(self) -> Message:
+        if self.decoder is None:
+            return bytes(self.data)
+        try:
+            self.decoder.decode(b"", True)
+        except UnicodeDecodeError:
+            raise ProtocolError("text message ends inside a UTF-8 character", 1007) from None
+        return self.data.decode("utf-8")
+
+
+def encode_message(message: Outgoing, binary: bool = False) -> tuple[int, Union[bytes, bytearray, memoryview]]:
+    """The opcode and payload of a message that ``send`` takes; TypeError for anything else.
+
+    str goes as text; bytes, bytearray, memoryview and any other object with
+    the buffer protocol (a numpy array, for instance) as binary, sent from
+    its memory as it is; a dict or list as JSON text. ``binary=True`` sends
+    text and JSON as binary frames of their UTF-8 bytes.
+    """
+    if isinstance(message, (dict, list)):
+        message = json.dumps(message)
+    if isinstance(message, str):
+        return (frames.OP_BINARY if binary else frames.OP_TEXT), message.encode("utf-8")
+    if isinstance(message, (bytes, bytearray)):
+        return frames.OP_BINARY, message
+    try:
+        view = memoryview(message)
+    except TypeError:
+        raise TypeError(
+            f"cannot send a {type(message).__name__}: send takes str (text), bytes-like such as bytes, "
+            "bytearray or memoryview (binary), or a dict or list (JSON text)"
+        ) from None
+    if not view.c_contiguous:
+        raise TypeError(f"cannot send a non-contiguous {type(message).__name__}: make a contiguous copy first")
+    return frames.OP_BINARY, view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
 class Connection:
@@ -112,7 +198,18 @@ class Connection:
         self._preamble = preamble
         self._closing_deadline = 0.0
         self._closed = threading.Event()
+        # One-shot: taken by whichever thread first decides that the connection ends (see on_closing).
+        self._closing_notified = threading.Lock()
+        #: Called once, as ``on_closing(code, reason)``, when the connection starts to end:
+        #: our close frame goes out, the peer's arrives, or the socket is lost. It runs on
+        #: the thread that decided it, possibly holding the send lock: it must return at
+        #: once and must not send. The server's handlers use it to release waiting calls.
+        self.on_closing: Optional[Callable[[int, str], None]] = None
+        # The reader's state: read and written by the reader thread only.
         self._rbuf = bytearray(initial_data)
+        self._frame: Optional[_DataFrame] = None  # a data frame being read
+        self._message: Optional[_PartialMessage] = None  # a message being put together
+        self._deadline: Optional[float] = None  # when the current recv(timeout) gives up
         self._last_received = time.monotonic()
         self._ping_sent_at: Optional[float] = None
         limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
@@ -145,26 +242,40 @@ class Connection:
 
     # ------------------------------------------------------------------ reading
 
-    def recv(self) -> Optional[Message]:
+    def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
         """Return the next message (str for text, bytes for binary), or None once closed.
 
         Reader thread only. Control frames are handled here: pings are answered,
         the closing handshake is completed, protocol errors close the connection
         with the RFC's code. It never raises for anything the peer does.
+
+        ``timeout`` (seconds; None or inf waits forever) bounds the whole call,
+        whatever control frames arrive meanwhile: when it passes, TimeoutError
+        is raised and the connection stays usable. What arrived of a message
+        is kept, and the next call goes on from there.
         """
+        self._deadline = timeouts.deadline(timeout)
         try:
-            buf = self._rbuf
-            if not buf:
-                buf += self._recv_some()
-            # The common case first: a small, whole, unfragmented message already buffered.
-            message = self._small_message(buf)
-            return message if message is not None else self._recv_message()
+            if self._frame is None and self._message is None:
+                buf = self._rbuf
+                if not buf:
+                    buf += self._recv_some()
+                # The common case first: a small, whole, unfragmented message already buffered.
+                message = self._small_message(buf)
+                if message is not None:
+                    return message
+            return self._recv_message()
+        except _Timeout:
+            raise TimeoutError(f"no message within {timeout} s") from None
         except ProtocolError as exc:
+            self._deadline = None
             logger.info("%s: protocol error from peer: %s", self.name, exc)
             self._fail(exc.code, exc.reason)
         except (_Abort, OSError) as exc:
             self._mark_closed(1006, "")
             logger.debug("%s: connection lost: %r", self.name, exc)
+        finally:
+            self._deadline = None
         return None
 
     def __iter__(self) -> Iterator[Message]:
@@ -200,10 +311,8 @@ class Connection:
             if len(buf) < 6 + length:
                 return None
             key = bytes(buf[2:6])
-            masked = buf[6 : 6 + length]
+            payload = frames.masked(buf[6 : 6 + length], key)
             del buf[: 6 + length]
-            mask = int.from_bytes((key * ((length >> 2) + 1))[:length], "little")
-            payload = (int.from_bytes(masked, "little") ^ mask).to_bytes(length, "little")
         if b1 == 0x82:
             return bytes(payload)
         try:
@@ -212,79 +321,117 @@ class Connection:
             raise ProtocolError("text message is not valid UTF-8", 1007) from None
 
     def _recv_message(self) -> Optional[Message]:
-        fragments: Optional[list[Union[bytes, bytearray]]] = None  # a binary message's frames so far
-        text: Optional[list[str]] = None  # a text message's decoded pieces so far
-        decoder = None
-        size = 0
+        """Read frames until a whole data message is in; None once the connection ended.
+
+        Every step keeps its progress in ``_frame`` and ``_message`` before it
+        may block, so a timeout can interrupt it anywhere without losing data.
+        """
         while True:
-            fin, opcode, length, key = self._read_header(size)
+            frame = self._frame or self._next_data_frame()
+            if frame is None:
+                return None
+            payload = self._read_frame_payload(frame)
+            self._frame = None
+            if not frame.fin:
+                continue
+            message = self._finish_message(payload)
+            if self._close_sent:
+                continue  # Section 1.4: after our close frame, data is discarded.
+            return message
+
+    def _next_data_frame(self) -> Optional[_DataFrame]:
+        """Handle control frames until a data frame's header is in; that frame, or None once closed."""
+        while True:
+            partial = self._message
+            fin, opcode, length, key = self._read_header(len(partial.data) if partial is not None else 0)
             if opcode >= 8:
-                if self._handle_control(opcode, self._read_payload(length, key)):
+                payload = self._take(length)
+                if key is not None:
+                    frames.apply_mask(payload, key)
+                if self._handle_control(opcode, payload):
                     return None
                 continue
             if opcode == frames.OP_CONTINUATION:
-                if fragments is None and text is None:
+                if partial is None:
                     self._skip_buffered(length)
                     raise ProtocolError("continuation frame without a message to continue")
-            elif fragments is not None or text is not None:
+            elif partial is not None:
                 self._skip_buffered(length)
                 raise ProtocolError("new data frame inside a fragmented message")
-            elif opcode == frames.OP_TEXT:
-                decoder, text = _utf8_decoder(), []
-            else:
-                fragments = []
-            size += length
-            if decoder is not None and text is not None:
-                self._read_text(length, key, decoder, text, fin)
-            elif fragments is not None:
-                fragments.append(self._read_payload(length, key))
-            if not fin:
-                continue
-            if self._close_sent:
-                # Section 1.4: after our close frame, data is discarded.
-                fragments, text, decoder, size = None, None, None, 0
-                continue
-            if text is not None:
-                return text[0] if len(text) == 1 else "".join(text)
-            assert fragments is not None
-            return bytes(fragments[0]) if len(fragments) == 1 else b"".join(fragments)
+            elif opcode == frames.OP_TEXT or not fin:
+                # Text is checked as it arrives; a message in parts is put together in one buffer.
+                self._message = _PartialMessage(opcode)
+            self._frame = _DataFrame(fin, length, key)
+            return self._frame
+
+    def _read_frame_payload(self, frame: _DataFrame) -> Union[bytes, bytearray, None]:
+        """Read a data frame's payload: returned when it is a whole binary message, else added to ``_message``."""
+        message = self._message
+        if message is None:
+            if frame.length < _LARGE_PAYLOAD or frame.length <= len(self._rbuf):
+                self._fill(frame.length)
+                payload = self._take(frame.length)
+                if frame.key is not None:
+                    frames.apply_mask(payload, frame.key)
+                return payload
+            return self._read_large(frame)
+        while frame.offset < frame.length:
+            chunk = self._read_some(frame.length - frame.offset)
+            if frame.key is not None:
+                frames.apply_mask(chunk, frames.key_at(frame.key, frame.offset))
+            message.add(chunk)
+            frame.offset += len(chunk)
+        return None
+
+    def _finish_message(self, payload: Union[bytes, bytearray, None]) -> Message:
+        message, self._message = self._message, None
+        if message is None:
+            assert payload is not None
+            return payload if type(payload) is bytes else bytes(payload)
+        return message.result()
 
     def _read_header(self, message_size: int) -> tuple[bool, int, int, Optional[bytes]]:
-        """Read and check a frame header: ``(fin, opcode, payload length, mask key or None)``."""
-        b1, b2 = self._read(2)
-        header = frames.parse_header(b1, b2)
+        """Take a checked frame header from the stream: ``(fin, opcode, payload length, mask key or None)``.
+
+        Nothing is taken until the whole header is buffered (and, for a control
+        frame, its payload too), so that a timeout never leaves half a header read.
+        """
+        buf = self._fill(2)
+        header = frames.parse_header(buf[0], buf[1])
         try:
             frames.check_header(header, expect_masked=not self.is_client)
         except ProtocolError:
             self._skip_buffered_frame(header)
             raise
-        length = header.length_code
-        if length == 126:
-            (length,) = _UNPACK_16(self._read(2))
-        elif length == 127:
-            (length,) = _UNPACK_64(self._read(8))
-            if length >> 63:
-                raise ProtocolError("64-bit payload length with the high bit set")
+        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
+        size = 2 + extra + (4 if header.masked else 0)
+        buf = self._fill(size)
+        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
+        if length >> 63:
+            raise ProtocolError("64-bit payload length with the high bit set")
+        if header.opcode >= 8:
+            buf = self._fill(size + length)
+        key = bytes(buf[size - 4 : size]) if header.masked else None
+        del buf[:size]
         limit = self.max_message_size
         if limit is not None and header.opcode < 8 and message_size + length > limit:
             # Decided from the header alone: the payload is never read.
             raise PayloadTooBig(message_size + length, limit)
-        key = bytes(self._read(4)) if header.masked else None
         return header.fin, header.opcode, length, key
 
     def _skip_buffered_frame(self, header: frames.FrameHeader) -> None:
-        """Drop the rest of a refused frame if all of it is buffered already.
+        """Drop a refused frame (header not yet taken) if all of it is buffered already.
 
         Failing a connection, we still want to read the peer's close frame that
         follows, and that needs the stream in step. What is not buffered is not
         waited for: a hostile peer may never send it.
         """
         buf = self._rbuf
-        extra = {126: 2, 127: 8}.get(header.length_code, 0)
-        if len(buf) < extra:
+        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
+        if len(buf) < 2 + extra:
             return
-        length = header.length_code if not extra else int.from_bytes(buf[:extra], "big")
-        total = extra + (4 if header.masked else 0) + length
+        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
+        total = 2 + extra + (4 if header.masked else 0) + length
         if len(buf) >= total:
             del buf[:total]
 
@@ -293,15 +440,7 @@ class Connection:
         if len(self._rbuf) >= length:
             del self._rbuf[:length]
 
-    def _read_payload(self, length: int, key: Optional[bytes]) -> Union[bytes, bytearray]:
-        if length < _LARGE_PAYLOAD or length <= len(self._rbuf):
-            payload = self._read(length)
-            if key is not None:
-                frames.apply_mask(payload, key)
-            return payload
-        return self._read_large(length, key)
-
-    def _read_large(self, length: int, key: Optional[bytes]) -> bytes:
+    def _read_large(self, frame: _DataFrame) -> bytes:
         """Read a large payload straight into the ``bytes`` object that is returned.
 
         Fresh memory costs a page fault per 4 KiB on first touch, more than the
@@ -311,47 +450,30 @@ class Connection:
         ``getvalue()`` hands the object out without copying (CPython; where it
         copies instead, the result is the same, only slower). Each stretch is
         unmasked in place as soon as it arrives, while it is still in the CPU
-        cache and while the peer goes on sending.
+        cache and while the peer goes on sending. The progress lives in
+        ``frame``, so that a timeout can interrupt the read and a later call resume it.
         """
-        try:
-            holder = io.BytesIO(bytes(length))
-        except (MemoryError, OverflowError):
-            # Only without a max_message_size: a claimed length no memory can hold.
-            raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", 1009) from None
-        with holder.getbuffer() as view:
-            have = min(len(self._rbuf), length)
-            view[:have] = self._rbuf[:have]
-            del self._rbuf[:have]
-            unmasked = 0
-            while True:
-                if key is not None and have > unmasked:
-                    shift = unmasked % 4  # keep the key aligned with the payload's byte positions
-                    frames.apply_mask(view[unmasked:have], key[shift:] + key[:shift])
-                    unmasked = have
-                if have == length:
-                    break
-                have += self._recv_into(view[have:])
-        return holder.getvalue()
-
-    def _read_text(self, length: int, key: Optional[bytes], decoder: codecs.IncrementalDecoder, out: list[str], final: bool) -> None:
-        """Read a text frame's payload and decode it into ``out`` as it arrives.
-
-        Decoding each piece as it comes off the socket fails a message at its
-        first invalid byte (close 1007), not once the whole of it is in.
-        """
-        offset = 0
-        while True:
-            chunk = self._read_some(length - offset)
-            if key is not None and chunk:
-                shift = offset % 4  # keep the key aligned with the payload's byte positions
-                frames.apply_mask(chunk, key[shift:] + key[:shift])
-            offset += len(chunk)
+        length, key = frame.length, frame.key
+        if frame.holder is None:
             try:
-                out.append(decoder.decode(chunk, final and offset == length))
-            except UnicodeDecodeError:
-                raise ProtocolError("text message is not valid UTF-8", 1007) from None
-            if offset == length:
-                return
+                frame.holder = io.BytesIO(bytes(length))
+            except (MemoryError, OverflowError):
+                # Only without a max_message_size: a claimed length no memory can hold.
+                raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", 1009) from None
+        with frame.holder.getbuffer() as view:
+            while True:
+                have = min(len(self._rbuf), length - frame.offset)
+                if have:
+                    view[frame.offset : frame.offset + have] = self._rbuf[:have]
+                    del self._rbuf[:have]
+                    frame.offset += have
+                if key is not None and frame.offset > frame.unmasked:
+                    frames.apply_mask(view[frame.unmasked : frame.offset], frames.key_at(key, frame.unmasked))
+                    frame.unmasked = frame.offset
+                if frame.offset == length:
+                    break
+                frame.offset += self._recv_into(view[frame.offset :])
+        return frame.holder.getvalue()
 
     def _handle_control(self, opcode: int, payload: Union[bytes, bytearray]) -> bool:
         """Act on a control frame; return True when it ended the connection."""
@@ -369,20 +491,22 @@ class Connection:
             answer = not self._close_sent
             self._close_sent = True
         if answer:
+            self._notify_closing(code, reason)
             # Section 5.5.1: echo the peer's code (an empty close for none).
             self._write_close(None if code == 1005 else code, reason if code != 1005 else "")
         self._mark_closed(code, reason)
         return True
 
-    def _read(self, n: int) -> bytearray:
-        """Return exactly ``n`` bytes from the stream (a writable buffer)."""
+    def _fill(self, n: int) -> bytearray:
+        """Read until at least ``n`` bytes are buffered; return the buffer (nothing is taken)."""
         buf = self._rbuf
-        if len(buf) >= n:
-            data = buf[:n]
-            del buf[:n]
-            return data
         while len(buf) < n:
             buf += self._recv_some()
+        return buf
+
+    def _take(self, n: int) -> bytearray:
+        """Take ``n`` buffered bytes off the front of the buffer (a writable copy)."""
+        buf = self._rbuf
         data = buf[:n]
         del buf[:n]
         return data
@@ -406,6 +530,8 @@ class Connection:
             self._received()
             return data
         while True:
+            if self._deadline is not None:
+                self._wait_readable()
             try:
                 data = self.sock.recv(size)
             except socket.timeout:
@@ -424,6 +550,8 @@ class Connection:
             self._received()
             return n
         while True:
+            if self._deadline is not None:
+                self._wait_readable()
             try:
                 n = self.sock.recv_into(view)
             except socket.timeout:
@@ -433,6 +561,23 @@ class Connection:
                 raise _Abort("end of stream")
             self._received()
             return n
+
+    def _wait_readable(self) -> None:
+        """Wait, under a recv deadline, until the (plain) socket is readable; raise _Timeout once the deadline passes.
+
+        The keepalive and close checks still run every tick meanwhile.
+        """
+        assert self._deadline is not None
+        while True:
+            wait = min(self._deadline - time.monotonic(), self._tick)
+            try:
+                if select.select([self.sock], [], [], max(0.0, wait))[0]:
+                    return
+            except ValueError:  # the socket was closed under us
+                raise _Abort("closed") from None
+            if time.monotonic() >= self._deadline:
+                raise _Timeout()
+            self._on_idle()
 
     def _tls_call(self, call: Callable[[], T], reading: bool) -> T:
         """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
@@ -452,9 +597,13 @@ class Connection:
                 except ssl.SSLWantWriteError:
                     wait_read = False
             sockets = [self.sock]
-            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], self._tick)
+            deadline = self._deadline if reading else None
+            wait = self._tick if deadline is None else max(0.0, min(self._tick, deadline - time.monotonic()))
+            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], wait)
             if ready[0] or ready[1]:
                 continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _Timeout()
             if reading:
                 self._on_idle()
             elif self.send_timeout is not None and time.monotonic() - started >= self.send_timeout:
@@ -491,17 +640,16 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, message: Union[str, bytes, bytearray, memoryview]) -> None:
-        """Send one message: a text frame for str, a binary frame for bytes-like.
+    def send(self, message: Outgoing, binary: bool = False) -> None:
+        """Send one message: str as text, bytes-like as binary, a dict or list as JSON text.
 
-        Safe from any thread; blocks until the frame is handed to the kernel.
+        ``binary=True`` sends text (and JSON) as a binary frame of its UTF-8
+        bytes. Anything else raises TypeError before anything is sent. Safe
+        from any thread; blocks until the frame is handed to the kernel.
         Raises ConnectionClosed once a close frame was sent or the socket is
         gone, and SendTimeout (after aborting) if the peer stopped reading.
         """
-        if isinstance(message, str):
-            self._send_frame(frames.OP_TEXT, message.encode("utf-8"))
-        else:
-            self._send_frame(frames.OP_BINARY, message)
+        self._send_frame(*encode_message(message, binary))
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes). Safe from any thread."""
@@ -523,8 +671,7 @@ class Connection:
             # Small: build the whole frame before taking the lock, and send it in one call.
             data = payload if payload is not None else b"".join(parts)
             if mask_key is not None and length:
-                mask = int.from_bytes((mask_key * ((length >> 2) + 1))[:length], "little")
-                data = (int.from_bytes(data, "little") ^ mask).to_bytes(length, "little")
+                data = frames.masked(data, mask_key)
             frame = header + data
             with self._send_lock:
                 if self._close_sent:
@@ -555,8 +702,7 @@ class Connection:
             for start in range(0, len(view), _MASK_SLICE):
                 piece = view[start : start + _MASK_SLICE]
                 out = memoryview(scratch)[: len(piece)]
-                shift = offset % 4  # keep the key aligned with the payload's byte positions
-                frames.mask_into(out, piece, mask_key[shift:] + mask_key[:shift])
+                frames.mask_into(out, piece, frames.key_at(mask_key, offset))
                 self._send_all(out)
                 offset += len(piece)
 
@@ -605,17 +751,11 @@ class Connection:
             if self._close_sent or self._closed.is_set():
                 return
             self._close_sent = True
+        self._notify_closing(code, reason)
         self._write_close(code, reason)
 
     def _write_close(self, code: Optional[int], reason: str) -> None:
-        payload = frames.encode_close(code, reason)
-        if self.is_client:
-            key = os.urandom(4)
-            masked = bytearray(payload)
-            frames.apply_mask(masked, key)
-            frame = frames.encode_header(frames.OP_CLOSE, len(payload), True, key) + masked
-        else:
-            frame = frames.encode_header(frames.OP_CLOSE, len(payload)) + payload
+        frame = frames.encode_frame(frames.OP_CLOSE, frames.encode_close(code, reason), mask_key=os.urandom(4) if self.is_client else None)
         self._closing_deadline = time.monotonic() + self.close_timeout
         try:
             # Wake the reader sooner, so that it keeps the close deadline.
@@ -632,20 +772,23 @@ class Connection:
         with self._send_lock:
             send = not self._close_sent
             self._close_sent = True
+        self._mark_closed_code(code, reason)
+        self._notify_closing(code, reason)
         if send:
             self._write_close(code, reason)
-        self._mark_closed_code(code, reason)
         self._drain_until_close()
 
     def _drain_until_close(self) -> None:
         # Discard what the peer still sends until its close frame, so that it
         # reads our close frame instead of a reset (the suite checks this).
+        self._frame = self._message = None
         try:
             while not self._closed.is_set():
-                _, opcode, length, key = self._read_header(0)
-                self._read_payload(length, key)
+                _, opcode, length, _ = self._read_header(0)
                 if opcode == frames.OP_CLOSE:
                     break
+                while length:
+                    length -= len(self._read_some(min(length, _RECV_SIZE)))
         except ProtocolError:
             # The stream cannot be parsed past the error: drop raw bytes until
             # the peer goes quiet, so that closing with unread input does not
@@ -668,8 +811,18 @@ class Connection:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
 
+    def _notify_closing(self, code: int, reason: str) -> None:
+        """Call ``on_closing`` if no thread did yet (any thread; see on_closing)."""
+        if self.on_closing is None or not self._closing_notified.acquire(blocking=False):
+            return  # the lock is never released: a one-shot
+        try:
+            self.on_closing(code, reason)
+        except Exception:
+            logger.exception("%s: on_closing failed", self.name)
+
     def _mark_closed(self, code: int, reason: str) -> None:
         self._mark_closed_code(code, reason)
+        self._notify_closing(self.close_code or code, self.close_reason)
         if not self._closed.is_set():
             self._closed.set()
             self._shutdown_socket()
@@ -680,6 +833,7 @@ class Connection:
         A reader blocked in :meth:`recv` wakes up and returns None.
         """
         self._mark_closed_code(1006, "")
+        self._notify_closing(self.close_code or 1006, self.close_reason)
         self._closed.set()
         self._shutdown_socket()
 

@@ -141,6 +141,19 @@ def encode_frame(opcode: int, payload: Buffer, fin: bool = True, mask_key: Optio
     return encode_header(opcode, len(payload), fin, mask_key) + masked
 
 
+def key_at(mask_key: bytes, offset: int) -> bytes:
+    """The mask key rotated for a stretch of payload that starts at byte ``offset`` of its frame."""
+    shift = offset % 4
+    return mask_key[shift:] + mask_key[:shift] if shift else mask_key
+
+
+def masked(data: Buffer, mask_key: bytes) -> bytes:
+    """``data`` XOR the repeating ``mask_key``, as new bytes: one big-integer XOR, the fastest way for small payloads."""
+    n = len(data)
+    key = int.from_bytes((mask_key * ((n >> 2) + 1))[:n], "little")
+    return (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+
+
 def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
     """XOR ``data`` (a bytearray or writable byte memoryview) in place with the repeating 4-byte ``mask_key`` (masking and unmasking alike)."""
     n = len(data)
@@ -149,8 +162,7 @@ def apply_mask(data: Union[bytearray, memoryview], mask_key: bytes) -> None:
     if n >= 256 and HAVE_NUMPY:
         _apply_mask_numpy(data, mask_key)
     elif n <= _MASK_CHUNK:
-        key = int.from_bytes((mask_key * ((n >> 2) + 1))[:n], "little")
-        data[:] = (int.from_bytes(data, "little") ^ key).to_bytes(n, "little")
+        data[:] = masked(data, mask_key)
     else:
         _apply_mask_chunks(data, mask_key)
 
@@ -183,8 +195,7 @@ def _apply_mask_chunks(data: Union[bytearray, memoryview], mask_key: bytes) -> N
     tail = n % _MASK_CHUNK
     if tail:
         chunk = view[n - tail :]
-        key = int.from_bytes((mask_key * ((tail >> 2) + 1))[:tail], "little")
-        chunk[:] = (int.from_bytes(chunk, "little") ^ key).to_bytes(tail, "little")
+        chunk[:] = masked(chunk, mask_key)
 
 
 def _apply_mask_numpy(data: Union[bytearray, memoryview], mask_key: bytes) -> None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from .connection import Connection, Message
+from .connection import Connection, Message, Outgoing
 from .exceptions import ConnectionClosed, NotConnected, SendTimeout
 from .handshake import Request
 from .registry import Callback, ConnectionRegistry, websocketState
@@ -38,7 +38,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ConnNotify = Callable[[str, str], Any]
-Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
 
 
 class BaseWebSocketHandler:
@@ -59,6 +58,15 @@ class BaseWebSocketHandler:
         self.name: str = request.path.lstrip("/")
         self.callback: Callback = defaultWebsocketCallback
         self.connNotify: Optional[ConnNotify] = None
+        connection.on_closing = self.on_closing
+
+    def on_closing(self, code: int, reason: str) -> None:
+        """Called once, the moment the connection starts to end (our close frame went out, the
+        peer's came in, or the socket was lost), before ``on_close``.
+
+        It runs on whichever thread decided that, possibly while a send lock
+        is held: it must return at once and must not send. The default does nothing.
+        """
 
     def initialize(self, name: Optional[str] = None, callback: Optional[Callback] = None, connNotify: Optional[ConnNotify] = None) -> None:
         """Take the endpoint's settings (connection thread, before the upgrade is answered)."""
@@ -97,14 +105,11 @@ class BaseWebSocketHandler:
         """Send a message: str as text, bytes-like (or ``binary=True``) as binary, dict or list as JSON text.
 
         Safe from any thread; messages written from one thread arrive in the
-        order written. Raises ConnectionClosed if the connection is closed or
-        closing, SendTimeout if the peer stopped reading.
+        order written. Raises TypeError for anything else (before sending),
+        ConnectionClosed if the connection is closed or closing, SendTimeout
+        if the peer stopped reading.
         """
-        if isinstance(message, (dict, list)):
-            message = json.dumps(message)
-        if binary and isinstance(message, str):
-            message = message.encode("utf-8")
-        self.connection.send(message)
+        self.connection.send(message, binary)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; returns at once. Safe from any thread."""
@@ -129,15 +134,26 @@ class BaseWebSocketHandler:
 
 
 class DataWebSocketHandler(BaseWebSocketHandler):
-    """A handler that, on close, also fails at once the requests still waiting on its connection.
+    """A handler that fails at once the requests still waiting on its connection when it starts to close.
 
-    It finds them through its callback: when that is the bound ``callback`` of a
-    :class:`syncws.RequestHandler`, its ``close_pending_requests(self)`` is called.
+    That is the moment the server sends its close frame (a protocol error,
+    ``close()``, ``server.stop()``), the peer's close frame arrives, or the
+    socket drops: callers do not wait for the closing handshake to end. It
+    finds the requests through its callback: when that is the bound
+    ``callback`` of a :class:`syncws.RequestHandler`, its
+    ``close_pending_requests(self)`` is called.
     """
 
+    def on_closing(self, code: int, reason: str) -> None:
+        """Fail the requests sent on this connection (the thread that decided to close)."""
+        self._close_pending()
+
     def on_close(self) -> None:
-        """Leave the registry, then fail the requests sent on this connection (connection thread)."""
+        """Leave the registry, then fail any request still left on this connection (connection thread)."""
         super().on_close()
+        self._close_pending()
+
+    def _close_pending(self) -> None:
         owner = getattr(self.callback, "__self__", None)
         close_pending = getattr(owner, "close_pending_requests", None)
         if close_pending is not None:

@@ -195,11 +195,17 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         """Serve ``path`` with one ``handler_class`` object per connection, given ``initialize(**kwargs)``.
 
         ``auth`` and ``origins`` apply to this path and take the place of the
-        server's. Safe from any thread, also while serving.
+        server's. Safe from any thread, also while serving. Raises TypeError
+        when ``handler_class`` is not a BaseWebSocketHandler subclass and
+        ValueError when ``path`` is malformed or already served.
         """
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError(f"path must be a str that starts with '/': {path!r}")
+        if not (isinstance(handler_class, type) and issubclass(handler_class, BaseWebSocketHandler)):
+            raise TypeError(f"handler_class must be a subclass of syncws.BaseWebSocketHandler, not {handler_class!r}")
         with self._lock:
+            if path in self._endpoints:
+                raise ValueError(f"{path!r} is already served by {self._endpoints[path].handler_class.__name__}")
             self._endpoints[path] = _Endpoint(handler_class, kwargs, auth, origins)
 
     def add_static(self, path: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
@@ -269,19 +275,27 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         """
         with self._lock:
             serving, self._serving = self._serving, False
-        if serving and self.thread is not threading.current_thread():
-            self.shutdown()  # wait for the accept loop to end
-        self._finish_stop(code, reason)
+        self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread())
 
-    def _finish_stop(self, code: int, reason: str) -> None:
+    def _finish_stop(self, code: int, reason: str, end_accept_loop: bool = False) -> None:
         with self._lock:
             if self._stopped:
                 return
-            self._stopped = True
+            self._stopped = True  # from now on, handshakes are refused with 503
             connections = list(self._handlers)
             request_handlers = list(self._request_handlers)
-            in_handshake = list(self._handshakes.values())
+        # First what callers see: every connection starts its closing handshake
+        # and every call waiting on this server fails now, not after the
+        # accept loop's next poll or the peers' answers.
+        for connection in connections:
+            connection.close(code, reason)
+        for request_handler in request_handlers:
+            request_handler.close_pending_requests()
+        if end_accept_loop:
+            self.shutdown()  # wait for the accept loop to end
         self.server_close()
+        with self._lock:
+            in_handshake = list(self._handshakes.values())
         for sock in in_handshake:
             try:
                 # socket.socket's own shutdown: on a TLS socket it leaves the SSL
@@ -289,8 +303,6 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already gone
-        for connection in connections:
-            connection.close(code, reason)
         deadline = time.monotonic() + self.close_timeout
         self._join_threads(deadline)
         with self._lock:
