@@ -95,3 +95,174 @@ def test_claimed_length_no_memory_can_hold_closes_with_1009(caplog: pytest.LogCa
     finally:
         near.close()
         far.close()
+
+
+class Pair:
+    """A Connection on one end of a socket pair; the test writes raw frames into the other end."""
+
+    def __init__(self, is_client: bool, **options: Any) -> None:
+        self.near, far = socket.socketpair()
+        options.setdefault("ping_interval", None)
+        self.conn = Connection(far, is_client=is_client, **options)
+        self.masked = not is_client  # a client's peer (a server) does not mask
+
+    def frame(self, opcode: int, payload: bytes, fin: bool = True) -> bytes:
+        return frames.encode_frame(opcode, payload, fin=fin, mask_key=os.urandom(4) if self.masked else None)
+
+    def write(self, data: bytes) -> None:
+        self.near.sendall(data)
+
+    def close(self) -> None:
+        self.near.close()
+        self.conn.release()
+
+
+@pytest.fixture
+def client_pair() -> Iterator[Pair]:
+    """A client-side Connection whose peer is the test, writing unmasked frames."""
+    pair = Pair(is_client=True)
+    yield pair
+    pair.close()
+
+
+def test_recv_timeout_holds_while_pings_keep_arriving(client_pair: Pair) -> None:
+    """recv(timeout) raises TimeoutError at its timeout even though a ping arrives every few milliseconds."""
+    stop = threading.Event()
+
+    def ping_flood() -> None:
+        for _ in range(2000):  # at most 10 s
+            if stop.wait(0.005):
+                return
+            try:
+                client_pair.write(frames.encode_frame(frames.OP_PING, b"p"))
+            except OSError:
+                return
+
+    flood = threading.Thread(target=ping_flood, daemon=True)
+    flood.start()
+    try:
+        with pytest.raises(TimeoutError):
+            client_pair.conn.recv(timeout=0.3)
+    finally:
+        stop.set()
+        flood.join(5)
+    client_pair.write(frames.encode_frame(frames.OP_TEXT, b"after the pings"))
+    assert client_pair.conn.recv(timeout=5) == "after the pings"
+
+
+def test_recv_timeout_keeps_a_message_in_parts_for_the_next_call(client_pair: Pair) -> None:
+    """A timeout between fragments, and inside a header, loses nothing: the next recv returns the whole message."""
+    first = client_pair.frame(frames.OP_TEXT, "héllo ".encode()[:2], fin=False)  # "h" and half of "é"
+    rest = client_pair.frame(frames.OP_CONTINUATION, "héllo ".encode()[2:] + b"world")
+    client_pair.write(first + rest[:1])  # the second frame's header, cut after its first byte
+    with pytest.raises(TimeoutError):
+        client_pair.conn.recv(timeout=0.2)
+    client_pair.write(rest[1:])
+    assert client_pair.conn.recv(timeout=5) == "héllo world"
+
+
+def test_recv_timeout_resumes_a_large_payload(client_pair: Pair) -> None:
+    """A timeout in the middle of a large frame's payload keeps what was read; the next recv completes it."""
+    payload = os.urandom(300_007)
+    frame = client_pair.frame(frames.OP_BINARY, payload)
+    client_pair.write(frame[:100_000])
+    with pytest.raises(TimeoutError):
+        client_pair.conn.recv(timeout=0.2)
+    writer = threading.Thread(target=client_pair.write, args=(frame[100_000:],), daemon=True)
+    writer.start()
+    assert client_pair.conn.recv(timeout=10) == payload
+    writer.join(5)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0])
+def test_recv_refuses_a_bad_timeout(client_pair: Pair, timeout: float) -> None:
+    """recv with a NaN or negative timeout raises ValueError and reads nothing."""
+    client_pair.write(client_pair.frame(frames.OP_TEXT, b"still here"))
+    with pytest.raises(ValueError):
+        client_pair.conn.recv(timeout=timeout)
+    assert client_pair.conn.recv(timeout=float("inf")) == "still here"
+
+
+def test_many_empty_fragments_hold_no_memory() -> None:
+    """100,000 empty continuation frames in one message cost no memory per fragment, and a ping among them is answered."""
+    import tracemalloc
+
+    count = 100_000
+    pair = Pair(is_client=False, max_message_size=1 << 20)
+    mask = os.urandom(4)
+    empty = frames.encode_frame(frames.OP_CONTINUATION, b"", fin=False, mask_key=mask)
+    stream = b"".join(
+        [
+            frames.encode_frame(frames.OP_BINARY, b"a", fin=False, mask_key=mask),
+            empty * (count // 2),
+            frames.encode_frame(frames.OP_PING, b"sync", mask_key=mask),
+            empty * (count // 2),
+            frames.encode_frame(frames.OP_CONTINUATION, b"z", mask_key=mask),
+        ]
+    )
+    writer = threading.Thread(target=pair.write, args=(stream,), daemon=True)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        writer.start()
+        message = pair.conn.recv(timeout=60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        writer.join(10)
+    try:
+        assert message == b"az"
+        assert pair.near.recv(64) == frames.encode_frame(frames.OP_PONG, b"sync")
+        # A list of fragments cost about 88 bytes each (8.8 MB here); one buffer costs a constant.
+        assert peak - before < 1 << 20
+    finally:
+        pair.close()
+
+
+def test_many_tiny_text_fragments_are_checked_and_joined() -> None:
+    """A text message of 5,000 one-byte fragments, a character split across two of them, arrives whole."""
+    pair = Pair(is_client=False)
+    data = ("x" * 2000 + "é" + "y" * 2998).encode()
+    frames_out = [pair.frame(frames.OP_TEXT if i == 0 else frames.OP_CONTINUATION, data[i : i + 1], fin=i == len(data) - 1) for i in range(len(data))]
+    writer = threading.Thread(target=pair.write, args=(b"".join(frames_out),), daemon=True)
+    writer.start()
+    try:
+        assert pair.conn.recv(timeout=30) == data.decode()
+    finally:
+        writer.join(10)
+        pair.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ({"a": 1}, (frames.OP_TEXT, b'{"a": 1}')),
+        ([1, "x"], (frames.OP_TEXT, b'[1, "x"]')),
+        ("text", (frames.OP_TEXT, b"text")),
+        (b"bytes", (frames.OP_BINARY, b"bytes")),
+        (bytearray(b"ba"), (frames.OP_BINARY, b"ba")),
+        (memoryview(b"mv"), (frames.OP_BINARY, b"mv")),
+    ],
+)
+def test_send_takes_text_bytes_and_json(message: Any, expected: tuple[int, bytes]) -> None:
+    """send takes str as text, bytes-like as binary, and a dict or list as JSON text."""
+    pair = Pair(is_client=False)
+    try:
+        pair.conn.send(message)
+        data = pair.near.recv(64)
+        assert (data[0] & 0x0F, data[2:]) == expected
+    finally:
+        pair.close()
+
+
+@pytest.mark.parametrize("message", [{1, 2}, 42, None, 3.5, (1, 2)])
+def test_send_refuses_what_it_cannot_send(message: Any) -> None:
+    """send raises a TypeError naming what it takes, and sends nothing, for a set, a number, None or a tuple."""
+    pair = Pair(is_client=True)
+    try:
+        with pytest.raises(TypeError, match="str .* bytes-like .* dict or list"):
+            pair.conn.send(message)
+        pair.conn.send("next")
+        assert pair.near.recv(64)[0] == 0x80 | frames.OP_TEXT
+    finally:
+        pair.close()
