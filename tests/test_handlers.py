@@ -220,3 +220,128 @@ def test_default_registry_is_websocket_state() -> None:
     srv = syncws.WebSocketServer()
     assert srv.registry is syncws.websocketState
     srv.stop()
+
+
+class SilentPeer:
+    """A raw-socket peer on /wsData that reads requests and never answers them, nor a close frame."""
+
+    def __init__(self, server: syncws.WebSocketServer) -> None:
+        from .helpers import RawClient
+
+        self.raw = RawClient(server.port)
+        assert self.raw.handshake("/wsData").startswith(b"HTTP/1.1 101")
+
+    def read_request(self) -> dict:
+        _, opcode, payload = self.raw.recv_frame()
+        assert opcode == syncws.frames.OP_TEXT
+        return json.loads(payload)
+
+
+def _server_with_wsdata(**options: object) -> tuple[syncws.WebSocketServer, syncws.RequestHandler]:
+    server = syncws.WebSocketServer(port=0, registry=syncws.ConnectionRegistry(), close_timeout=30, **options)  # type: ignore[arg-type]
+    handler = syncws.RequestHandler("wsData", server)
+    server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+    return server.start(), handler
+
+
+def _call_in_thread(handler: syncws.RequestHandler) -> tuple[threading.Thread, queue.Queue]:
+    outcome: queue.Queue = queue.Queue()
+
+    def call() -> None:
+        try:
+            outcome.put(handler.doRequest({"cmd": "slow"}, timeout=60))
+        except Exception as exc:  # the outcome under test
+            outcome.put(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.parametrize("how", ["handler.close()", "protocol error", "oversize message"])
+def test_server_closing_releases_waiting_calls_at_once(how: str) -> None:
+    """When the server decides to close a connection, a call waiting on it fails with ConnectionClosed at once, not after close_timeout."""
+    server, handler = _server_with_wsdata(max_message_size=1000)
+    peer = SilentPeer(server)
+    try:
+        assert wait_for(lambda: server.registry.newest("wsData") is not None)
+        thread, outcome = _call_in_thread(handler)
+        peer.read_request()
+        if how == "handler.close()":
+            server.registry.newest("wsData").close(1000, "done")
+        elif how == "protocol error":
+            peer.raw.send_frame(syncws.frames.OP_TEXT, b"x", rsv=4)
+        else:
+            peer.raw.send_frame(syncws.frames.OP_BINARY, bytes(2000))
+        # close_timeout is 30 s and the peer never answers the close frame: only an immediate release fits in 10 s.
+        assert isinstance(outcome.get(timeout=10), syncws.ConnectionClosed)
+        thread.join(5)
+    finally:
+        peer.raw.close()
+        server.stop()
+
+
+def test_stop_releases_waiting_calls_at_once() -> None:
+    """server.stop() fails a waiting call with ConnectionClosed at once, even while the peer never answers its close frame."""
+    server, handler = _server_with_wsdata()
+    peer = SilentPeer(server)
+    assert wait_for(lambda: server.registry.newest("wsData") is not None)
+    thread, outcome = _call_in_thread(handler)
+    peer.read_request()
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    stopper.start()
+    try:
+        assert isinstance(outcome.get(timeout=10), syncws.ConnectionClosed)
+    finally:
+        peer.raw.close()  # lets stop() finish without waiting out close_timeout
+        stopper.join(10)
+        thread.join(5)
+    assert not stopper.is_alive()
+
+
+def test_request_handler_reaches_only_its_own_servers_connections() -> None:
+    """Two servers sharing the default registry: a RequestHandler bound to one never sends to a client of the other."""
+    guarded = syncws.WebSocketServer(port=0, auth=lambda request: request.headers.get("Authorization") == "Bearer s3cret").start()
+    open_server = syncws.WebSocketServer(port=0).start()
+    try:
+        handler = syncws.RequestHandler("wsData", guarded)
+        guarded.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+        open_server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData")
+        anonymous = websocket.create_connection(open_server.url + "/wsData", timeout=5)
+        try:
+            assert wait_for(lambda: syncws.websocketState.newest("wsData") is not None)
+            with pytest.raises(syncws.NotConnected):
+                handler.doRequest({"cmd": "secret"}, timeout=5)
+            stranger = syncws.websocketState.newest("wsData")
+            with pytest.raises(syncws.NotConnected):
+                handler.doRequest({"cmd": "secret"}, timeout=5, conn=stranger)
+            anonymous.settimeout(0.5)
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                anonymous.recv()  # nothing ever reached the anonymous client
+        finally:
+            anonymous.close()
+    finally:
+        guarded.stop()
+        open_server.stop()
+
+
+def test_server_clients_are_its_own() -> None:
+    """Each of two servers sharing the default registry lists and broadcasts to its own clients only."""
+    first = syncws.WebSocketServer(port=0).start()
+    second = syncws.WebSocketServer(port=0).start()
+    try:
+        for server in (first, second):
+            server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData")
+        a = websocket.create_connection(first.url + "/wsData", timeout=5)
+        b = websocket.create_connection(second.url + "/wsData", timeout=5)
+        assert wait_for(lambda: len(first.clients) == 1 and len(second.clients) == 1)
+        first.send_message_to_all("to first")
+        assert a.recv() == "to first"
+        b.settimeout(0.3)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            b.recv()
+        a.close()
+        b.close()
+    finally:
+        first.stop()
+        second.stop()

@@ -6,6 +6,7 @@ import datetime
 import gc
 import ipaddress
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -327,3 +328,35 @@ def test_tls_concurrent_requests_and_sends(tls_server: syncws.WebSocketServer, c
     service.stop()
     assert failures.empty(), failures.get()
     assert not any(thread.is_alive() for thread in threads)
+
+
+def test_failed_tls_handshakes_release_their_descriptors_while_log_records_are_kept(tls_server: syncws.WebSocketServer) -> None:
+    """A log handler that keeps every record (and so each failure's exception) does not keep failed TLS sockets' descriptors open."""
+    kept: list[logging.LogRecord] = []
+
+    class Keeper(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    keeper = Keeper(logging.DEBUG)
+    server_logger = logging.getLogger("syncws.server")
+    level = server_logger.level
+    server_logger.addHandler(keeper)
+    server_logger.setLevel(logging.DEBUG)
+    gc.disable()  # only an explicit close may free a descriptor here, not the collector
+    try:
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(10):
+            with socket.create_connection(("127.0.0.1", tls_server.port), timeout=5) as plain:
+                plain.sendall(b"GET /echo HTTP/1.1\r\n\r\n")  # not a TLS ClientHello: the handshake fails
+                assert plain.recv(1024) is not None
+        with tls_server._lock:
+            threads = list(tls_server._conn_threads)
+        for thread in threads:
+            thread.join(10)
+        assert sum("handshake" in r.getMessage() for r in kept) >= 10
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
+    finally:
+        gc.enable()
+        server_logger.removeHandler(keeper)
+        server_logger.setLevel(level)

@@ -367,3 +367,54 @@ def test_close_timeout_holds_while_peer_keeps_sending() -> None:
         closed.wait(0.01)
     assert closed.wait(5)
     srv.stop()
+
+
+def test_add_handler_refuses_a_class_that_is_not_a_handler(server: syncws.WebSocketServer) -> None:
+    """add_handler with a class that is not a BaseWebSocketHandler raises TypeError at the call, and serves nothing there."""
+    with pytest.raises(TypeError, match="BaseWebSocketHandler"):
+        server.add_handler("/x", dict)  # type: ignore[arg-type]
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(server.url + "/x", timeout=5)
+    assert refused.value.status_code == 404
+
+
+def test_add_handler_refuses_a_path_already_served(server: syncws.WebSocketServer) -> None:
+    """A second add_handler on the same path raises ValueError, and the first handler keeps serving it."""
+    with pytest.raises(ValueError, match="already served"):
+        server.add_handler("/echo", syncws.RejectWebSocketHandler)
+    ws = websocket.create_connection(server.url + "/echo", timeout=5)
+    ws.send("still echo")
+    assert ws.recv() == "still echo"
+    ws.close()
+
+
+def test_client_recv_timeout_holds_while_the_server_keeps_pinging() -> None:
+    """ClientConnection.recv(timeout) raises TimeoutError on time although the server pings faster than the timeout."""
+    stop = threading.Event()
+
+    class Pinger(syncws.BaseWebSocketHandler):
+        def open(self) -> None:
+            super().open()
+            threading.Thread(target=self._ping, daemon=True).start()
+
+        def _ping(self) -> None:
+            for _ in range(1000):  # at most 10 s
+                if stop.wait(0.01):
+                    break
+                try:
+                    self.ping(b"p")
+                except syncws.SyncWSError:
+                    return
+            self.write_message("done")
+
+    srv = make_server()
+    srv.add_handler("/pinger", Pinger)
+    conn = syncws.connect(srv.url + "/pinger")
+    try:
+        with pytest.raises(TimeoutError):
+            conn.recv(timeout=0.3)
+        stop.set()
+        assert conn.recv(timeout=10) == "done"
+    finally:
+        conn.close()
+        srv.stop()
