@@ -260,7 +260,7 @@ def test_send_refuses_what_it_cannot_send(message: Any) -> None:
     """send raises a TypeError naming what it takes, and sends nothing, for a set, a number, None or a tuple."""
     pair = Pair(is_client=True)
     try:
-        with pytest.raises(TypeError, match="str .* bytes-like .* dict or list"):
+        with pytest.raises(TypeError, match=r"str .* bytes-like .* dict or list"):
             pair.conn.send(message)
         pair.conn.send("next")
         assert pair.near.recv(64)[0] == 0x80 | frames.OP_TEXT
