@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import io
+import math
+import numbers
 import struct
 import sys
 import threading
@@ -32,6 +34,7 @@ __all__ = [
     "as_binary",
     "ReplyAssembler",
     "crc32",
+    "check_timeout",
 ]
 
 PART_MAGIC = b"SWSB"
@@ -54,6 +57,32 @@ class PartHeader(NamedTuple):
 def crc32(data: BytesLike) -> int:
     """CRC-32 of ``data`` (zlib's, in C: several GB/s)."""
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+def check_timeout(timeout: Optional[float], name: str = "timeout") -> Optional[float]:
+    """A blocking call's ``timeout`` made fit for ``threading``: seconds, or None to wait forever.
+
+    None and any non-negative number are valid; ``math.inf``, and anything
+    beyond ``threading.TIMEOUT_MAX`` (where ``Condition.wait`` would raise
+    OverflowError), mean forever and come back as None. NaN and negative
+    values raise ValueError, and what is not a number raises TypeError, so
+    that a caller can check before anything is sent.
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float: forever
+        return None
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must not be NaN")
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, got {timeout!r}")
+    if seconds > threading.TIMEOUT_MAX:
+        return None
+    return seconds
 
 
 def encode_part_header(call_id: int, index: int, count: int, offset: int, data: BytesLike) -> bytes:
@@ -212,7 +241,7 @@ def _array_layout(header: dict[str, Any], size: int) -> tuple[Any, tuple[int, ..
     try:
         dtype = np.dtype(described)
         shape = tuple(int(n) for n in header["shape"])
-    except (TypeError, KeyError) as exc:
+    except (TypeError, KeyError, OverflowError) as exc:  # OverflowError: a dimension of Infinity
         raise ValueError(f"invalid array description: {exc}") from None
     if dtype.hasobject:
         raise ValueError(f"refused array dtype {dtype}")
