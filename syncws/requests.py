@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import protocol
+from . import lograte, protocol
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
 from .registry import ConnectionRegistry, websocketState
@@ -85,6 +85,11 @@ class _PendingCall:
             self.condition.notify_all()
 
     def start_binary(self, header: dict[str, Any], max_size: int) -> None:
+        """Take a binary reply's header and allocate its result (connection thread).
+
+        Raises ValueError for an invalid header; anything else the allocation
+        raises (MemoryError, OverflowError) goes to the caller of this method too.
+        """
         size, parts = header.get("size"), header.get("parts")
         if not isinstance(size, int) or not isinstance(parts, int) or size < 0 or parts < 0 or (parts == 0) != (size == 0):
             raise ValueError(f"invalid size {size!r} or parts {parts!r}")
@@ -150,8 +155,8 @@ class _PendingCall:
                 reply = self._reply_fields()
                 try:
                     reply["data"] = assembler.value()
-                except ValueError as exc:
-                    raise self._failed(f"damaged binary reply: {exc}") from None
+                except Exception as exc:  # whatever the parts make, the call ends with a 502
+                    raise self._failed(f"damaged binary reply: {_describe(exc)}") from None
                 self.deliver(reply)
                 return reply
 
@@ -161,8 +166,8 @@ class _PendingCall:
             raise self._failed(f"damaged binary reply: part {index} failed its CRC-32 check")
         try:
             assembler.add(data)
-        except ValueError as exc:
-            raise self._failed(f"damaged binary reply: {exc}") from None
+        except Exception as exc:  # whatever the part holds, the call ends with a 502
+            raise self._failed(f"damaged binary reply: {_describe(exc)}") from None
 
     def _failed(self, reason: str) -> RequestError:
         """Fail the call with a 502 RequestError, and return that error for the caller to raise."""
@@ -173,6 +178,21 @@ class _PendingCall:
     def _reply_fields(self) -> dict[str, Any]:
         header = self.binary_header or {"cmd": self.cmd, "callId": self.call_id, "status": 502}
         return {k: v for k, v in header.items() if k not in ("size", "parts", "dataType", "dtype", "shape")}
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as a reason: its message for a ValueError (the checks' own words), else ``Type: message``."""
+    return str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}"
+
+
+def check_request(msg: Any) -> None:
+    """Raise TypeError or ValueError unless ``msg`` is a request: a dict with a str ``cmd``."""
+    if not isinstance(msg, dict):
+        raise TypeError(f"a request must be a dict with a 'cmd', not {type(msg).__name__}")
+    if "cmd" not in msg:
+        raise ValueError("a request must have a 'cmd'")
+    if not isinstance(msg["cmd"], str):
+        raise TypeError(f"a request's 'cmd' must be a str, not {type(msg['cmd']).__name__}")
 
 
 class RequestHandler:
@@ -186,14 +206,24 @@ class RequestHandler:
     Args:
         name: the endpoint name whose connections it sends to.
         server: the server (its registry is used, and its ``stop()`` fails
-            waiting calls); None uses the shared ``websocketState``.
+            waiting calls). Requests then only ever go to connections that
+            this server accepted, even when other servers share its registry.
+            None uses the shared ``websocketState`` and reaches any connection
+            of the name.
         max_reply_size: a binary reply announcing more bytes is refused.
+        log_interval: junk from a peer (replies that are not replies) is
+            logged at most once per this many seconds per connection; the next
+            line says how many were suppressed.
     """
 
-    def __init__(self, name: str, server: Optional[WebSocketServer] = None, max_reply_size: int = 4 << 30) -> None:
+    def __init__(
+        self, name: str, server: Optional[WebSocketServer] = None, max_reply_size: int = 4 << 30, log_interval: float = lograte.DEFAULT_INTERVAL
+    ) -> None:
         self.name = name
+        self._server = server
         self.registry: ConnectionRegistry = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
+        self._junk_log = lograte.RateLimitedLog(logger, log_interval)
         # Synchronize access to _calls, _call_ids and _last_prune.
         self.callbackLock = threading.Lock()
         self._calls: dict[int, _PendingCall] = {}
@@ -210,20 +240,28 @@ class RequestHandler:
         """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
 
         Args:
-            msg: a JSON-able dict with a ``cmd``; a ``callId`` is added to a copy.
-            timeout: seconds to wait for the reply (None: forever). For a reply
-                in binary parts it bounds the wait for each next part, so a long
-                transfer that keeps moving does not time out.
-            conn: the connection to ask; default: the newest one of the name.
+            msg: a JSON-able dict with a str ``cmd``; a ``callId`` is added to a copy.
+            timeout: seconds to wait for the reply, any non-negative number
+                (None or ``math.inf``: forever). For a reply in binary parts it
+                bounds the wait for each next part, so a long transfer that
+                keeps moving does not time out.
+            conn: the connection to ask; default: the newest one of the name
+                (accepted by this handler's server, when it has one).
             progress: ``progress(received, total)`` for binary replies, called
                 on the connection's thread after each part.
 
         Returns the reply dict: ``cmd``, ``callId``, ``status`` and, when the
         peer returned something, ``data`` (bytes for a bytes result).
 
-        Raises NotConnected (no peer), RequestTimeout, ConnectionClosed (the
-        peer went away, at once) and RequestError (the peer's status was not 200).
+        Raises, before anything is sent, TypeError or ValueError for a ``msg``
+        that is not a dict with a str ``cmd`` or a NaN or negative ``timeout``,
+        and NotConnected (no peer, or ``conn`` belongs to another server); then
+        RequestTimeout, ConnectionClosed (the peer went away, at once) and
+        RequestError (the peer's status was not 200; 502 for a binary reply
+        that could not be taken).
         """
+        check_request(msg)
+        timeout = protocol.check_timeout(timeout)
         call_id, handler = self._register(msg, conn, progress, claimed=True)
         try:
             request = dict(msg, callId=call_id)
@@ -238,14 +276,20 @@ class RequestHandler:
     def prepare_request(
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
     ) -> tuple[int, BaseWebSocketHandler]:
-        """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``."""
+        """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``.
+
+        Raises as :meth:`doRequest` does before it sends.
+        """
+        check_request(msg)
         return self._register(msg, conn, progress, claimed=False)
 
     def _register(
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler], progress: Optional[Progress], claimed: bool
     ) -> tuple[int, BaseWebSocketHandler]:
         # A claimed call belongs to a doRequest that will wait for it: pruning never touches it.
-        handler = conn if conn is not None else self.registry.newest(self.name)
+        if conn is not None and self._server is not None and conn.server is not self._server:
+            raise NotConnected(f"{conn!r} was not accepted by this RequestHandler's server")
+        handler = conn if conn is not None else self.registry.newest(self.name, server=self._server)
         if handler is None or handler.connection.closed:
             raise NotConnected(f"{self.name} not connected. Please start the remote service.")
         self._maybe_prune()
@@ -258,6 +302,7 @@ class RequestHandler:
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
+        timeout = protocol.check_timeout(timeout)
         with self.callbackLock:
             call = self._calls.get(callId)
         if call is None:
@@ -287,7 +332,10 @@ class RequestHandler:
         """Take a reply or reply part from a peer (connection thread). Never raises.
 
         A reply is matched by its callId and by the connection it came on; one
-        that is invalid, unknown or late is logged and dropped.
+        that is invalid, unknown or late is logged and dropped (junk at most
+        once per ``log_interval`` per connection). A binary reply's header or
+        part that cannot be taken, for whatever reason, fails its call at once
+        with RequestError 502.
         """
         try:
             if isinstance(message, str):
@@ -299,7 +347,7 @@ class RequestHandler:
 
     def _find(self, client: BaseWebSocketHandler, call_id: Any) -> Optional[_PendingCall]:
         if not isinstance(call_id, int) or isinstance(call_id, bool):
-            logger.warning("%s: reply with a missing or invalid callId %r dropped", self.name, call_id)
+            self._junk_log.log(client, logging.WARNING, "%s: reply with a missing or invalid callId %s dropped", self.name, _short_repr(call_id))
             return None
         with self.callbackLock:
             call = self._calls.get(call_id)
@@ -312,37 +360,51 @@ class RequestHandler:
         try:
             reply = json.loads(message)
         except (ValueError, RecursionError):
-            logger.warning("%s: reply that is not JSON dropped (%d characters)", self.name, len(message))
+            self._junk_log.log(client, logging.WARNING, "%s: reply that is not JSON dropped (%d characters)", self.name, len(message))
             return
         if not isinstance(reply, dict):
-            logger.warning("%s: reply that is not a JSON object dropped", self.name)
+            self._junk_log.log(client, logging.WARNING, "%s: reply that is not a JSON object dropped", self.name)
             return
-        call = self._find(client, reply.get("callId"))
+        call_id = reply.get("callId")
+        if call_id is None and reply.get("status") != 200 and "error" in reply:
+            # The peer's answer to a message it could not take and whose callId it could not read.
+            status, error = _short_repr(reply.get("status")), _short_repr(reply["error"])
+            self._junk_log.log(client, logging.WARNING, "%s: the peer refused a message: status %s: %s", self.name, status, error)
+            return
+        call = self._find(client, call_id)
         if call is None:
             return
         if reply.get("dataType") in ("bytes", "ndarray") and reply.get("status") == 200:
             try:
                 call.start_binary(reply, self.max_reply_size)
-            except ValueError as exc:
-                call.fail(RequestError(502, f"invalid binary reply: {exc}", reply))
+            except MemoryError:
+                call.fail(RequestError(502, f"invalid binary reply: cannot allocate the {reply.get('size')} bytes it announces", reply))
+            except Exception as exc:  # OverflowError from "shape": [Infinity], and whatever else: never a hang
+                call.fail(RequestError(502, f"invalid binary reply: {_describe(exc)}", reply))
             return
         call.deliver(reply)
 
     def _on_binary(self, client: BaseWebSocketHandler, message: bytes) -> None:
         part = protocol.decode_part_header(message)
         if part is None:
-            logger.warning("%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
+            self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
             return
         call = self._find(client, part.call_id)
         if call is None:
             return
         try:
             call.add_part(part, message)
-        except ValueError as exc:
-            call.fail(RequestError(502, f"damaged binary reply: {exc}", {"cmd": call.cmd, "callId": call.call_id, "status": 502}))
+        except Exception as exc:  # whatever goes wrong with a part, its call ends with a 502 at once
+            call.fail(RequestError(502, f"damaged binary reply: {_describe(exc)}", {"cmd": call.cmd, "callId": call.call_id, "status": 502}))
 
     def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
-        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread."""
+        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread.
+
+        DataWebSocketHandler calls it on the connection's thread when ``conn``
+        closes; the count of junk still suppressed for ``conn`` is logged then.
+        """
+        if conn is not None:
+            self._junk_log.forget(conn, what=self.name)
         with self.callbackLock:
             calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
         for call in calls:
@@ -371,3 +433,9 @@ class RequestHandler:
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune > _PRUNE_EVERY:
             self.pruneCallbacks()
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a peer's junk goes into the log only this long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -9,8 +9,10 @@ on 127.0.0.1, port 0.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -27,7 +29,9 @@ import websocket
 
 import syncws
 from syncws import protocol
+from syncws.lograte import RateLimitedLog
 
+from .helpers import wait_for
 from .peer_process import det_bytes
 
 pytestmark = pytest.mark.timeout(60)
@@ -128,10 +132,10 @@ class PeerProcess:
 class Env:
     """A started server with its own registry, one /wsData endpoint and its RequestHandler."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, **rh_options: Any) -> None:
         self.registry = syncws.ConnectionRegistry()
         self.server = syncws.WebSocketServer("127.0.0.1", port, registry=self.registry, close_timeout=1.0).start()
-        self.rh = syncws.RequestHandler(NAME, self.server)
+        self.rh = syncws.RequestHandler(NAME, self.server, **rh_options)
         self.events: queue.Queue = queue.Queue()
         self.server.add_handler("/" + NAME, syncws.DataWebSocketHandler, name=NAME, callback=self.rh.callback, connNotify=self._notify)
         self.url = self.server.url + "/" + NAME
@@ -683,3 +687,239 @@ def test_prune_running_alongside_requests_drops_none_of_them(env: Env) -> None:
     prune_thread.join(5)
     assert not any(w.is_alive() for w in workers)
     assert errors == [], f"{len(errors)} of 1200 requests lost, e.g. {errors[:3]}"
+
+
+# ---------------------------------------------------------------------- reply headers and parts that fail oddly
+
+
+def _join_result(caller: threading.Thread, results: queue.Queue, timeout: float = 5.0) -> tuple[str, Any, float]:
+    caller.join(timeout)
+    assert not caller.is_alive(), "the caller is still waiting"
+    return results.get_nowait()
+
+
+def test_array_header_with_infinite_shape_fails_the_call_at_once(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """An array reply header with "shape": [Infinity] fails a call made with timeout=None at once with RequestError 502."""
+    pytest.importorskip("numpy")
+    peer = env.fake_peer()
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=None))
+    call_id = peer.recv_request()["callId"]
+    peer.send(f'{{"cmd": "b", "callId": {call_id}, "status": 200, "dataType": "ndarray", "dtype": "<f8", "shape": [Infinity], "size": 8, "parts": 1}}')
+    kind, value, _ = _join_result(caller, results)
+    assert kind == "err" and isinstance(value, syncws.RequestError), value
+    assert value.status == 502 and "invalid" in value.error
+    assert env.rh.pending == 0
+    assert library_errors(caplog) == []
+
+
+@pytest.mark.parametrize("data_type", ["bytes", "ndarray"])
+def test_reply_too_large_to_allocate_fails_the_call_at_once(env: Env, caplog: pytest.LogCaptureFixture, data_type: str) -> None:
+    """A reply header whose size cannot be allocated (a real MemoryError: 4 EiB) fails a call made with timeout=None at once with 502."""
+    if data_type == "ndarray":
+        pytest.importorskip("numpy")
+    env.rh.max_reply_size = 1 << 63  # let the announced size through to the allocation
+    peer = env.fake_peer()
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=None))
+    call_id = peer.recv_request()["callId"]
+    size = 1 << 62
+    peer.send({"cmd": "b", "callId": call_id, "status": 200, "dataType": data_type, "dtype": "|u1", "shape": [size], "size": size, "parts": 1})
+    kind, value, _ = _join_result(caller, results)
+    assert kind == "err" and isinstance(value, syncws.RequestError), value
+    assert value.status == 502 and "cannot allocate" in value.error, value.error
+    assert env.rh.pending == 0
+    assert library_errors(caplog) == []
+    # The connection lives on.
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "ok"}, timeout=None))
+    peer.send({"cmd": "ok", "callId": peer.recv_request()["callId"], "status": 200, "data": 1})
+    assert _join_result(caller, results)[1]["data"] == 1
+
+
+def _fail_taking_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    def add_part(self: Any, part: Any, message: bytes) -> None:
+        raise RuntimeError("injected fault while taking a part")
+
+    monkeypatch.setattr("syncws.requests._PendingCall.add_part", add_part)
+
+
+def _fail_copying_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
+    def add(self: Any, data: Any) -> None:
+        raise MemoryError("injected fault while copying a part")
+
+    monkeypatch.setattr(protocol.ReplyAssembler, "add", add)
+
+
+@pytest.mark.parametrize("inject", [_fail_taking_the_part, _fail_copying_the_part])
+def test_any_failure_taking_a_part_fails_the_call_with_502(env: Env, monkeypatch: pytest.MonkeyPatch, inject: Callable[[pytest.MonkeyPatch], None]) -> None:
+    """A part whose taking fails in an unexpected way (an injected RuntimeError or MemoryError) fails the call at once with RequestError 502."""
+    inject(monkeypatch)
+    peer = env.fake_peer()
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=None))
+    call_id = peer.recv_request()["callId"]
+    peer.send({"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 3, "parts": 1})
+    peer.send(protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc")
+    kind, value, _ = _join_result(caller, results)
+    assert kind == "err" and isinstance(value, syncws.RequestError), value
+    assert value.status == 502 and "injected fault" in value.error
+    assert env.rh.pending == 0
+
+
+# ---------------------------------------------------------------------- requests and timeouts the caller gets wrong
+
+
+def test_infinite_and_huge_timeouts_wait_for_the_reply(env: Env) -> None:
+    """doRequest and get_response take timeout=math.inf, 1e300 and 10**400 as "forever" and return the reply."""
+    peer = env.fake_peer()
+    for timeout in (math.inf, 1e300, 10**400, threading.TIMEOUT_MAX * 2):
+        caller, results = in_thread(lambda t=timeout: env.rh.doRequest({"cmd": "q"}, timeout=t))
+        request = peer.recv_request()
+        peer.send({"cmd": "q", "callId": request["callId"], "status": 200, "data": str(timeout)})
+        kind, value, _ = _join_result(caller, results)
+        assert kind == "ok" and value["data"] == str(timeout), value
+    call_id, _ = env.rh.prepare_request({"cmd": "p"})
+    caller, results = in_thread(lambda: env.rh.get_response(call_id, timeout=math.inf))
+    env.rh.callback(env.registry.newest(NAME), json.dumps({"cmd": "p", "callId": call_id, "status": 200, "data": "got"}))
+    kind, value, _ = _join_result(caller, results)
+    assert kind == "ok" and value["data"] == "got", value
+    assert env.rh.pending == 0
+
+
+@pytest.mark.parametrize(
+    "msg,timeout,error",
+    [
+        ({"cmd": "q"}, math.nan, ValueError),
+        ({"cmd": "q"}, -1, ValueError),
+        ({"cmd": "q"}, -math.inf, ValueError),
+        ({"cmd": "q"}, "10", TypeError),
+        ({"data": 1}, 10, ValueError),
+        ("echo", 10, TypeError),
+        (["echo"], 10, TypeError),
+        ({"cmd": 5}, 10, TypeError),
+        ({"cmd": None}, 10, TypeError),
+    ],
+)
+def test_bad_request_or_timeout_raises_before_anything_is_sent(env: Env, msg: Any, timeout: Any, error: type) -> None:
+    """A request that is not a dict with a str cmd, or a NaN, negative or non-numeric timeout, raises TypeError or
+    ValueError at once, before anything is sent or registered."""
+    peer = env.fake_peer()
+    start = time.monotonic()
+    with pytest.raises(error):
+        env.rh.doRequest(msg, timeout=timeout)
+    assert time.monotonic() - start < 0.5
+    assert env.rh.pending == 0
+    if isinstance(msg, dict) and isinstance(msg.get("cmd"), str):
+        with pytest.raises(error):
+            env.rh.get_response(1, timeout=timeout)
+    else:
+        with pytest.raises(error):
+            env.rh.prepare_request(msg)
+    # The first thing the peer gets is the next good request: nothing went out before it.
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "next"}, timeout=10))
+    request = peer.recv_request()
+    assert request["cmd"] == "next", request
+    peer.send({"cmd": "next", "callId": request["callId"], "status": 200})
+    assert _join_result(caller, results)[0] == "ok"
+
+
+# ---------------------------------------------------------------------- one server's handler, another server's connections
+
+
+def test_request_handler_reaches_only_connections_its_server_accepted() -> None:
+    """Two servers sharing the default registry: a RequestHandler bound to one never reaches a connection of the other
+    (NotConnected, also with conn=), while one built without a server still reaches any connection of the name."""
+    name = "wsShared"
+    open_server = syncws.WebSocketServer("127.0.0.1", 0, close_timeout=1.0).start()
+    guarded = syncws.WebSocketServer("127.0.0.1", 0, close_timeout=1.0, auth=lambda request: False).start()
+    ws = None
+    try:
+        assert open_server.registry is guarded.registry is syncws.websocketState
+        rh_open = syncws.RequestHandler(name, open_server)
+        rh_guarded = syncws.RequestHandler(name, guarded)
+        rh_any = syncws.RequestHandler(name)
+        opened: queue.Queue = queue.Queue()
+        notify = lambda n, event: opened.put(event)  # noqa: E731
+        open_server.add_handler("/" + name, syncws.DataWebSocketHandler, name=name, callback=rh_open.callback, connNotify=notify)
+        guarded.add_handler("/" + name, syncws.DataWebSocketHandler, name=name, callback=rh_guarded.callback)
+        ws = websocket.create_connection(open_server.url + "/" + name, timeout=5)  # anonymous: only the open server takes it
+        assert opened.get(timeout=5) == "open"
+        anonymous = syncws.websocketState.newest(name)
+        assert anonymous is not None and anonymous.server is open_server
+
+        with pytest.raises(syncws.NotConnected):
+            rh_guarded.doRequest({"cmd": "secret"}, timeout=5)
+        with pytest.raises(syncws.NotConnected):
+            rh_guarded.doRequest({"cmd": "secret"}, timeout=5, conn=anonymous)
+        with pytest.raises(syncws.NotConnected):
+            rh_guarded.prepare_request({"cmd": "secret"})
+        assert rh_guarded.pending == 0
+
+        caller, results = in_thread(lambda: rh_open.doRequest({"cmd": "hello"}, timeout=10))
+        request = json.loads(ws.recv())
+        assert request["cmd"] == "hello", request  # the first request the client ever sees: nothing leaked before
+        ws.send(json.dumps({"cmd": "hello", "callId": request["callId"], "status": 200, "data": "hi"}))
+        kind, value, _ = _join_result(caller, results)
+        assert kind == "ok" and value["data"] == "hi", value
+
+        _, conn = rh_any.prepare_request({"cmd": "hello"})  # no server: any connection of the name, as before
+        assert conn is anonymous
+        assert rh_any.pruneCallbacks(max_age=0) == 1
+    finally:
+        if ws is not None:
+            ws.close()
+        open_server.stop()
+        guarded.stop()
+
+
+# ---------------------------------------------------------------------- junk from a peer
+
+
+def test_junk_from_a_peer_is_logged_a_few_times_with_the_suppressed_count(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """5,000 junk messages from one peer give a handful of warnings, one of which counts the suppressed ones,
+    and a real request on that connection still works after the junk."""
+    caplog.set_level(logging.WARNING, logger="syncws")
+    ws = env.browser_peer()
+    junk: list[Any] = ["not json", "[1, 2]", json.dumps({"cmd": "x", "callId": "1", "status": 200}), b"\x00\x01\x02"]
+    for i in range(5000):
+        message = junk[i % len(junk)]
+        if isinstance(message, bytes):
+            ws.send_binary(message)
+        else:
+            ws.send(message)
+    caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "real"}, timeout=10))
+    request = json.loads(ws.recv())
+    ws.send(json.dumps({"cmd": "real", "callId": request["callId"], "status": 200, "data": "fine"}))
+    kind, value, _ = _join_result(caller, results, 10)
+    assert kind == "ok" and value["data"] == "fine", value
+
+    ws.close()  # the count still suppressed is logged when the connection closes
+    assert wait_for(lambda: any("suppressed" in r.getMessage() for r in caplog.records), 10)
+    lines = [r.getMessage() for r in caplog.records if r.name == "syncws.requests"]
+    assert 1 <= len(lines) <= 5, lines
+    assert any("4999 similar messages suppressed" in line for line in lines), lines
+
+
+def test_rate_limited_log_gives_one_line_per_interval_per_key(caplog: pytest.LogCaptureFixture) -> None:
+    """RateLimitedLog logs a key's first line, suppresses the rest of the interval, counts them on the next line,
+    keeps keys apart, and drops a key's state when the key is collected."""
+    caplog.set_level(logging.INFO, logger="test.lograte")
+    now = [100.0]
+    log = RateLimitedLog(logging.getLogger("test.lograte"), interval=10.0, clock=lambda: now[0])
+
+    class Key:
+        pass
+
+    a, b = Key(), Key()
+    assert log.log(a, logging.WARNING, "junk %d", 1)
+    assert not any(log.log(a, logging.WARNING, "junk %d", n) for n in range(2, 6))
+    assert log.log(b, logging.WARNING, "other %s", "b")  # another key is not held back
+    now[0] += 10.0
+    assert log.log(a, logging.WARNING, "junk %d", 6)
+    assert [r.getMessage() for r in caplog.records] == ["junk 1", "other b", "junk 6 (4 similar messages suppressed in the last 10 s)"]
+    assert len(log) == 2
+    del a
+    gc.collect()
+    assert len(log) == 1
+    assert log.log(b, logging.WARNING, "other %s", "again")  # its interval is over too
+    assert not log.log(b, logging.WARNING, "other %s", "suppressed")
+    log.forget(b, what="wsData")
+    assert caplog.records[-1].getMessage() == "wsData: 1 similar messages suppressed before the connection closed"
+    assert len(log) == 0
