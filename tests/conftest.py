@@ -1,8 +1,15 @@
-"""Fixtures: a started server on port 0 with its own registry, stopped after each test."""
+"""Fixtures: a started server on port 0 with its own registry, stopped after each test.
+
+In CI (``CI`` set to anything but ``false``/``0``/empty), a test skipped for a
+missing program (a skip reason that starts with "needs") fails instead: CI
+installs every program the tests use, so such a skip would hide a broken set-up.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -10,6 +17,20 @@ import syncws
 
 from .helpers import make_server
 from .test_requests import Env
+
+IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+    """In CI, turn a skip for a missing program into a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith("needs"):
+            report.outcome = "failed"
+            report.longrepr = f"CI=true, and this test would skip: {reason}. .ci/run installs what the tests need."
 
 
 @pytest.fixture
