@@ -91,7 +91,7 @@ class ClientConnection(Connection):
 def connect(
     url: str,
     *,
-    timeout: float = 10.0,
+    timeout: Optional[float] = 10.0,
     header: Union[list[str], dict[str, str], None] = None,
     cookie: Optional[str] = None,
     sslopt: Optional[dict[str, Any]] = None,
@@ -105,14 +105,25 @@ def connect(
     """Open a websocket connection to ``url`` (``ws://`` or ``wss://``) and return it.
 
     ``header``, ``cookie``, ``sslopt`` and ``origin`` are passed to
-    websocket-client as it takes them. Raises HandshakeError when the server
-    answers the handshake with an HTTP error, NotConnected when it cannot be
-    reached within ``timeout``.
+    websocket-client as it takes them. ``timeout`` bounds each step of
+    opening (None or ``math.inf``: no bound); NaN or a negative value raises
+    ValueError. Runs on the calling thread.
+
+    Raises HandshakeError when the server answers the handshake with an HTTP
+    error: its ``status`` is the HTTP status and its ``reason`` the server's
+    error text (the ``error`` of a JSON body, else the body, else the status
+    line's words). NotConnected when the server cannot be reached within
+    ``timeout``.
     """
+    import json
+
+    from .protocol import check_timeout
+
+    limit = check_timeout(timeout)  # None: websocket-client blocks
     ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
     # websocket-client sends an Origin header of its own unless told not to;
     # a program is not a browser, so it sends one only when asked to.
-    options: dict[str, Any] = {"timeout": timeout, "suppress_origin": origin is None}
+    options: dict[str, Any] = {"timeout": limit, "suppress_origin": origin is None}
     if header is not None:
         options["header"] = header
     if cookie is not None:
@@ -123,7 +134,14 @@ def connect(
         ws.connect(url, **options)
     except websocket.WebSocketBadStatusException as exc:
         ws.close()
-        raise HandshakeError(exc.status_code, str(exc)) from exc
+        # Not str(exc): websocket-client's message carries a dump of every response header.
+        body = (exc.resp_body or b"").decode("utf-8", "replace").strip()
+        try:
+            error = json.loads(body).get("error") if body.startswith("{") else None
+        except (ValueError, RecursionError):
+            error = None
+        reason = error if isinstance(error, str) and error else body or exc.status_message or "refused"
+        raise HandshakeError(exc.status_code, str(reason)[:500]) from None
     except (OSError, websocket.WebSocketException) as exc:
         ws.close()
         raise NotConnected(f"cannot connect to {url}: {exc}") from exc

@@ -57,12 +57,24 @@ class PayloadTooBig(ProtocolError):
 
 
 class HandshakeError(SyncWSError):
-    """The opening handshake failed; ``status`` is the HTTP status that was (or would be) sent."""
+    """The opening handshake failed; ``status`` is the HTTP status that was (or would be) sent.
+
+    On the client side ``reason`` is the server's error text.
+    """
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+    @property
+    def permanent(self) -> bool:
+        """True for a refusal that trying again will not change: a 4xx status other than 408 and 429.
+
+        5xx (503 at a server's connection limit, or while it stops), 408
+        (Request Timeout) and 429 (Too Many Requests) are worth retrying.
+        """
+        return 400 <= self.status < 500 and self.status not in (408, 429)
 
     def __str__(self) -> str:
         return f"HTTP {self.status}: {self.reason}"
