@@ -10,8 +10,15 @@ Threads:
   runs it itself once another worker has taken over reading, so a request
   costs no hand-off between threads, one slow request holds up neither the
   others nor the pings, and at most ``workers`` functions run at once.
-* ``register``, ``command``, ``start``, ``stop`` and the properties are safe
-  from any thread.
+* ``register``, ``command``, ``start``, ``stop``, ``wait_connected`` and the
+  properties are safe from any thread; ``run_forever`` serves on the thread
+  that calls it.
+
+A message the service cannot take as a request (binary, not JSON, not a JSON
+object, no ``cmd`` or one that is not a string) is answered at once with
+status 400, with its ``callId`` when one can be read, so that the caller is
+released instead of waiting for its timeout. Such junk is logged at most once
+per ``log_interval`` per connection.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 import threading
 from collections import deque
 from typing import Any, Callable, Optional, Union
 
-from . import protocol
+from . import lograte, protocol
 from .client import ClientConnection, connect
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, SendTimeout
 
@@ -37,6 +45,11 @@ _Task = tuple[dict[str, Any], Optional[CommandFunction]]  # a request and its fu
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
+# The callId at the very end of a request that did not parse: where the
+# server's json.dumps puts it (RequestHandler adds it last), so that a caller
+# whose request nests too deep for json.loads still hears back at once.
+_CALL_ID_AT_END = re.compile(r'"callId"\s*:\s*(\d{1,19})\s*\}\s*$')
+
 
 class RemoteService:
     """Connects to a syncws endpoint and answers its requests.
@@ -47,11 +60,17 @@ class RemoteService:
         part_size: bytes per binary message of a large bytes result.
         header, cookie, sslopt, origin: passed to websocket-client's handshake.
         token: sent as ``Authorization: Bearer <token>``.
-        connect_timeout: seconds for one connection attempt.
+        connect_timeout: seconds for one connection attempt (None or
+            ``math.inf``: no bound).
         backoff_min, backoff_max: the reconnect delay starts at ``backoff_min``,
             doubles on each failed attempt up to ``backoff_max``, with jitter.
         ping_interval, ping_timeout: keepalive of the connection.
         max_message_size: largest request accepted.
+        close_timeout: how long :meth:`stop` waits for the server's answer to
+            its close frame before it drops the connection.
+        log_interval: junk from the server is logged at most once per this
+            many seconds per connection; the next line says how many were
+            suppressed.
     """
 
     def __init__(
@@ -65,15 +84,18 @@ class RemoteService:
         token: Optional[str] = None,
         sslopt: Optional[dict[str, Any]] = None,
         origin: Optional[str] = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: Optional[float] = 10.0,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
         ping_interval: Optional[float] = 10.0,
         ping_timeout: Optional[float] = 10.0,
         max_message_size: Optional[int] = 64 * 1024 * 1024,
+        close_timeout: float = 1.0,
+        log_interval: float = lograte.DEFAULT_INTERVAL,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
+        connect_limit = protocol.check_timeout(connect_timeout, "connect_timeout")
         self.url = url
         self.workers = workers
         self.part_size = part_size
@@ -86,15 +108,21 @@ class RemoteService:
             "cookie": cookie,
             "sslopt": sslopt,
             "origin": origin,
-            "timeout": connect_timeout,
+            "timeout": connect_limit,
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "max_message_size": max_message_size,
+            "close_timeout": close_timeout,
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        # Synchronize access to _commands, _connection and _thread.
+        # Synchronize access to _commands, _inline, _connection, _thread and
+        # _failure; _changed (on this lock) is notified when _connected is set
+        # or _failure is.
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._failure: Optional[HandshakeError] = None  # a permanent refusal before the first connection
+        self._junk_log = lograte.RateLimitedLog(logger, log_interval)
         self._commands: dict[str, CommandFunction] = {}
         self._inline: set[str] = set()  # commands run by the reader itself (see register)
         self._connection: Optional[ClientConnection] = None
@@ -141,53 +169,103 @@ class RemoteService:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: Optional[float] = None) -> bool:
-        """Block until connected; False on timeout. Safe from any thread."""
-        return self._connected.wait(timeout)
+        """Block until connected; False on timeout, or at once when the service gave up
+        (a permanent refusal, see :meth:`start`). Safe from any thread.
 
-    def start(self, timeout: float = 10.0) -> RemoteService:
-        """Run in the background; return once connected.
-
-        Raises NotConnected, and stops trying, if no connection opened within ``timeout``.
+        ``timeout``: seconds, None or ``math.inf`` for no bound; NaN or a
+        negative value raises ValueError.
         """
+        limit = protocol.check_timeout(timeout)
+        with self._changed:
+            self._changed.wait_for(lambda: self._connected.is_set() or self._failure is not None, limit)
+            return self._connected.is_set()
+
+    def start(self, timeout: Optional[float] = 10.0) -> RemoteService:
+        """Run in the background (thread ``syncws-remote``); return once connected. Safe from any thread.
+
+        Raises HandshakeError at once, and stops, when the server refuses the
+        connection for good (HTTP 4xx other than 408 and 429: a wrong path, a
+        missing or wrong token); it carries the status and the server's error
+        text. Transient failures (connection refused, HTTP 5xx such as 503 at
+        the connection limit) are retried with backoff; NotConnected, and the
+        service stops trying, if no connection opened within ``timeout``
+        (None or ``math.inf``: no bound; NaN or a negative value raises
+        ValueError before anything starts).
+        """
+        limit = protocol.check_timeout(timeout)
         with self._lock:
             if self._thread is None:
                 self._stop.clear()
+                self._failure = None
                 self._thread = threading.Thread(target=self._run, name="syncws-remote", daemon=True)
                 self._thread.start()
-        if not self._connected.wait(timeout):
+        with self._changed:
+            self._changed.wait_for(lambda: self._connected.is_set() or self._failure is not None, limit)
+            connected, failure = self._connected.is_set(), self._failure
+        if failure is not None:
+            self.stop()
+            raise failure
+        if not connected:
             self.stop()
             raise NotConnected(f"could not connect to {self.url} within {timeout} s")
         return self
 
     def run_forever(self) -> None:
-        """Serve on the calling thread, reconnecting as needed, until :meth:`stop` (or Ctrl-C)."""
+        """Serve on the calling thread, reconnecting as needed, until :meth:`stop` (or Ctrl-C).
+
+        Raises HandshakeError, as :meth:`start` does, when the server refuses
+        the first connection for good (HTTP 4xx other than 408 and 429): a
+        program that can never connect ends with the server's reason instead
+        of retrying forever. Once connected, a refusal while reconnecting (a
+        server that restarts and has not added its endpoint yet) is retried.
+        """
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("RemoteService is already running")
             self._thread = threading.current_thread()
             self._stop.clear()
+            self._failure = None
         try:
-            self._run()
+            failure = self._run()
         except KeyboardInterrupt:
             logger.info("interrupted")
+        else:
+            if failure is not None:
+                raise failure
         finally:
             self.stop()
 
     def stop(self) -> None:
-        """Close the connection and stop; returns within about a second. Safe from any thread."""
+        """Close the connection with 1000 and a closing handshake, and stop. Safe from any thread.
+
+        Returns within about ``close_timeout`` + 1 s even when the server does
+        not answer the close (then the connection is dropped); at once on a
+        healthy connection.
+        """
         self._stop.set()
         with self._lock:
             connection, thread = self._connection, self._thread
             self._thread = None
         if connection is not None:
-            connection.abort()
+            connection.close(1000, "service stopped")
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
 
-    def _run(self) -> None:
+    def _run(self) -> Optional[HandshakeError]:
+        """Connect, serve and reconnect until stopped (the ``syncws-remote`` thread, or run_forever's caller).
+
+        Returns the HandshakeError of a permanent refusal before the first
+        connection, after which it gives up; None once stopped.
+        """
         attempt = 0
         while not self._stop.is_set():
-            connection = self._connect()
+            try:
+                connection = self._connect()
+            except HandshakeError as exc:
+                with self._changed:
+                    self._failure = exc
+                    self._changed.notify_all()
+                return exc
             if connection is not None:
                 attempt = 0
                 self._serve(connection)
@@ -198,24 +276,36 @@ class RemoteService:
             delay *= random.uniform(0.5, 1.0)  # jitter: peers that lost one server do not come back in step
             logger.info("reconnecting to %s in %.2f s (attempt %d)", self.url, delay, attempt)
             self._stop.wait(delay)
+        return None
 
     def _connect(self) -> Optional[ClientConnection]:
+        """One connection attempt: the connection, or None to try again later.
+
+        Raises HandshakeError for a permanent refusal while the service has
+        never been connected.
+        """
         try:
             connection = connect(self.url, **self._connect_options)
         except HandshakeError as exc:
+            if exc.permanent and self.connections_made == 0:
+                logger.warning("server refused the connection to %s: %s; not trying again", self.url, exc)
+                raise
             logger.warning("server refused the connection to %s: %s", self.url, exc)
             return None
         except NotConnected as exc:
             logger.info("%s", exc)
             return None
-        with self._lock:
-            if self._stop.is_set():
-                connection.abort()
-                return None
-            self._connection = connection
-        self.connections_made += 1
+        with self._changed:
+            stopped = self._stop.is_set()
+            if not stopped:
+                self._connection = connection
+                self.connections_made += 1
+                self._connected.set()
+                self._changed.notify_all()
+        if stopped:
+            connection.close(1000, "service stopped")
+            return None
         logger.info("connected to %s", self.url)
-        self._connected.set()
         return connection
 
     def _serve(self, connection: ClientConnection) -> None:
@@ -228,22 +318,47 @@ class RemoteService:
             with self._lock:
                 self._connection = None
             connection.release()
+            self._junk_log.forget(connection, what=self.url)
             logger.info("disconnected from %s (code %s)", self.url, connection.close_code)
 
-    def _parse_request(self, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
-        """The request in a message, or None (logged) for anything that is not one."""
+    def _take_request(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
+        """The request in a message; None for anything else, which is answered 400 and logged (reader thread).
+
+        A message with a ``status`` and no ``cmd`` is a reply, not a request:
+        it is logged and never answered, so that two peers cannot keep
+        answering each other's answers.
+        """
         if not isinstance(message, str):
-            logger.warning("binary message from the server ignored (%d bytes)", len(message))
+            self._refuse(connection, None, None, f"a binary message ({len(message)} bytes) is not a request")
             return None
         try:
             request = json.loads(message)
-        except (ValueError, RecursionError):
-            logger.warning("request that is not JSON ignored (%d characters)", len(message))
+        except RecursionError:
+            self._refuse(connection, None, _call_id_at_end(message), f"request nested too deep to parse ({len(message)} characters)")
             return None
-        if not isinstance(request, dict) or "cmd" not in request:
-            logger.warning("request without a cmd ignored")
+        except ValueError as exc:
+            self._refuse(connection, None, _call_id_at_end(message), f"request that is not JSON ({len(message)} characters): {str(exc)[:200]}")
+            return None
+        if not isinstance(request, dict):
+            self._refuse(connection, None, None, f"a request must be a JSON object, not {type(request).__name__}")
+            return None
+        cmd = request.get("cmd")
+        if not isinstance(cmd, str):
+            if "status" in request:
+                self._junk_log.log(connection, logging.WARNING, "%s: a reply-like message without a cmd ignored", self.url)
+                return None
+            problem = "has no cmd" if "cmd" not in request else f"has a cmd that is not a string ({type(cmd).__name__})"
+            self._refuse(connection, cmd, request.get("callId"), f"request {problem}")
             return None
         return request
+
+    def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
+        """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
+        self._junk_log.log(connection, logging.WARNING, "%s: %s; answered with status 400", self.url, reason)
+        try:
+            self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 400, "error": reason})
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
 
     # ------------------------------------------------------------------ answering
 
@@ -395,7 +510,7 @@ class _Session:
                     self.condition.notify_all()
                 self.finished.set()
                 return None
-            request = self.service._parse_request(message)
+            request = self.service._take_request(self.connection, message)
             if request is None:
                 continue
             fn, inline = self.service._command_for(request)
@@ -409,3 +524,9 @@ class _Session:
                     self.condition.notify()
                     return request, fn
                 self.queued.append((request, fn))
+
+
+def _call_id_at_end(message: str) -> Optional[int]:
+    """The callId at the end of a request that did not parse, or None."""
+    match = _CALL_ID_AT_END.search(message[-64:])
+    return int(match.group(1)) if match else None

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 import queue
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
 import syncws
 
+from .helpers import wait_for
 from .test_requests import NAME, Env, in_thread
 
 pytestmark = pytest.mark.timeout(60)
@@ -273,3 +277,193 @@ def test_numpy_array_result_is_writable(env: Env) -> None:
     data = env.rh.doRequest({"cmd": "array"}, timeout=10)["data"]
     data *= 2
     assert data[-1] == 2 * 199_999
+
+
+# ---------------------------------------------------------------------- refusals, stopping, timeouts
+
+
+def test_start_to_a_wrong_path_raises_handshake_error_at_once(env: Env) -> None:
+    """start(timeout=5) to a path the server does not serve raises HandshakeError 404 at once, with the server's error
+    text and without websocket-client's header dump, and stops trying."""
+    svc = syncws.RemoteService(env.server.url + "/noSuchPath", backoff_min=0.05, backoff_max=0.2)
+    env.add_cleanup(svc.stop)
+    start = time.monotonic()
+    with pytest.raises(syncws.HandshakeError) as info:
+        svc.start(timeout=5)
+    assert time.monotonic() - start < 2.0
+    assert info.value.status == 404
+    assert "/noSuchPath" in info.value.reason, info.value.reason  # the server's text: "no endpoint at '/noSuchPath'"
+    assert "-+-+-" not in str(info.value) and "content-length" not in str(info.value).lower()
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert not svc.connected and not svc.wait_connected(0)
+    assert svc._thread is None
+
+
+def test_connect_refused_raises_handshake_error_with_the_server_text() -> None:
+    """connect() to a refusing server raises HandshakeError with the status and the server's error text, never the header dump."""
+    server = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry(), auth=lambda request: 403).start()
+    try:
+        server.add_handler("/guarded", syncws.BaseWebSocketHandler)
+        for url, status in ((server.url + "/missing", 404), (server.url + "/guarded", 403)):
+            with pytest.raises(syncws.HandshakeError) as info:
+                syncws.connect(url, timeout=5)
+            assert info.value.status == status
+            assert info.value.reason and "-+-+-" not in str(info.value), str(info.value)
+    finally:
+        server.stop()
+
+
+def test_run_forever_raises_handshake_error_on_a_permanent_refusal(env: Env) -> None:
+    """run_forever() to a path the server does not serve raises HandshakeError 404 on its thread instead of retrying forever."""
+    svc = syncws.RemoteService(env.server.url + "/noSuchPath", backoff_min=0.05, backoff_max=0.2)
+    env.add_cleanup(svc.stop)
+    runner, results = in_thread(svc.run_forever)
+    runner.join(5)
+    assert not runner.is_alive(), "run_forever is still retrying"
+    kind, value, _ = results.get_nowait()
+    assert kind == "err" and isinstance(value, syncws.HandshakeError) and value.status == 404, value
+
+
+def test_start_keeps_retrying_through_503_at_the_connection_limit() -> None:
+    """A 503 (the server at its connection limit) is transient: start() retries with backoff and connects once a place frees up."""
+    registry = syncws.ConnectionRegistry()
+    server = syncws.WebSocketServer("127.0.0.1", 0, registry=registry, max_connections=1, close_timeout=1.0).start()
+    server.add_handler("/" + NAME, syncws.BaseWebSocketHandler, name=NAME)
+    holder = syncws.connect(server.url + "/" + NAME, timeout=5)
+    svc = syncws.RemoteService(server.url + "/" + NAME, backoff_min=0.05, backoff_max=0.1)
+    try:
+        with pytest.raises(syncws.HandshakeError) as info:
+            syncws.connect(server.url + "/" + NAME, timeout=5)
+        assert info.value.status == 503 and not info.value.permanent
+        starter, results = in_thread(lambda: svc.start(timeout=20))
+        assert not svc.wait_connected(0.3)  # refused with 503 meanwhile, and still trying
+        assert starter.is_alive()
+        holder.close()
+        starter.join(15)
+        kind, value, _ = results.get_nowait()
+        assert kind == "ok", value
+        assert svc.connected
+    finally:
+        svc.stop()
+        holder.abort()
+        server.stop()
+
+
+def test_stop_closes_with_1000_and_a_closing_handshake(env: Env) -> None:
+    """stop() closes the connection with code 1000 and a closing handshake: the server sees 1000, not 1006."""
+    svc = env.service({"echo": lambda m: m["x"]})
+    handler = env.registry.newest(NAME)
+    assert handler is not None
+    start = time.monotonic()
+    svc.stop()
+    assert time.monotonic() - start < 1.0
+    env.wait_event("close")
+    assert handler.connection.wait_closed(5)
+    assert handler.close_code == 1000, handler.close_code
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -1.0, -math.inf])
+def test_start_and_wait_connected_refuse_nan_and_negative_timeouts(env: Env, timeout: float) -> None:
+    """start() and wait_connected() raise ValueError for a NaN or negative timeout, before anything starts."""
+    svc = syncws.RemoteService(env.url, backoff_min=0.05, backoff_max=0.2)
+    env.add_cleanup(svc.stop)
+    with pytest.raises(ValueError):
+        svc.start(timeout=timeout)
+    assert svc._thread is None and svc.connections_made == 0
+    with pytest.raises(ValueError):
+        svc.wait_connected(timeout)
+    with pytest.raises(ValueError):
+        syncws.connect(env.url, timeout=timeout)
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 1e300, None])
+def test_start_and_wait_connected_take_infinite_timeouts(env: Env, timeout: Any) -> None:
+    """start() and wait_connected() take math.inf, 1e300 and None as "no bound" and return once connected."""
+    svc = syncws.RemoteService(env.url, backoff_min=0.05, backoff_max=0.2, connect_timeout=timeout)
+    env.add_cleanup(svc.stop)
+    svc.register("echo", lambda m: m["x"])
+    assert svc.start(timeout=timeout) is svc
+    assert svc.wait_connected(timeout)
+    env.wait_event("open")
+    assert env.rh.doRequest({"cmd": "echo", "x": 1}, timeout=timeout)["data"] == 1
+
+
+# ---------------------------------------------------------------------- requests the service cannot take
+
+
+def _deep_request(call_id: int) -> str:
+    return '{"cmd": "echo", "x": ' + "[" * 100_000 + "]" * 100_000 + f', "callId": {call_id}}}'
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda call_id: json.dumps({"callId": call_id, "data": 1}),  # no cmd
+        lambda call_id: json.dumps({"cmd": 5, "callId": call_id}),
+        lambda call_id: json.dumps({"cmd": None, "callId": call_id}),
+        lambda call_id: json.dumps({"cmd": ["echo"], "callId": call_id}),
+        _deep_request,  # not parseable (too deep), but its callId is at the end where RequestHandler puts it
+    ],
+    ids=["no-cmd", "int-cmd", "null-cmd", "list-cmd", "too-deep"],
+)
+def test_request_the_service_cannot_take_gets_400_at_once(env: Env, make: Callable[[int], str]) -> None:
+    """A request without a str cmd, or one too deep to parse, is answered with 400 and its callId: the caller is released at once."""
+    env.service({"echo": lambda m: m["x"]})
+    call_id, conn = env.rh.prepare_request({"cmd": "placeholder"})
+    start = time.monotonic()
+    conn.write_message(make(call_id))
+    with pytest.raises(syncws.RequestError) as info:
+        env.rh.get_response(call_id, timeout=None)
+    assert time.monotonic() - start < 2.0
+    assert info.value.status == 400 and info.value.response["callId"] == call_id
+    assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=10)["data"] == "after"
+
+
+def test_message_that_is_no_request_gets_400_and_a_reply_gets_no_answer() -> None:
+    """Binary, non-JSON and non-object messages get a 400 reply without a callId; a reply-like message (a status, no cmd) is not answered."""
+    raw = syncws.ConnectionRegistry()
+    server = syncws.WebSocketServer("127.0.0.1", 0, registry=raw, close_timeout=1.0).start()
+    inbox: queue.Queue = queue.Queue()
+    opened: queue.Queue = queue.Queue()
+    server.add_handler("/raw", syncws.BaseWebSocketHandler, name="raw", callback=lambda h, m: inbox.put(m), connNotify=lambda n, e: opened.put(e))
+    svc = syncws.RemoteService(server.url + "/raw", backoff_min=0.05, backoff_max=0.2)
+    svc.register("echo", lambda m: m["x"])
+    try:
+        svc.start(timeout=10)
+        assert opened.get(timeout=5) == "open"
+        handler = raw.newest("raw")
+        assert handler is not None
+        for message in (b"\x00binary", "not json", "[1, 2]", '"text"', "null", "{}"):
+            handler.write_message(message)
+            reply = json.loads(inbox.get(timeout=5))
+            assert reply["status"] == 400 and reply["callId"] is None and reply["error"], (message, reply)
+        handler.write_message({"callId": 7, "status": 200, "data": 1})  # a reply: answering it could loop
+        handler.write_message({"cmd": "echo", "callId": 8, "x": "next"})
+        reply = json.loads(inbox.get(timeout=5))
+        assert reply["callId"] == 8 and reply["data"] == "next", reply
+    finally:
+        svc.stop()
+        server.stop()
+
+
+def test_junk_to_the_service_is_logged_a_few_times_with_the_suppressed_count(caplog: pytest.LogCaptureFixture) -> None:
+    """5,000 junk messages to a RemoteService give a handful of warnings, one counting the suppressed ones, and a real request still works after them."""
+    caplog.set_level(logging.WARNING, logger="syncws")
+    env = Env()
+    try:
+        svc = env.service({"echo": lambda m: m["x"]})
+        handler = env.registry.newest(NAME)
+        assert handler is not None
+        for i in range(5000):
+            handler.write_message("junk" if i % 2 else b"\x00junk")
+        # Its 5,000 answers (400, no callId) come back before the reply to this request.
+        assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=20)["data"] == "after"
+        svc.stop()  # the count still suppressed is logged when the connection closes
+        assert wait_for(lambda: any("suppressed" in r.getMessage() for r in caplog.records if r.name == "syncws.remote"), 10)
+        for logger_name in ("syncws.remote", "syncws.requests"):  # the service's log, and the server's log of its 400s
+            lines = [r.getMessage() for r in caplog.records if r.name == logger_name and r.levelno >= logging.WARNING]
+            assert 1 <= len(lines) <= 5, (logger_name, lines)
+        remote_lines = [r.getMessage() for r in caplog.records if r.name == "syncws.remote" and r.levelno >= logging.WARNING]
+        assert any("4999 similar messages suppressed" in line for line in remote_lines), remote_lines
+    finally:
+        env.close()
