@@ -312,3 +312,24 @@ def test_page_reconnects_after_server_closes_and_pending_call_fails_at_once(page
     second = page.registry.newest(NAME)
     assert second is not None and second is not first
     assert page.rh.doRequest({"cmd": "add", "a": 40, "b": 2}, timeout=10)["data"] == 42
+
+
+@pytest.mark.parametrize("request_fields", [{"data": 1}, {"cmd": 5}, {"cmd": None}, {"cmd": ["add"]}], ids=["no-cmd", "int-cmd", "null-cmd", "list-cmd"])
+def test_request_without_a_str_cmd_gets_400_at_once(page: Browser, request_fields: dict[str, Any]) -> None:
+    """A request whose cmd is missing or not a string gets a 400 reply with its callId at once, not silence until the timeout."""
+    call_id, conn = page.rh.prepare_request({"cmd": "placeholder"})
+    started = time.monotonic()
+    conn.write_message(dict(request_fields, callId=call_id))
+    with pytest.raises(syncws.RequestError) as info:
+        page.rh.get_response(call_id, timeout=5)
+    assert time.monotonic() - started < 2
+    assert info.value.status == 400 and info.value.response["callId"] == call_id, info.value.response
+    assert page.rh.doRequest({"cmd": "add", "a": 1, "b": 1}, timeout=10)["data"] == 2
+
+
+def test_reply_like_message_goes_to_onmessage_unanswered(page: Browser) -> None:
+    """A message with a callId and a status but no cmd is a reply, not a request: it reaches onmessage and gets no 400."""
+    conn = page.registry.newest(NAME)
+    assert conn is not None
+    conn.write_message({"callId": 987654, "status": 200, "data": "stray"})
+    assert page.ack() == {"callId": 987654, "status": 200, "data": "stray"}

@@ -14,6 +14,12 @@
  * (sent as binary parts with a CRC-32 each, never base64), or throw (the
  * reply then has status 500 and "Type: message"). The connection comes back
  * by itself with exponential backoff and jitter.
+ *
+ * A message with a "callId" is a request. One the page cannot take (its
+ * "cmd" missing or not a string) is answered at once with status 400, so
+ * that the caller is released; an unknown cmd gets 404. A message with a
+ * "status" and no string "cmd" is a reply, never answered. Everything else
+ * (no callId: a broadcast; plain text; binary) goes to onmessage.
  */
 (function (global) {
   "use strict";
@@ -109,8 +115,13 @@
           msg = data;
         }
       }
-      if (msg && typeof msg === "object" && !asBytes(msg) && typeof msg.cmd === "string" && "callId" in msg) {
+      const isObject = msg !== null && typeof msg === "object" && !asBytes(msg) && !Array.isArray(msg);
+      if (isObject && "callId" in msg && typeof msg.cmd === "string") {
         this._answer(socket, msg); // a request: answered on the connection it came on
+      } else if (isObject && "callId" in msg && !("status" in msg)) {
+        // A request the page cannot take: say so at once rather than leave the caller waiting.
+        const problem = "cmd" in msg ? "has a cmd that is not a string" : "has no cmd";
+        this._sendJSON(socket, { cmd: "cmd" in msg ? msg.cmd : null, callId: msg.callId, status: 400, error: "request " + problem });
       } else if (this.onmessage) {
         this.onmessage(msg);
       }
@@ -142,6 +153,11 @@
           text = JSON.stringify(Object.assign({}, base, { status: 500, error: "TypeError: result is not JSON-serializable: " + err.message }));
         }
         if (socket.readyState === WebSocket.OPEN) socket.send(text);
+        return;
+      }
+      if (!Number.isSafeInteger(msg.callId) || msg.callId < 0) {
+        // Binary parts carry the callId as an unsigned 64-bit integer: anything else cannot be sent that way.
+        this._sendJSON(socket, Object.assign(base, { status: 400, error: "callId " + JSON.stringify(msg.callId) + " cannot label a binary reply" }));
         return;
       }
       const parts = Math.ceil(bytes.length / this.partSize);
