@@ -531,3 +531,53 @@ def test_deeply_nested_but_parseable_reply_is_delivered() -> None:
         if peer is not None:
             peer.close()
         env.close()
+
+
+# ---------------------------------------------------------------------- (g) a reply too large for the memory there is
+
+_UNDER_RLIMIT_AS = """
+import json, resource, sys, threading
+import syncws
+
+server = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry(), close_timeout=1.0).start()
+rh = syncws.RequestHandler("wsData", server)  # the default max_reply_size: 4 GiB
+opened = threading.Event()
+server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=rh.callback, connNotify=lambda n, e: opened.set())
+peer = syncws.connect(server.url + "/wsData", timeout=5)
+assert opened.wait(5)
+outcome = []
+caller = threading.Thread(target=lambda: outcome.append(_call()), daemon=True)
+
+def _call():
+    try:
+        return ("ok", rh.doRequest({"cmd": "big"}, timeout=None))
+    except Exception as exc:
+        return (type(exc).__name__, getattr(exc, "status", None), str(exc))
+
+with open("/proc/self/status") as status:
+    vm_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
+headroom = 1 << 30  # 1 GiB more address space than now: the 3 GiB the reply announces cannot be had
+resource.setrlimit(resource.RLIMIT_AS, (vm_kib * 1024 + headroom, resource.getrlimit(resource.RLIMIT_AS)[1]))
+caller.start()
+request = json.loads(peer.recv(timeout=5))
+size = 3 << 30
+peer.send(json.dumps({"cmd": "big", "callId": request["callId"], "status": 200, "dataType": "bytes", "size": size, "parts": 1}))
+caller.join(10)
+print(json.dumps(outcome[0] if outcome else "still waiting"))
+sys.stdout.flush()
+peer.abort()
+server.stop()
+"""
+
+
+def test_reply_header_that_cannot_be_allocated_under_rlimit_as_fails_the_call_with_502() -> None:
+    """Under RLIMIT_AS, a reply header announcing 3 GiB (within max_reply_size) fails a call made with timeout=None at once
+    with RequestError 502 instead of leaving it waiting."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    done = subprocess.run([sys.executable, "-c", _UNDER_RLIMIT_AS], capture_output=True, text=True, timeout=60, cwd=str(ROOT))
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome[0] == "RequestError" and outcome[1] == 502, outcome
+    assert "cannot allocate" in outcome[2], outcome
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
