@@ -258,15 +258,22 @@ class RemoteService:
         connection, after which it gives up; None once stopped.
         """
         attempt = 0
+        connected_once = False
         while not self._stop.is_set():
             try:
                 connection = self._connect()
-            except HandshakeError as exc:
-                with self._changed:
-                    self._failure = exc
-                    self._changed.notify_all()
-                return exc
+            except HandshakeError as exc:  # a permanent refusal
+                if not connected_once:
+                    logger.warning("server refused the connection to %s: %s; not trying again", self.url, exc)
+                    with self._changed:
+                        self._failure = exc
+                        self._changed.notify_all()
+                    return exc
+                # It served us before: a restarting server may not have added its endpoint yet.
+                logger.warning("server refused the connection to %s: %s", self.url, exc)
+                connection = None
             if connection is not None:
+                connected_once = True
                 attempt = 0
                 self._serve(connection)
                 if self._stop.is_set():
@@ -281,14 +288,12 @@ class RemoteService:
     def _connect(self) -> Optional[ClientConnection]:
         """One connection attempt: the connection, or None to try again later.
 
-        Raises HandshakeError for a permanent refusal while the service has
-        never been connected.
+        Raises HandshakeError for a permanent refusal (HTTP 4xx other than 408 and 429).
         """
         try:
             connection = connect(self.url, **self._connect_options)
         except HandshakeError as exc:
-            if exc.permanent and self.connections_made == 0:
-                logger.warning("server refused the connection to %s: %s; not trying again", self.url, exc)
+            if exc.permanent:
                 raise
             logger.warning("server refused the connection to %s: %s", self.url, exc)
             return None

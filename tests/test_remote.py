@@ -467,3 +467,30 @@ def test_junk_to_the_service_is_logged_a_few_times_with_the_suppressed_count(cap
         assert any("4999 similar messages suppressed" in line for line in remote_lines), remote_lines
     finally:
         env.close()
+
+
+def test_refusal_while_reconnecting_is_retried(caplog: pytest.LogCaptureFixture) -> None:
+    """Once connected, a 404 while reconnecting (a restarted server that has not added its endpoint yet) is retried
+    with backoff, and the service comes back when the endpoint is there."""
+    caplog.set_level(logging.WARNING, logger="syncws.remote")
+    first = Env()
+    svc = None
+    second = None
+    try:
+        svc = first.service({"echo": lambda m: m["x"]})
+        port = first.server.port
+        first.server.stop()
+        second = syncws.WebSocketServer("127.0.0.1", port, registry=syncws.ConnectionRegistry(), close_timeout=1.0).start()
+        assert wait_for(lambda: any("HTTP 404" in r.getMessage() for r in caplog.records), 15)
+        rh = syncws.RequestHandler(NAME, second)
+        opened: queue.Queue = queue.Queue()
+        second.add_handler("/" + NAME, syncws.DataWebSocketHandler, name=NAME, callback=rh.callback, connNotify=lambda n, e: opened.put(e))
+        assert opened.get(timeout=15) == "open"
+        assert rh.doRequest({"cmd": "echo", "x": 2}, timeout=10)["data"] == 2
+        assert svc.connections_made == 2
+    finally:
+        if svc is not None:
+            svc.stop()
+        first.close()
+        if second is not None:
+            second.stop()
