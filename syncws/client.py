@@ -9,7 +9,6 @@ many times faster than websocket-client's own on large messages.
 from __future__ import annotations
 
 import logging
-import select
 import threading
 from typing import Any, Optional, Union
 
@@ -42,27 +41,13 @@ class ClientConnection(Connection):
     def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next message (str or bytes), or None once the connection is closed.
 
-        ``timeout`` (seconds; None waits forever) bounds the wait for the next
-        frame to begin: if nothing arrives in time, TimeoutError is raised and
-        the connection stays usable. Once a frame has begun, the rest of its
-        message is read to the end. One reader thread at a time.
+        ``timeout`` (seconds; None or inf waits forever) bounds the whole
+        call, whatever pings or other control frames arrive meanwhile: when it
+        passes, TimeoutError is raised and the connection stays usable (what
+        arrived of a message is kept for the next call). One reader thread at a time.
         """
         with self._reading:
-            if timeout is not None and not self._wait_readable(timeout):
-                raise TimeoutError(f"no message within {timeout} s")
-            return super().recv()
-
-    def _wait_readable(self, timeout: float) -> bool:
-        if self._rbuf or self.closed:
-            return True
-        pending = getattr(self.sock, "pending", None)  # TLS may hold decrypted bytes already
-        if pending is not None and pending():
-            return True
-        try:
-            readable, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
-        except (OSError, ValueError):
-            return True  # a closed socket: recv() reports it
-        return bool(readable)
+            return super().recv(timeout)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Run the closing handshake and release the socket; waits at most ``close_timeout``.
