@@ -8,12 +8,14 @@ many times faster than websocket-client's own on large messages.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from typing import Any, Optional, Union
 
 import websocket
 
+from . import timeouts
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
 from .exceptions import HandshakeError, NotConnected
 
@@ -100,11 +102,7 @@ def connect(
     line's words). NotConnected when the server cannot be reached within
     ``timeout``.
     """
-    import json
-
-    from .protocol import check_timeout
-
-    limit = check_timeout(timeout)  # None: websocket-client blocks
+    limit = timeouts.check_timeout(timeout)  # None: websocket-client blocks
     ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
     # websocket-client sends an Origin header of its own unless told not to;
     # a program is not a browser, so it sends one only when asked to.

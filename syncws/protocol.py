@@ -1,255 +1,511 @@
-"""The request/reply message format, with no I/O (written down in docs/protocol.md).
+"""The websocket protocol (RFC 6455) without I/O: bytes in, events out, frames to send.
 
-* A request is a JSON text message ``{"cmd": ..., "callId": N, ...}``.
-* A reply is a JSON text message ``{"cmd", "callId", "status", "data"}``;
-  an error reply has ``"error"`` instead of ``"data"``.
-* A reply whose data is bytes (or a numpy array) is a JSON text message with
-  ``"dataType": "bytes"`` (or ``"ndarray"`` with ``"dtype"`` and ``"shape"``)
-  and ``"size"`` and ``"parts"``, followed by that many binary messages. Each
-  starts with a 32-byte header (:data:`PART_HEADER`) and carries one slice of
-  the bytes, in order. Nothing is base64-encoded and nothing is pickled.
+:class:`Protocol` is the whole of the protocol's rules, as python-websockets'
+``Protocol`` and wsproto are: frame headers and their checks, masking,
+fragmentation, UTF-8 of text messages (checked as it arrives), control
+frames, the closing handshake and its codes, and the message size limit.
+It never touches a socket and never waits; :class:`syncws.connection.Connection`
+is the pump that feeds it what the socket gives and writes what it returns.
+So every rule is tested on plain bytes (tests/test_protocol.py).
+
+Receiving (one reader thread at a time)::
+
+    protocol.receive_data(data)          # bytes that came off the socket
+    event = protocol.next_event()        # a message (str or bytes), Ping, Pong, Close, or None: more bytes needed
+
+A large payload can skip the receive buffer: while :meth:`Protocol.payload_buffer`
+returns a writable view, the pump may ``recv_into`` it and report the count with
+:meth:`Protocol.payload_received`; the message then reaches the application in
+the very ``bytes`` object that the socket wrote into.
+
+Sending (under one lock held by the caller, the pump's send lock): the
+``send_*`` methods check the state and return the bytes of the frame to write.
+
+What the protocol itself must answer (a pong, the echo of a close frame, the
+close frame that fails the connection) it does not send: the pump asks for it
+with :meth:`Protocol.send_pong` and :meth:`Protocol.send_close`, and
+:meth:`Protocol.fail` after a :class:`~syncws.exceptions.ProtocolError`.
 """
 
 from __future__ import annotations
 
+import codecs
+import enum
 import io
-import math
-import numbers
-import struct
-import sys
-import threading
-import zlib
-from collections.abc import Iterator
-from typing import Any, NamedTuple, Optional, Union
+import os
+from typing import NamedTuple, Optional, Union
 
-__all__ = [
-    "PART_MAGIC",
-    "PART_HEADER",
-    "PartHeader",
-    "encode_part_header",
-    "pack_part_header",
-    "part_checksums",
-    "decode_part_header",
-    "binary_reply_header",
-    "as_binary",
-    "ReplyAssembler",
-    "crc32",
-    "check_timeout",
-]
+from . import frames
+from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
 
-PART_MAGIC = b"SWSB"
-#: magic, callId (u64), part index (u32), number of parts (u32), offset (u64), CRC-32 of the slice (u32); big-endian.
-PART_HEADER = struct.Struct("!4sQIIQI")
+__all__ = ["Protocol", "State", "CloseCode", "Ping", "Pong", "Close", "Event", "Message"]
 
-BytesLike = Union[bytes, bytearray, memoryview]
+Message = Union[str, bytes]
+
+_LARGE_PAYLOAD = 64 * 1024  # an unfragmented binary payload this large may be read straight into its bytes
+_EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
-class PartHeader(NamedTuple):
-    """The header of one binary part of a reply."""
+class State(enum.IntEnum):
+    """Where a connection is in its life (RFC 6455 section 4 and 7)."""
 
-    call_id: int
-    part: int
-    parts: int
-    offset: int
-    crc32: int
+    OPEN = 1  #: messages flow both ways
+    CLOSING = 2  #: a close frame went out or came in; the closing handshake is under way
+    CLOSED = 3  #: both close frames were exchanged, or the connection was lost
 
 
-def crc32(data: BytesLike) -> int:
-    """CRC-32 of ``data`` (zlib's, in C: several GB/s)."""
-    return zlib.crc32(data) & 0xFFFFFFFF
+class CloseCode(enum.IntEnum):
+    """Close codes (RFC 6455 section 7.4.1 and the IANA registry)."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005  #: never sent: a close frame came without a code
+    ABNORMAL_CLOSURE = 1006  #: never sent: the connection ended without a close frame
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014
 
 
-def check_timeout(timeout: Optional[float], name: str = "timeout") -> Optional[float]:
-    """A blocking call's ``timeout`` made fit for ``threading``: seconds, or None to wait forever.
+class Ping(NamedTuple):
+    """A ping arrived; answer it with :meth:`Protocol.send_pong`."""
 
-    None and any non-negative number are valid; ``math.inf``, and anything
-    beyond ``threading.TIMEOUT_MAX`` (where ``Condition.wait`` would raise
-    OverflowError), mean forever and come back as None. NaN and negative
-    values raise ValueError, and what is not a number raises TypeError, so
-    that a caller can check before anything is sent.
-    """
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
-    try:
-        seconds = float(timeout)
-    except OverflowError:  # an int too large for a float: forever
-        return None
-    if math.isnan(seconds):
-        raise ValueError(f"{name} must not be NaN")
-    if seconds < 0:
-        raise ValueError(f"{name} must not be negative, got {timeout!r}")
-    if seconds > threading.TIMEOUT_MAX:
-        return None
-    return seconds
+    payload: bytes
 
 
-def encode_part_header(call_id: int, index: int, count: int, offset: int, data: BytesLike) -> bytes:
-    """The 32-byte header of part ``index`` of ``count``, carrying ``data`` at ``offset``."""
-    return pack_part_header(call_id, index, count, offset, crc32(data))
+class Pong(NamedTuple):
+    """A pong arrived."""
+
+    payload: bytes
 
 
-def pack_part_header(call_id: int, index: int, count: int, offset: int, checksum: int) -> bytes:
-    """The 32-byte header of a part whose CRC-32 is already known."""
-    return PART_HEADER.pack(PART_MAGIC, call_id, index, count, offset, checksum)
+class Close(NamedTuple):
+    """The peer's close frame arrived (``code`` 1005 when it had none).
 
-
-def part_checksums(view: memoryview, part_size: int) -> Iterator[int]:
-    """The CRC-32 of each ``part_size`` slice of ``view``, in order.
-
-    Each next one is computed on a helper thread while the caller sends the
-    current part: zlib releases the GIL, so checking costs little time.
-    """
-    count = -(-len(view) // part_size)
-    if count <= 1:
-        if count:
-            yield crc32(view)
-        return
-    ahead = _Checksum(view[:part_size])
-    for index in range(count):
-        checksum = ahead.result()
-        if index + 1 < count:
-            ahead = _Checksum(view[(index + 1) * part_size : (index + 2) * part_size])
-        yield checksum
-
-
-class _Checksum:
-    """The CRC-32 of a slice, computed on its own short-lived daemon thread."""
-
-    def __init__(self, data: memoryview) -> None:
-        self._value = 0
-        self._thread = threading.Thread(target=self._compute, args=(data,), name="syncws-crc", daemon=True)
-        self._thread.start()
-
-    def _compute(self, data: memoryview) -> None:
-        self._value = crc32(data)
-
-    def result(self) -> int:
-        self._thread.join()
-        return self._value
-
-
-def decode_part_header(message: BytesLike) -> Optional[PartHeader]:
-    """The header of a binary reply part, or None if ``message`` is not one."""
-    if len(message) < PART_HEADER.size:
-        return None
-    magic, call_id, index, count, offset, checksum = PART_HEADER.unpack_from(message)
-    if magic != PART_MAGIC:
-        return None
-    return PartHeader(call_id, index, count, offset, checksum)
-
-
-def as_binary(value: Any) -> Optional[tuple[memoryview, dict[str, Any]]]:
-    """If ``value`` travels as binary, return its bytes and the header fields that describe it."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        view = memoryview(value)
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        return view.cast("B"), {"dataType": "bytes"}
-    # An ndarray can only come from a program that imported numpy already; the
-    # getattr copes with numpy being half-imported by another thread meanwhile.
-    np = sys.modules.get("numpy")
-    ndarray = getattr(np, "ndarray", None)
-    if ndarray is not None and isinstance(value, ndarray):
-        return _array_bytes(np, value)
-    return None
-
-
-def _array_bytes(np: Any, value: Any) -> tuple[memoryview, dict[str, Any]]:
-    dtype = value.dtype
-    if dtype.hasobject or (dtype.kind == "V" and dtype.fields is None):
-        # Object arrays hold Python objects, not data; raw void has no layout to rebuild.
-        raise TypeError(f"numpy arrays of dtype {dtype} cannot be sent")
-    # C order, keeping the shape (ascontiguousarray would make a 0-d array 1-d).
-    array = value if value.flags.c_contiguous else value.copy(order="C")
-    raw = array.reshape(-1).view(np.uint8)
-    # A structured dtype travels as its field list (numpy's descr), a plain one as its string.
-    described = dtype.descr if dtype.fields is not None else dtype.str
-    return memoryview(raw), {"dataType": "ndarray", "dtype": described, "shape": list(value.shape)}
-
-
-def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: dict[str, Any]) -> dict[str, Any]:
-    """The JSON text message that announces a binary reply."""
-    return {"cmd": cmd, "callId": call_id, "status": 200, "size": size, "parts": parts, **fields}
-
-
-class ReplyAssembler:
-    """Builds the value of a binary reply from its parts: bytes, or a writable ndarray.
-
-    The result is allocated once, at the size the reply header announced, and
-    each part is copied into its place as soon as it is added, so a transfer
-    holds the result and the parts not yet added, not every part and then the
-    result too. A bytes result is filled in place through ``io.BytesIO``'s
-    writable view and handed out without a final copy (see
-    ``Connection._read_large``). Not thread-safe: one thread adds and takes
-    the value.
-
-    Raises ValueError, at once, for a header whose array description does not
-    fit its size, or for an array reply when numpy is not installed.
+    Unless ours went out first, the pump answers with :meth:`Protocol.send_close`
+    and the same code (section 5.5.1).
     """
 
-    def __init__(self, header: dict[str, Any]) -> None:
-        self._size: int = header["size"]
-        self._array: Optional[tuple[Any, tuple[int, ...]]] = None
-        self._holder: Optional[io.BytesIO] = None
-        self._buffer: Any = None
-        if header.get("dataType") == "ndarray":
-            self._array = _array_layout(header, self._size)
-            # Uninitialized, aligned memory that the caller may write to: no pass to zero it first.
-            self._buffer = _numpy_module().empty(self._size, dtype="u1")
+    code: int
+    reason: str
+
+
+Event = Union[str, bytes, Ping, Pong, Close]
+
+
+class _NeedData(Exception):
+    """Raised inside the parser when the buffer ends before what it needs; nothing half-taken is lost."""
+
+
+class _DataFrame:
+    """A data frame whose header was taken and whose payload is being read."""
+
+    __slots__ = ("fin", "holder", "key", "length", "offset", "unmasked")
+
+    def __init__(self, fin: bool, length: int, key: Optional[bytes]) -> None:
+        self.fin = fin
+        self.length = length
+        self.key = key
+        self.offset = 0  # payload bytes read so far
+        self.unmasked = 0  # of those, how many are unmasked (large payloads only)
+        self.holder: Optional[io.BytesIO] = None  # a large payload's bytes, as they are read
+
+
+class _PartialMessage:
+    """A text message, or a message in several frames, as it arrives.
+
+    Every frame's payload is appended to one buffer, so a message in progress
+    holds its payload so far and a constant, however many fragments it came
+    in (a list of fragments would cost some 90 bytes per fragment, even an
+    empty one). Text is checked as it arrives, so that an invalid byte fails
+    the message at once (close 1007), not when the whole of it is in.
+    """
+
+    __slots__ = ("data", "decoder")
+
+    def __init__(self, opcode: int) -> None:
+        self.data = bytearray()
+        self.decoder = _utf8_decoder() if opcode == frames.OP_TEXT else None
+
+    def add(self, chunk: Union[bytes, bytearray]) -> None:
+        decoder = self.decoder
+        # An ASCII stretch is valid UTF-8 unless it ends a character left open before it.
+        if decoder is not None and not (chunk.isascii() and not decoder.getstate()[0]):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
+        self.data += chunk
+
+    def result(self) -> Message:
+        if self.decoder is None:
+            return bytes(self.data)
+        try:
+            self.decoder.decode(b"", True)
+        except UnicodeDecodeError:
+            raise ProtocolError("text message ends inside a UTF-8 character", CloseCode.INVALID_DATA) from None
+        return self.data.decode("utf-8")
+
+
+class Protocol:
+    """One side of a websocket connection, after the opening handshake.
+
+    Args:
+        is_client: True on the client side: frames sent are masked, frames
+            received must not be (and the reverse on a server).
+        max_message_size: a larger message is refused with 1009, decided from
+            the frame headers before its payload is read; None for no limit.
+
+    The receiving methods belong to one reader thread at a time; the sending
+    methods must be called under one lock (the pump's send lock). ``state``,
+    ``close_code`` and ``close_reason`` may be read from any thread.
+    """
+
+    def __init__(self, is_client: bool, max_message_size: Optional[int] = None) -> None:
+        self.is_client = is_client
+        self.max_message_size = max_message_size
+        #: OPEN, CLOSING or CLOSED. Written under the pump's send lock (see the send_* methods).
+        self.state = State.OPEN
+        #: The close code and reason once known: the peer's close frame, or ours when we fail
+        #: the connection; 1006 when it ended without a close frame.
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.close_sent = False  # our close frame went out (written under the send lock)
+        self.close_received = False  # the peer's close frame came in (reader only)
+        # The reader's state, touched by the reader thread only.
+        self._buffer = bytearray()
+        self._frame: Optional[_DataFrame] = None  # a data frame being read
+        self._message: Optional[_PartialMessage] = None  # a message being put together
+        self._eof = False
+
+    # ------------------------------------------------------------------ receiving (reader thread)
+
+    def receive_data(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Add bytes that came off the socket."""
+        self._buffer += data
+
+    def receive_eof(self) -> None:
+        """The socket ended: the connection is closed (1006 unless a close frame came first)."""
+        self._eof = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, ""
+        self.state = State.CLOSED
+
+    @property
+    def buffered(self) -> int:
+        """How many received bytes are not parsed yet."""
+        return len(self._buffer)
+
+    def next_event(self) -> Optional[Event]:
+        """The next event, or None when more bytes are needed. Raises ProtocolError for a broken rule.
+
+        A data message comes as str (text) or bytes (binary); control frames as
+        Ping, Pong and Close. Data that arrives after our close frame is
+        dropped (section 1.4). After a ProtocolError, call :meth:`fail`.
+        """
+        try:
+            while True:
+                if self._frame is None and self._message is None:
+                    message = self._small_message()
+                    if message is not None:
+                        return message
+                frame = self._frame or self._next_frame()
+                if not isinstance(frame, _DataFrame):
+                    return frame  # a control event
+                payload = self._read_payload(frame)
+                self._frame = None
+                if not frame.fin:
+                    continue
+                message = self._finish_message(payload)
+                if not self.close_sent:
+                    return message
+        except _NeedData:
+            return None
+
+    def payload_buffer(self) -> Optional[memoryview]:
+        """A writable view where the next bytes of a large payload belong, or None.
+
+        While a large unfragmented binary payload is being read and nothing of
+        it is buffered, the pump may read from the socket straight into this
+        view (one copy less) and then call :meth:`payload_received`. The view
+        must be released before the next call to :meth:`next_event`.
+        """
+        frame = self._frame
+        if frame is None or frame.holder is None or self._buffer:
+            return None
+        return frame.holder.getbuffer()[frame.offset :]
+
+    def payload_received(self, count: int) -> None:
+        """``count`` bytes were written into the view of :meth:`payload_buffer`."""
+        assert self._frame is not None
+        self._frame.offset += count
+
+    def _small_message(self) -> Optional[Message]:
+        """The next message if it is one small whole frame already buffered, else None (nothing taken).
+
+        A shortcut past the general path for what most traffic is; it accepts
+        only frames that path would accept too (FIN set, no RSV bits, text or
+        binary, the right mask bit, under 126 bytes) and leaves all else to it.
+        """
+        buf = self._buffer
+        if len(buf) < 2 or self.close_sent:
+            return None
+        b1, b2 = buf[0], buf[1]
+        length = b2 & 0x7F
+        if (b1 != 0x81 and b1 != 0x82) or length > 125 or bool(b2 & 0x80) == self.is_client:
+            return None
+        if self.max_message_size is not None and length > self.max_message_size:
+            return None
+        payload: Union[bytes, bytearray]
+        if self.is_client:
+            if len(buf) < 2 + length:
+                return None
+            payload = buf[2 : 2 + length]
+            del buf[: 2 + length]
         else:
-            self._holder = io.BytesIO(bytes(self._size))
-        self._filled = 0
+            if len(buf) < 6 + length:
+                return None
+            payload = frames.masked(buf[6 : 6 + length], bytes(buf[2:6]))
+            del buf[: 6 + length]
+        if b1 == 0x82:
+            return bytes(payload)
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
 
-    def add(self, data: BytesLike) -> None:
-        """Copy the next part into place; raises ValueError if it runs past the announced size."""
-        end = self._filled + len(data)
-        if end > self._size:
-            raise ValueError("parts run past the announced size")
-        # A view only for the copy: an export left open would make the BytesIO
-        # complain (BufferError) when an abandoned reply is collected.
-        with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as view:
-            view[self._filled : end] = data
-        self._filled = end
+    def _next_frame(self) -> Union[_DataFrame, Ping, Pong, Close]:
+        """Take the next frame header: a data frame to read the payload of, or a whole control frame's event."""
+        partial = self._message
+        fin, opcode, length, key = self._take_header(len(partial.data) if partial is not None else 0)
+        if opcode >= 8:
+            return self._control(opcode, bytes(self._take_payload(length, key)))
+        if opcode == frames.OP_CONTINUATION:
+            if partial is None:
+                self._skip_buffered(length)
+                raise ProtocolError("continuation frame without a message to continue")
+        elif partial is not None:
+            self._skip_buffered(length)
+            raise ProtocolError("new data frame inside a fragmented message")
+        elif opcode == frames.OP_TEXT or not fin:
+            # Text is checked as it arrives; a message in parts is put together in one buffer.
+            self._message = _PartialMessage(opcode)
+        self._frame = _DataFrame(fin, length, key)
+        return self._frame
 
-    def value(self) -> Any:
-        """The finished value; raises ValueError if the parts fell short of the announced size."""
-        if self._filled != self._size:
-            raise ValueError(f"parts hold {self._filled} bytes, not the {self._size} announced")
-        if self._holder is not None:
-            return self._holder.getvalue()
-        assert self._array is not None
-        dtype, shape = self._array
-        return self._buffer.view(dtype).reshape(shape)
+    def _control(self, opcode: int, payload: bytes) -> Union[Ping, Pong, Close]:
+        if opcode == frames.OP_PING:
+            return Ping(payload)
+        if opcode == frames.OP_PONG:
+            return Pong(payload)
+        code, reason = frames.parse_close(payload)
+        self.close_received = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        return Close(code, reason)
 
+    def _take_header(self, message_size: int) -> tuple[bool, int, int, Optional[bytes]]:
+        """Take a checked frame header off the buffer: ``(fin, opcode, payload length, mask key or None)``.
 
-def _numpy_module() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        raise ValueError("the reply is a numpy array, but numpy is not installed") from None
-    return numpy
+        Nothing is taken until the whole header is buffered (and, for a control
+        frame, its payload too), so that the parser can stop anywhere.
+        """
+        buf = self._need(2)
+        header = frames.parse_header(buf[0], buf[1])
+        try:
+            frames.check_header(header, expect_masked=not self.is_client)
+        except ProtocolError:
+            self._skip_buffered_frame(header)
+            raise
+        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
+        size = 2 + extra + (4 if header.masked else 0)
+        buf = self._need(size)
+        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
+        if length >> 63:
+            raise ProtocolError("64-bit payload length with the high bit set")
+        if header.opcode >= 8:
+            buf = self._need(size + length)
+        key = bytes(buf[size - 4 : size]) if header.masked else None
+        del buf[:size]
+        limit = self.max_message_size
+        if limit is not None and header.opcode < 8 and message_size + length > limit:
+            # Decided from the header alone: the payload is never read.
+            raise PayloadTooBig(message_size + length, limit)
+        return header.fin, header.opcode, length, key
 
+    def _read_payload(self, frame: _DataFrame) -> Union[bytes, bytearray, None]:
+        """A data frame's payload: returned when it is a whole binary message, else added to the message."""
+        message = self._message
+        if message is None:
+            if frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer):
+                return self._take_payload(frame.length, frame.key)
+            return self._read_large(frame)
+        buf = self._buffer
+        while frame.offset < frame.length:
+            if not buf:
+                raise _NeedData()
+            chunk = buf[: frame.length - frame.offset]
+            del buf[: len(chunk)]
+            if frame.key is not None:
+                frames.apply_mask(chunk, frames.key_at(frame.key, frame.offset))
+            message.add(chunk)
+            frame.offset += len(chunk)
+        return None
 
-def _array_layout(header: dict[str, Any], size: int) -> tuple[Any, tuple[int, ...]]:
-    """The dtype and shape an array reply announces, checked against its size in bytes."""
-    np = _numpy_module()
-    described = header.get("dtype")
-    if isinstance(described, list):  # a structured dtype's fields: [[name, type(, shape)], ...]
-        described = [tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in described]
-    try:
-        dtype = np.dtype(described)
-        shape = tuple(int(n) for n in header["shape"])
-    except (TypeError, KeyError, OverflowError) as exc:  # OverflowError: a dimension of Infinity
-        raise ValueError(f"invalid array description: {exc}") from None
-    if dtype.hasobject:
-        raise ValueError(f"refused array dtype {dtype}")
-    count = 1
-    for n in shape:
-        if n < 0:
-            raise ValueError(f"invalid array shape {shape}")
-        count *= n
-    if count * dtype.itemsize != size:
-        raise ValueError(f"an array of {shape} {dtype} does not take {size} bytes")
-    return dtype, shape
+    def _read_large(self, frame: _DataFrame) -> bytes:
+        """Put a large payload together in the ``bytes`` object that is returned.
+
+        Fresh memory costs a page fault per 4 KiB on first touch, more than the
+        copying itself, so a large message must not pass through a second big
+        buffer. ``io.BytesIO`` over a zeroed ``bytes`` lends a writable view of
+        that very object (``getbuffer``; see :meth:`payload_buffer`), and once
+        the view is released its ``getvalue()`` hands the object out without
+        copying (CPython; where it copies instead, the result is the same, only
+        slower). Each stretch is unmasked in place as soon as it is in, while
+        it is still in the CPU cache.
+        """
+        length, key = frame.length, frame.key
+        if frame.holder is None:
+            try:
+                frame.holder = io.BytesIO(bytes(length))
+            except (MemoryError, OverflowError):
+                # Only without a max_message_size: a claimed length no memory can hold.
+                raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", CloseCode.MESSAGE_TOO_BIG) from None
+        buf = self._buffer
+        with frame.holder.getbuffer() as view:
+            have = min(len(buf), length - frame.offset)
+            if have:
+                view[frame.offset : frame.offset + have] = buf[:have]
+                del buf[:have]
+                frame.offset += have
+            if key is not None and frame.offset > frame.unmasked:
+                frames.apply_mask(view[frame.unmasked : frame.offset], frames.key_at(key, frame.unmasked))
+                frame.unmasked = frame.offset
+        if frame.offset < length:
+            raise _NeedData()
+        return frame.holder.getvalue()
+
+    def _finish_message(self, payload: Union[bytes, bytearray, None]) -> Message:
+        message, self._message = self._message, None
+        if message is None:
+            assert payload is not None
+            return payload if type(payload) is bytes else bytes(payload)
+        return message.result()
+
+    def _need(self, n: int) -> bytearray:
+        if len(self._buffer) < n:
+            raise _NeedData()
+        return self._buffer
+
+    def _take_payload(self, length: int, key: Optional[bytes]) -> bytearray:
+        buf = self._need(length)
+        payload = buf[:length]
+        del buf[:length]
+        if key is not None:
+            frames.apply_mask(payload, key)
+        return payload
+
+    def _skip_buffered_frame(self, header: frames.FrameHeader) -> None:
+        """Drop a refused frame (header not yet taken) if all of it is buffered already.
+
+        Failing a connection, we still want to read the peer's close frame that
+        follows, and that needs the stream in step. What is not buffered is not
+        waited for: a hostile peer may never send it.
+        """
+        buf = self._buffer
+        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
+        if len(buf) < 2 + extra:
+            return
+        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
+        total = 2 + extra + (4 if header.masked else 0) + length
+        if len(buf) >= total:
+            del buf[:total]
+
+    def _skip_buffered(self, length: int) -> None:
+        """Drop a refused frame's payload if all of it is buffered already (see _skip_buffered_frame)."""
+        if len(self._buffer) >= length:
+            del self._buffer[:length]
+
+    def discard_until_close(self) -> Optional[bool]:
+        """After failing the connection: drop frames until the peer's close frame.
+
+        True once it came, None when more bytes are needed; raises
+        ProtocolError when the stream cannot be parsed (then only dropping
+        raw bytes is left, see :meth:`discard_buffer`).
+        """
+        buf = self._buffer
+        try:
+            while True:
+                frame = self._frame  # a frame whose payload is being dropped
+                if frame is not None:
+                    dropped = min(frame.length - frame.offset, len(buf))
+                    del buf[:dropped]
+                    frame.offset += dropped
+                    if frame.offset < frame.length:
+                        raise _NeedData()
+                    self._frame = None
+                _, opcode, length, key = self._take_header(0)
+                if opcode == frames.OP_CLOSE:
+                    self._control(opcode, bytes(self._take_payload(length, key)))
+                    return True
+                self._frame = _DataFrame(True, length, None)
+        except _NeedData:
+            return None
+
+    def discard_buffer(self) -> None:
+        """Drop whatever is buffered."""
+        self._buffer.clear()
+
+    # ------------------------------------------------------------------ sending (under the send lock)
+
+    def check_open(self, what: str = "send") -> None:
+        """Raise ConnectionClosed unless messages may still be sent."""
+        if self.close_sent or self.state is State.CLOSED:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason, f"cannot {what}: the connection is closing")
+
+    def mask_key(self) -> Optional[bytes]:
+        """A fresh mask key for the next frame on a client, None on a server."""
+        return os.urandom(4) if self.is_client else None
+
+    def send_pong(self, payload: bytes) -> bytes:
+        """The pong frame that answers a ping with ``payload``."""
+        return frames.encode_frame(frames.OP_PONG, payload, mask_key=self.mask_key())
+
+    def send_ping(self, payload: bytes) -> bytes:
+        """A ping frame (at most 125 bytes)."""
+        if len(payload) > 125:
+            raise ValueError("a ping payload holds at most 125 bytes")
+        self.check_open("ping")
+        return frames.encode_frame(frames.OP_PING, payload, mask_key=self.mask_key())
+
+    def send_close(self, code: Optional[int] = CloseCode.NORMAL_CLOSURE, reason: str = "") -> bytes:
+        """Our close frame (empty for ``code`` None); from now on no message may be sent.
+
+        Raises ConnectionClosed if ours went out already. After the peer's
+        close frame came in, this is the answer that ends the handshake.
+        """
+        if self.close_sent:
+            raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason, "close frame already sent")
+        self.close_sent = True
+        self.state = State.CLOSED if self.close_received else State.CLOSING
+        return frames.encode_frame(frames.OP_CLOSE, frames.encode_close(code, reason), mask_key=self.mask_key())
+
+    def fail(self, code: int, reason: str) -> Optional[bytes]:
+        """Fail the connection (section 7.1.7) after a broken rule: the close frame to send, or None when ours went out already."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self._frame = self._message = None
+        return None if self.close_sent else self.send_close(code, reason)
+
+    def closed(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> None:
+        """The pump gave up on the connection (lost, aborted, or out of time): mark it CLOSED."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        self.state = State.CLOSED

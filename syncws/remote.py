@@ -31,7 +31,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Optional, Union
 
-from . import lograte, protocol
+from . import callformat, lograte, timeouts
 from .client import ClientConnection, connect
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, SendTimeout
 
@@ -95,7 +95,7 @@ class RemoteService:
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
-        connect_limit = protocol.check_timeout(connect_timeout, "connect_timeout")
+        connect_limit = timeouts.check_timeout(connect_timeout, "connect_timeout")
         self.url = url
         self.workers = workers
         self.part_size = part_size
@@ -175,7 +175,7 @@ class RemoteService:
         ``timeout``: seconds, None or ``math.inf`` for no bound; NaN or a
         negative value raises ValueError.
         """
-        limit = protocol.check_timeout(timeout)
+        limit = timeouts.check_timeout(timeout)
         with self._changed:
             self._changed.wait_for(lambda: self._connected.is_set() or self._failure is not None, limit)
             return self._connected.is_set()
@@ -192,7 +192,7 @@ class RemoteService:
         (None or ``math.inf``: no bound; NaN or a negative value raises
         ValueError before anything starts).
         """
-        limit = protocol.check_timeout(timeout)
+        limit = timeouts.check_timeout(timeout)
         with self._lock:
             if self._thread is None:
                 self._stop.clear()
@@ -401,7 +401,7 @@ class RemoteService:
 
     def send_result(self, connection: ClientConnection, cmd: Any, call_id: Any, result: Any) -> None:
         """Send a successful reply: JSON, or binary parts for bytes-like data and arrays."""
-        binary = protocol.as_binary(result)
+        binary = callformat.as_binary(result)
         if binary is None:
             reply: dict[str, Any] = {"cmd": cmd, "callId": call_id, "status": 200}
             if result is not None:
@@ -415,11 +415,11 @@ class RemoteService:
         view, fields = binary
         size = len(view)
         count = -(-size // self.part_size)
-        connection.send(json.dumps(protocol.binary_reply_header(cmd, call_id, size, count, fields)))
-        for index, checksum in enumerate(protocol.part_checksums(view, self.part_size)):
+        connection.send(json.dumps(callformat.binary_reply_header(cmd, call_id, size, count, fields)))
+        for index, checksum in enumerate(callformat.part_checksums(view, self.part_size)):
             offset = index * self.part_size
             chunk = view[offset : offset + self.part_size]
-            connection.send_parts(protocol.pack_part_header(call_id, index, count, offset, checksum), chunk)
+            connection.send_parts(callformat.pack_part_header(call_id, index, count, offset, checksum), chunk)
 
     @staticmethod
     def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import lograte, protocol
+from . import callformat, lograte, timeouts
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
 from .registry import ConnectionRegistry, websocketState
@@ -64,7 +64,7 @@ class _PendingCall:
         self.reply: Optional[dict[str, Any]] = None
         self.error: Optional[BaseException] = None
         self.binary_header: Optional[dict[str, Any]] = None
-        self.assembler: Optional[protocol.ReplyAssembler] = None  # filled by the caller only
+        self.assembler: Optional[callformat.ReplyAssembler] = None  # filled by the caller only
         self.parts: list[tuple[memoryview, int]] = []  # queued for the caller: (slice, its CRC-32 as announced)
         self.parts_received = 0
         self.received = 0
@@ -95,19 +95,19 @@ class _PendingCall:
             raise ValueError(f"invalid size {size!r} or parts {parts!r}")
         if size > max_size:
             raise ValueError(f"reply of {size} bytes exceeds max_reply_size {max_size}")
-        assembler = protocol.ReplyAssembler(header)  # checks an array's layout now, before its bytes come
+        assembler = callformat.ReplyAssembler(header)  # checks an array's layout now, before its bytes come
         with self.condition:
             self.binary_header, self.assembler = header, assembler
             self.complete = size == 0
             self.activity += 1
             self.condition.notify_all()
 
-    def add_part(self, part: protocol.PartHeader, message: bytes) -> None:
+    def add_part(self, part: callformat.PartHeader, message: bytes) -> None:
         """Check a part's place and queue it for the caller (connection thread)."""
         header = self.binary_header
         if header is None:
             raise ValueError("binary part before the reply header")
-        data = memoryview(message)[protocol.PART_HEADER.size :]
+        data = memoryview(message)[callformat.PART_HEADER.size :]
         size = header["size"]
         if part.part != self.parts_received or part.parts != header["parts"]:
             raise ValueError(f"part {part.part}/{part.parts} out of order (expected {self.parts_received}/{header['parts']})")
@@ -160,9 +160,9 @@ class _PendingCall:
                 self.deliver(reply)
                 return reply
 
-    def _add_part_data(self, assembler: protocol.ReplyAssembler, data: memoryview, checksum: int, index: int) -> None:
+    def _add_part_data(self, assembler: callformat.ReplyAssembler, data: memoryview, checksum: int, index: int) -> None:
         """Check a part's CRC-32 and copy it into the result (caller thread)."""
-        if protocol.crc32(data) != checksum:
+        if callformat.crc32(data) != checksum:
             raise self._failed(f"damaged binary reply: part {index} failed its CRC-32 check")
         try:
             assembler.add(data)
@@ -261,7 +261,7 @@ class RequestHandler:
         that could not be taken).
         """
         check_request(msg)
-        timeout = protocol.check_timeout(timeout)
+        timeout = timeouts.check_timeout(timeout)
         call_id, handler = self._register(msg, conn, progress, claimed=True)
         try:
             request = dict(msg, callId=call_id)
@@ -302,7 +302,7 @@ class RequestHandler:
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
-        timeout = protocol.check_timeout(timeout)
+        timeout = timeouts.check_timeout(timeout)
         with self.callbackLock:
             call = self._calls.get(callId)
         if call is None:
@@ -385,7 +385,7 @@ class RequestHandler:
         call.deliver(reply)
 
     def _on_binary(self, client: BaseWebSocketHandler, message: bytes) -> None:
-        part = protocol.decode_part_header(message)
+        part = callformat.decode_part_header(message)
         if part is None:
             self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
             return

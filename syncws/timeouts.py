@@ -9,6 +9,7 @@ one (which ``threading`` and ``select`` refuse with OverflowError) means
 from __future__ import annotations
 
 import math
+import numbers
 import threading
 import time
 from typing import Optional
@@ -20,17 +21,27 @@ _FOREVER = min(threading.TIMEOUT_MAX, 1e9)
 
 
 def check_timeout(timeout: Optional[float], name: str = "timeout") -> Optional[float]:
-    """Return ``timeout`` as seconds to wait, or None for "forever" (None, inf, or beyond any wait).
+    """Return ``timeout`` as seconds to wait, or None for "forever".
 
-    Raises ValueError for NaN and negative values and TypeError for what is not a number.
+    None and any non-negative number are valid; ``math.inf``, and anything
+    beyond what ``threading`` can wait (where ``Condition.wait`` would raise
+    OverflowError), mean forever and come back as None. NaN and negative
+    values raise ValueError, and what is not a number raises TypeError, so
+    that a caller can check before anything is sent.
     """
     if timeout is None:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"{name} must be a non-negative number of seconds or None, not {timeout!r}")
-    return None if timeout >= _FOREVER else float(timeout)
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # an int too large for a float: forever
+        return None
+    if math.isnan(seconds):
+        raise ValueError(f"{name} must not be NaN")
+    if seconds < 0:
+        raise ValueError(f"{name} must not be negative, got {timeout!r}")
+    return None if seconds >= _FOREVER else seconds
 
 
 def deadline(timeout: Optional[float], name: str = "timeout") -> Optional[float]:

@@ -259,7 +259,7 @@ def test_throwing_command_gives_500_with_js_error(page: Browser) -> None:
 
 
 def test_unknown_command_gives_404(page: Browser) -> None:
-    """A request for a cmd the page never registered gets status 404 at once (docs/protocol.md), not a timeout."""
+    """A request for a cmd the page never registered gets status 404 at once (docs/callformat.md), not a timeout."""
     with pytest.raises(syncws.RequestError) as info:
         page.rh.doRequest({"cmd": "noSuchCommand"}, timeout=3)
     assert info.value.status == 404

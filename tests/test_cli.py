@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ from typing import Optional
 import pytest
 
 from syncws.demo import demo_payload
+from syncws.progress import ProgressBar
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,8 +53,8 @@ def run_all(argvs: list[list[str]], timeout: float = 30) -> list[subprocess.Comp
 class Background:
     """A long-running ``python -m syncws`` process whose output lines are read into queues."""
 
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([*SYNCWS, *args], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, stdin: int = subprocess.PIPE) -> None:
+        self.proc = subprocess.Popen([*SYNCWS, *args], cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.stdout: queue.Queue[Optional[str]] = queue.Queue()
         self.stderr: queue.Queue[Optional[str]] = queue.Queue()
         self.readers = [
@@ -83,6 +86,17 @@ class Background:
                 return line
             seen.append(line)
         raise AssertionError(f"no line with {pattern!r} within {timeout} s (exit code {self.proc.poll()}); saw: {''.join(seen[-20:])}")
+
+    def rest(self, lines: queue.Queue[Optional[str]], timeout: float = 10) -> str:
+        """Everything still to come on ``lines`` up to EOF (the process has ended or is ending)."""
+        deadline = time.monotonic() + timeout
+        rest = []
+        for _ in range(100_000):
+            line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                break
+            rest.append(line)
+        return "".join(rest)
 
     def stop(self, sig: int = signal.SIGINT) -> Optional[int]:
         """Interrupt (or close stdin of) the process and wait for it; kill it if it hangs. Its exit code."""
@@ -118,8 +132,8 @@ def served() -> Iterator[str]:
     serve, url = start_serve()
     peer = None
     try:
-        peer = Background("--log-level", "INFO", "peer", url + "/wsData")
-        peer.wait_line(peer.stderr, "connected to")
+        peer = Background("peer", url + "/wsData", stdin=subprocess.DEVNULL)
+        peer.wait_line(peer.stdout, "syncws peer connected")
         yield url
     finally:
         if peer is not None:
@@ -248,9 +262,200 @@ def test_token_is_required(served_with_token: str) -> None:
 
 
 def test_serve_stops_on_ctrl_c() -> None:
-    """serve ends with exit code 0 on SIGINT (Ctrl-C), and its port is refused afterwards."""
+    """serve ends with exit code 0 and no traceback on SIGINT (Ctrl-C) right after its banner, and its port is refused afterwards."""
     serve, url = start_serve()
     code = serve.stop(signal.SIGINT)
     assert code == 0
+    assert "Traceback" not in serve.rest(serve.stderr)
     after = run("call", url + "/echo", "--message", "hi", "--timeout", "5")
     assert after.returncode == 1
+
+
+def test_serve_stops_on_a_signal_right_after_the_banner_every_time() -> None:
+    """Eight serves each get SIGINT or SIGTERM the moment their banner appears: every one exits 0 without a traceback."""
+    serves = [Background("serve", "--port", "0") for _ in range(8)]
+    try:
+        for i, serve in enumerate(serves):
+            serve.wait_line(serve.stdout, "syncws serving")
+            serve.proc.send_signal(signal.SIGTERM if i % 2 else signal.SIGINT)
+        for serve in serves:
+            assert serve.proc.wait(10) == 0
+            assert "Traceback" not in serve.rest(serve.stderr)
+    finally:
+        for serve in serves:
+            serve.stop()
+
+
+def test_serve_stops_at_once_with_a_call_in_flight() -> None:
+    """Ctrl-C on serve while a /call request waits on a peer: serve exits 0 within a second and logs no traceback; the call exits 1 saying why."""
+    import syncws
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def block(msg: dict) -> str:
+        arrived.set()
+        release.wait(20)
+        return "too late"
+
+    serve, url = start_serve()
+    service = syncws.RemoteService(url + "/wsData", backoff_min=0.05, backoff_max=0.2)
+    service.register("block", block)
+    call = None
+    try:
+        service.start(timeout=10)
+        call = Background("call", url, "block", "--timeout", "60")
+        assert arrived.wait(20), "the request never reached the peer"
+        started = time.monotonic()
+        serve.proc.send_signal(signal.SIGINT)
+        assert serve.proc.wait(10) == 0
+        elapsed = time.monotonic() - started
+        assert "Traceback" not in serve.rest(serve.stderr)
+        assert elapsed < 1.0, f"serve took {elapsed:.2f} s to stop"
+        assert call.proc.wait(10) == 1
+        out, err = call.rest(call.stdout), call.rest(call.stderr)
+        # The gateway's 502 reply, or (when the server's close came first) the close and its reason.
+        assert '"status": 502' in out or "server shutting down" in err, (out, err)
+    finally:
+        release.set()
+        service.stop()
+        if call is not None:
+            call.stop()
+        serve.stop()
+
+
+def test_serve_start_up_errors_print_one_line_and_exit_2(tmp_path: Path) -> None:
+    """serve with its port in use, a port out of range, an unknown host or a missing certificate prints one line saying so and exits 2."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        missing = tmp_path / "missing.pem"
+        cases = {
+            "address already in use": ["serve", "--port", str(port)],
+            "70000": ["serve", "--port", "70000"],
+            "nosuch.invalid": ["serve", "--port", "0", "--host", "nosuch.invalid"],
+            str(missing): ["serve", "--port", "0", "--certfile", str(missing)],
+        }
+        results = run_all(list(cases.values()), timeout=30)
+    for expected, result in zip(cases, results):
+        assert result.returncode == 2, (result.args, result.stdout, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("syncws serve: "), (result.args, result.stderr)
+        assert expected.lower() in lines[0].lower(), (result.args, lines)
+        assert result.stdout == ""
+
+
+def test_call_with_an_endpoint_url_says_what_is_wrong(served: str) -> None:
+    """``call URL/echo CMD`` exits 2 saying that a request goes to the server's /call gateway (and what --message is for)."""
+    result = run("call", served + "/echo", "echo", "data=1")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert "/call" in result.stderr and "--message" in result.stderr and served + " " in result.stderr.replace(")", " ")
+
+
+def test_peer_with_stdin_closed_runs_until_sigterm() -> None:
+    """``peer URL < /dev/null`` stays connected and answers calls until SIGTERM, then exits 0."""
+    serve, url = start_serve()
+    peer = None
+    try:
+        peer = Background("peer", url + "/wsData", stdin=subprocess.DEVNULL)
+        peer.wait_line(peer.stdout, "syncws peer connected")
+        result = run("call", url, "echo", "data=[1, 2]")
+        assert reply_of(result)["data"] == [1, 2]
+        assert peer.proc.poll() is None
+        peer.proc.send_signal(signal.SIGTERM)
+        assert peer.proc.wait(10) == 0
+        assert "Traceback" not in peer.rest(peer.stderr)
+    finally:
+        if peer is not None:
+            peer.stop()
+        serve.stop()
+
+
+def test_peer_that_cannot_connect_says_so_and_exits_1() -> None:
+    """``peer`` with no server to connect to prints why on its last line and exits 1 after --connect-timeout."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result = run("peer", f"ws://127.0.0.1:{port}/wsData", "--connect-timeout", "0.5")
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert result.stderr.splitlines()[-1].startswith("syncws peer: "), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made at test time: (certificate, key)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_peer_reaches_serve_with_token_over_tls(certificate: tuple[Path, Path]) -> None:
+    """``peer --token --cafile`` connects to ``serve --token --certfile --keyfile`` over wss://, and ``call`` gets its reply."""
+    cert, key = certificate
+    serve = Background("serve", "--port", "0", "--token", "s3cret", "--certfile", str(cert), "--keyfile", str(key))
+    peer = None
+    try:
+        match = re.search(r"(wss://127\.0\.0\.1:\d+)/echo", serve.wait_line(serve.stdout, "syncws serving"))
+        assert match
+        url = match.group(1)
+        peer = Background("peer", url + "/wsData", "--token", "s3cret", "--cafile", str(cert), stdin=subprocess.DEVNULL)
+        peer.wait_line(peer.stdout, "syncws peer connected")
+        result = run("call", url, "echo", "data=42", "--token", "s3cret", "--cafile", str(cert))
+        assert result.returncode == 0, result.stderr
+        assert reply_of(result)["data"] == 42
+    finally:
+        if peer is not None:
+            peer.stop(signal.SIGTERM)
+        serve.stop()
+
+
+def test_help_says_how_to_get_a_peer() -> None:
+    """``call --help`` says how to run a peer for it, ``peer --help`` lists the demo peer's commands and its --token and --cafile."""
+    call, peer = run_all([["call", "--help"], ["peer", "--help"]])
+    assert "syncws peer ws://" in call.stdout and "/wsData" in call.stdout
+    for word in ("echo", "getBytes", "fail", "sleep", "--token", "--cafile"):
+        assert word in peer.stdout, word
+
+
+def test_progress_bar_writes_no_carriage_returns_to_a_file() -> None:
+    """A ProgressBar writing to a file or pipe writes plain lines, one per quarter, ending at 100 %; on a terminal it redraws with \\r."""
+    plain = io.StringIO()
+    bar = ProgressBar(plain)
+    for done in range(0, 101, 5):
+        bar.update(done, 100)
+    bar.finish()
+    lines = plain.getvalue().splitlines()
+    assert "\r" not in plain.getvalue()
+    assert [line.split()[1] for line in lines] == ["25.0%", "50.0%", "75.0%", "100.0%"]
+    terminal = io.StringIO()
+    bar = ProgressBar(terminal, interactive=True)
+    bar.update(1, 2)
+    bar.finish()
+    assert terminal.getvalue().startswith("\r") and terminal.getvalue().endswith("\n")

@@ -28,7 +28,7 @@ import pytest
 import websocket
 
 import syncws
-from syncws import protocol
+from syncws import callformat
 from syncws.lograte import RateLimitedLog
 
 from .helpers import wait_for
@@ -486,8 +486,8 @@ GARBAGE: list[Any] = [
     b"",
     b"\x00\x01\x02",
     b"X" * 100,  # long enough for a header, wrong magic
-    protocol.PART_MAGIC + b"\x00" * 10,  # magic but short
-    protocol.encode_part_header(987654, 0, 1, 0, b"abc") + b"abc",  # a part for no call
+    callformat.PART_MAGIC + b"\x00" * 10,  # magic but short
+    callformat.encode_part_header(987654, 0, 1, 0, b"abc") + b"abc",  # a part for no call
 ]
 
 
@@ -515,33 +515,33 @@ def test_callback_never_raises_on_garbage(env: Env, caplog: pytest.LogCaptureFix
 
 def _bad_crc(call_id: int) -> list[Any]:
     data = b"0123456789"
-    header = bytearray(protocol.encode_part_header(call_id, 0, 1, 0, data))
+    header = bytearray(callformat.encode_part_header(call_id, 0, 1, 0, data))
     header[-1] ^= 0xFF
     return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 10, "parts": 1}, bytes(header) + data]
 
 
 def _part_before_header(call_id: int) -> list[Any]:
-    return [protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc"]
+    return [callformat.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc"]
 
 
 def _out_of_order(call_id: int) -> list[Any]:
     return [
         {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 6, "parts": 2},
-        protocol.encode_part_header(call_id, 1, 2, 3, b"def") + b"def",
+        callformat.encode_part_header(call_id, 1, 2, 3, b"def") + b"def",
     ]
 
 
 def _past_the_end(call_id: int) -> list[Any]:
     return [
         {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 3, "parts": 1},
-        protocol.encode_part_header(call_id, 0, 1, 0, b"abcdef") + b"abcdef",
+        callformat.encode_part_header(call_id, 0, 1, 0, b"abcdef") + b"abcdef",
     ]
 
 
 def _short(call_id: int) -> list[Any]:
     return [
         {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 6, "parts": 1},
-        protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc",
+        callformat.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc",
     ]
 
 
@@ -580,10 +580,10 @@ def test_damaged_binary_reply_fails_the_call_with_502(env: Env, caplog: pytest.L
 
 _ABANDON = """
 import gc, sys
-from syncws import protocol
+from syncws import callformat
 unraisable = []
 sys.unraisablehook = unraisable.append
-assembler = protocol.ReplyAssembler({"dataType": sys.argv[1], "size": 100, "parts": 2, "dtype": "|u1", "shape": [100]})
+assembler = callformat.ReplyAssembler({"dataType": sys.argv[1], "size": 100, "parts": 2, "dtype": "|u1", "shape": [100]})
 assembler.add(b"x" * 50)
 cycle = [assembler]
 cycle.append(cycle)
@@ -745,7 +745,7 @@ def _fail_copying_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
     def add(self: Any, data: Any) -> None:
         raise MemoryError("injected fault while copying a part")
 
-    monkeypatch.setattr(protocol.ReplyAssembler, "add", add)
+    monkeypatch.setattr(callformat.ReplyAssembler, "add", add)
 
 
 @pytest.mark.parametrize("inject", [_fail_taking_the_part, _fail_copying_the_part])
@@ -756,7 +756,7 @@ def test_any_failure_taking_a_part_fails_the_call_with_502(env: Env, monkeypatch
     caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=None))
     call_id = peer.recv_request()["callId"]
     peer.send({"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": 3, "parts": 1})
-    peer.send(protocol.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc")
+    peer.send(callformat.encode_part_header(call_id, 0, 1, 0, b"abc") + b"abc")
     kind, value, _ = _join_result(caller, results)
     assert kind == "err" and isinstance(value, syncws.RequestError), value
     assert value.status == 502 and "injected fault" in value.error
