@@ -21,13 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
+import socket
 import ssl
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlsplit, urlunsplit
 
 from .auth import bearer_token
 from .client import ClientConnection, connect
+from .demo import DEMO_PEER_COMMANDS
 from .endpoints import BroadcastHandler, CallGatewayHandler, EchoHandler, RelayHandler
 from .exceptions import SyncWSError
 from .handlers import DataWebSocketHandler
@@ -37,28 +42,124 @@ from .requests import RequestHandler
 from .server import WebSocketServer
 from .static import javascript_client
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "SERVE_ENDPOINTS"]
 
 logger = logging.getLogger(__name__)
 
+#: The websocket endpoints of ``syncws serve`` (it also serves ``/syncws.js`` over plain HTTP).
+SERVE_ENDPOINTS = ("/echo", "/broadcast", "/relay", "/wsData", "/call")
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM, caught from construction until :meth:`restore`; :meth:`wait` blocks until one comes.
+
+    The handlers only note the signal and write a byte to a socket pair, so no
+    KeyboardInterrupt can break into starting or stopping a server at an
+    awkward moment: a signal at any time after construction leads :meth:`wait`
+    to return. Signals can only be caught on the main thread; elsewhere none
+    is caught and only :meth:`wake` ends :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._writer.setblocking(False)
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        self.wake()
+
+    def wake(self) -> None:
+        """End a :meth:`wait` now or the next one (any thread, and signal handlers)."""
+        try:
+            self._writer.send(b"\0")
+        except OSError:
+            pass  # the buffer is full of wake-ups already, or restore() closed it
+
+    def wait(self) -> Optional[int]:
+        """Block until a signal or :meth:`wake`; the first signal caught so far, if any."""
+        self._reader.recv(1)
+        return self.received
+
+    def restore(self) -> None:
+        """Put the previous handlers back: from now on a second Ctrl-C interrupts as usual."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+        self._reader.close()
+        self._writer.close()
+
+
+def _error(command: str, message: str) -> None:
+    """One line on stderr: what is wrong."""
+    print(f"syncws {command}: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a short phrase: an OSError's strerror without its errno, else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror)
+    return str(exc) or type(exc).__name__
+
+
+def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
+    """The server's TLS context from --certfile and --keyfile; raises ValueError saying what is wrong."""
+    if not args.certfile:
+        if args.keyfile:
+            raise ValueError("--keyfile needs --certfile")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    files = args.certfile + (f" and {args.keyfile}" if args.keyfile else "")
+    try:
+        context.load_cert_chain(args.certfile, args.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate from {files}: {_reason(exc)}") from None
+    return context
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    context = None
-    if args.certfile:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(args.certfile, args.keyfile)
+    if not 0 <= args.port <= 65535:
+        _error("serve", f"port {args.port} is out of range (0 to 65535)")
+        return 2
+    try:
+        context = _tls_context(args)
+    except ValueError as exc:
+        _error("serve", str(exc))
+        return 2
     auth = bearer_token(args.token) if args.token else None
-    server = WebSocketServer(args.host, args.port, registry=ConnectionRegistry(), max_message_size=args.max_message_size, ssl_context=context, auth=auth)
-    server.add_handler("/echo", EchoHandler, name="echo")
-    server.add_handler("/broadcast", BroadcastHandler, name="broadcast")
-    server.add_handler("/relay", RelayHandler, name="relay")
-    requests = RequestHandler("wsData", server)
-    server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=requests.callback)
-    server.add_handler("/call", CallGatewayHandler, name="call", request_handler=requests)
-    server.add_static("/syncws.js", javascript_client(), "text/javascript; charset=utf-8")
-    paths = ", ".join(f"{server.url}{p}" for p in ("/echo", "/broadcast", "/relay", "/wsData", "/call"))
-    print(f"syncws serving {paths} and {server.url.replace('ws', 'http', 1)}/syncws.js (Ctrl-C stops)", flush=True)
-    server.serve_forever()
+    # From here on Ctrl-C (or SIGTERM) stops the server cleanly, whenever it comes.
+    signals = _StopSignals()
+    try:
+        try:
+            server = WebSocketServer(
+                args.host, args.port, registry=ConnectionRegistry(), max_message_size=args.max_message_size, ssl_context=context, auth=auth
+            )
+        except (OSError, OverflowError, ValueError) as exc:
+            _error("serve", f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
+            return 2
+        server.add_handler("/echo", EchoHandler, name="echo")
+        server.add_handler("/broadcast", BroadcastHandler, name="broadcast")
+        server.add_handler("/relay", RelayHandler, name="relay")
+        requests = RequestHandler("wsData", server)
+        server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=requests.callback)
+        server.add_handler("/call", CallGatewayHandler, name="call", request_handler=requests)
+        server.add_static("/syncws.js", javascript_client(), "text/javascript; charset=utf-8")
+        server.start()
+        try:
+            paths = ", ".join(f"{server.url}{p}" for p in SERVE_ENDPOINTS)
+            print(f"syncws serving {paths} and {server.url.replace('ws', 'http', 1)}/syncws.js (Ctrl-C stops)", flush=True)
+            signum = signals.wait()
+            logger.info("stopping on %s", signal.Signals(signum).name if signum is not None else "request")
+        finally:
+            signals.restore()  # a second Ctrl-C while stopping interrupts (exit 130)
+            server.stop()  # closes every connection and fails the /call requests in flight at once
+    finally:
+        signals.restore()
     return 0
 
 
@@ -109,15 +210,15 @@ def _call_message(args: argparse.Namespace) -> int:
     finally:
         conn.close()
     if reply is None:
-        print("syncws call: the connection closed without a reply", file=sys.stderr)
+        print(f"syncws call: the connection closed without a reply ({_close_status(conn)})", file=sys.stderr)
         return 1
     print(reply if isinstance(reply, str) else f"<{len(reply)} bytes>")
     return 0
 
 
 def _call_request(args: argparse.Namespace) -> int:
+    url = _gateway_url(args.url)
     request = {**_parse_fields(args.fields), "cmd": args.cmd, "timeout": args.timeout}
-    url = args.url if args.url.rstrip("/").endswith("/call") else args.url.rstrip("/") + "/call"
     conn = connect(url, **_client_options(args))
     bar = ProgressBar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
     try:
@@ -140,12 +241,35 @@ def _call_request(args: argparse.Namespace) -> int:
     return 0 if reply.get("status") == 200 else 1
 
 
+def _gateway_url(url: str) -> str:
+    """The URL of the /call gateway of the server at ``url``; raises ValueError if ``url`` names another endpoint."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
+    path = parts.path.rstrip("/")
+    if path.endswith("/call"):
+        return url
+    if path == "":
+        return urlunsplit(parts._replace(path="/call"))
+    server = urlunsplit(parts._replace(path="", query="", fragment=""))
+    raise ValueError(
+        f"{url} names the endpoint {parts.path!r}, but a request CMD goes to the server's /call gateway: "
+        f"give the server's URL ({server}) or its /call; to send a message to {parts.path!r}, use --message TEXT"
+    )
+
+
+def _close_status(conn: ClientConnection) -> str:
+    """How the server closed ``conn``: its close code and reason."""
+    code, reason = conn.close_code, conn.close_reason
+    return f"close code {code}{': ' + reason if reason else ''}" if code is not None else "no close code"
+
+
 def _read_reply(conn: ClientConnection, timeout: float, bar: Optional[ProgressBar]) -> dict[str, Any]:
     """Read the gateway's answer: progress messages, then the reply (and its bytes)."""
     for _ in range(10_000_000):  # bounded: one pass per progress message at most
         message = conn.recv(timeout=timeout + 5)
         if message is None:
-            raise SyncWSError("the connection closed before the reply")
+            raise SyncWSError(f"the connection closed before the reply ({_close_status(conn)})")
         reply = json.loads(message)
         if "progress" in reply:
             if bar is not None:
@@ -167,9 +291,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_peer(args: argparse.Namespace) -> int:
-    from .demo import run_demo_peer
+    from .demo import demo_peer_service
 
-    return run_demo_peer(args.url)
+    sslopt = {"ca_certs": args.cafile} if args.cafile else None
+    # From here on Ctrl-C (or SIGTERM) stops the peer cleanly, whenever it comes.
+    signals = _StopSignals()
+    try:
+        try:
+            service = demo_peer_service(args.url, token=args.token, sslopt=sslopt)
+        except ValueError as exc:
+            _error("peer", str(exc))
+            return 2
+        failure: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                service.start(timeout=args.connect_timeout)
+            except SyncWSError as exc:
+                failure.append(exc)
+            signals.wake()
+
+        threading.Thread(target=start, name="syncws-peer-start", daemon=True).start()
+        try:
+            if signals.wait() is None:  # woken by start(), not by a signal
+                if failure:
+                    _error("peer", _reason(failure[0]))
+                    return 1
+                print(f"syncws peer connected to {args.url}, answering {', '.join(DEMO_PEER_COMMANDS)} (Ctrl-C stops)", flush=True)
+                signals.wait()
+        finally:
+            signals.restore()
+            service.stop()
+    finally:
+        signals.restore()
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -189,6 +344,44 @@ def _cmd_autobahn_client(args: argparse.Namespace) -> int:
     return run_autobahn_client(args.url, args.agent)
 
 
+CALL_EPILOG = """\
+A request needs a peer connected to the server's /wsData endpoint, for example
+the demo peer in another terminal:
+
+  syncws serve --port 8888
+  syncws peer ws://127.0.0.1:8888/wsData
+  syncws call ws://127.0.0.1:8888 echo 'data={"a": 1}'
+  syncws call ws://127.0.0.1:8888 getBytes size=1000000 seed=1 --output out.bin
+  syncws call ws://127.0.0.1:8888/echo --message hello
+
+`syncws peer --help` lists the demo peer's commands; any RemoteService
+connected to /wsData will do.
+"""
+
+SERVE_EPILOG = """\
+endpoints:
+  /echo       sends every message back
+  /broadcast  sends every message to every connection of /broadcast
+  /relay      sends every message to every other connection of /relay
+  /wsData     for RemoteService peers (e.g. `syncws peer URL/wsData`)
+  /call       the gateway `syncws call` uses to make requests of those peers
+  /syncws.js  the JavaScript client for browser pages (plain HTTP GET)
+"""
+
+PEER_EPILOG = (
+    """\
+commands of the demo peer:
+"""
+    + "".join(f"  {c}\n" for c in DEMO_PEER_COMMANDS)
+    + """
+example, with `syncws serve --port 8888` running:
+
+  syncws peer ws://127.0.0.1:8888/wsData
+  syncws call ws://127.0.0.1:8888 sleep seconds=1
+"""
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``syncws`` command."""
     parser = argparse.ArgumentParser(prog="syncws", description="Synchronous, thread-based websockets.")
@@ -196,7 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    serve = sub.add_parser("serve", help="run a server with echo, broadcast, relay, request and gateway endpoints")
+    serve = sub.add_parser(
+        "serve",
+        help="run a server with echo, broadcast, relay, request and gateway endpoints",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a server until Ctrl-C (SIGINT) or SIGTERM.",
+        epilog=SERVE_EPILOG,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8888, help="port (default 8888; 0 picks a free one)")
     serve.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024, help="bytes (default 64 MiB)")
@@ -205,7 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="require this bearer token (header, or ?token= in the URL)")
     serve.set_defaults(func=_cmd_serve)
 
-    call = sub.add_parser("call", help="make one request of a served peer, or send one message to an endpoint")
+    call = sub.add_parser(
+        "call",
+        help="make one request of a served peer, or send one message to an endpoint",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Make one request of a peer connected to a `syncws serve`, through its /call gateway;\n"
+        "or, with --message, send one message to any endpoint and print the first message back.",
+        epilog=CALL_EPILOG,
+    )
     call.add_argument("url", help="the server (ws://host:port) for a request, or an endpoint URL for --message")
     call.add_argument("cmd", nargs="?", help="the request's cmd")
     call.add_argument("fields", nargs="*", metavar="key=value", help="request fields; values are JSON if they parse, else strings")
@@ -222,8 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     demo.set_defaults(func=_cmd_demo)
 
-    peer = sub.add_parser("peer", help="the demo's RemoteService peer (started by demo)")
+    peer = sub.add_parser(
+        "peer",
+        help="the demo's RemoteService peer: connect it to serve's /wsData to answer `call` (demo starts its own)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the demo's RemoteService peer, connected to a server's /wsData endpoint, until\n"
+        "Ctrl-C (SIGINT) or SIGTERM; it reconnects when the connection drops.",
+        epilog=PEER_EPILOG,
+    )
     peer.add_argument("url", help="endpoint URL, e.g. ws://127.0.0.1:8888/wsData")
+    peer.add_argument("--token", help="bearer token to send (for serve --token)")
+    peer.add_argument("--cafile", help="CA certificate (PEM) to trust for wss:// (for serve --certfile)")
+    peer.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the first connection (default 30); then exit 1")
     peer.set_defaults(func=_cmd_peer)
 
     # Everything after "bench" belongs to scripts/bench.py (see main()).

@@ -1,7 +1,8 @@
 """The main job: a server, a RemoteService in a second process, and worker threads making requests.
 
 ``python -m syncws demo`` runs :func:`run_demo`; the peer process runs
-``python -m syncws peer URL``, which is :func:`run_demo_peer`.
+``python -m syncws peer URL``, a :func:`demo_peer_service` that runs until
+SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .remote import RemoteService
 from .requests import RequestHandler
 from .server import WebSocketServer
 
-__all__ = ["run_demo", "run_demo_peer", "demo_payload"]
+__all__ = ["run_demo", "demo_peer_service", "demo_payload", "DEMO_PEER_COMMANDS"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +48,23 @@ def demo_payload(size: int, seed: int) -> bytes:
     return b"".join([block] * repeats + [block[:rest]])
 
 
-def run_demo_peer(url: str) -> int:
-    """The demo's peer: a RemoteService with the demo commands, until the server goes away."""
-    service = RemoteService(url, backoff_max=1.0)
+#: The commands of the demo peer (``syncws peer``), each with the request fields it reads.
+DEMO_PEER_COMMANDS = (
+    "echo data=JSON (returns data)",
+    "getBytes size=N seed=N (returns N bytes)",
+    "fail why=TEXT (raises: status 500)",
+    "sleep seconds=S (returns after S seconds)",
+)
+
+
+def demo_peer_service(url: str, *, token: Optional[str] = None, sslopt: Optional[dict[str, Any]] = None) -> RemoteService:
+    """The demo's peer, not yet started: a RemoteService answering the commands of :data:`DEMO_PEER_COMMANDS`."""
+    service = RemoteService(url, backoff_max=1.0, token=token, sslopt=sslopt)
     service.register("echo", lambda msg: msg.get("data"))
     service.register("getBytes", lambda msg: demo_payload(int(msg["size"]), int(msg["seed"])))
     service.register("fail", _fail)
     service.register("sleep", _sleep)
-    service.start(timeout=30)
-    # Stop when the parent closes our stdin: the demo is over.
-    sys.stdin.read()
-    service.stop()
-    return 0
+    return service
 
 
 def _sleep(msg: dict[str, Any]) -> str:
@@ -125,7 +131,7 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
     handler = RequestHandler("wsData", server)
     server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=handler.callback)
     print(f"server listening on {server.url}; starting a RemoteService peer process", file=out, flush=True)
-    peer = subprocess.Popen([sys.executable, "-m", "syncws", "peer", server.url + "/wsData"], stdin=subprocess.PIPE)
+    peer = subprocess.Popen([sys.executable, "-m", "syncws", "peer", server.url + "/wsData"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not server.registry.connections("wsData"):
@@ -145,8 +151,7 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
         bad = sum(n for k, n in tally.outcomes.items() if "expected" not in k and k != "ok")
         return 0 if bad == 0 else 1
     finally:
-        if peer.stdin is not None:
-            peer.stdin.close()
+        peer.terminate()  # SIGTERM: the peer stops its RemoteService and exits 0
         try:
             peer.wait(5)
         except subprocess.TimeoutExpired:
