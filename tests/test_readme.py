@@ -1,15 +1,19 @@
-"""The README's examples work when pasted."""
+"""The README's examples work when pasted, and it describes what the repository holds (serve's endpoints, examples, licence, changelog)."""
 
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+import syncws
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
@@ -29,3 +33,44 @@ def test_readme_demo_command_runs(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "syncws", "demo", "--requests", "60"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok" in result.stdout and "latency p50" in result.stdout
+    assert "100.0%" in result.stdout and "\r" not in result.stdout  # a pipe gets progress lines, not redraws
+
+
+@pytest.mark.timeout(60)
+def test_readme_names_every_endpoint_of_serve() -> None:
+    """Every path in the banner of ``syncws serve`` (websocket endpoints and /syncws.js) is described in the README."""
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "syncws", "serve", "--port", "0"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert serve.stdout is not None
+        banner = serve.stdout.readline()  # the first line, printed once serving
+    finally:
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(10) == 0
+        serve.communicate(timeout=10)
+    paths = re.findall(r"://127\.0\.0\.1:\d+(/[\w.]+)", banner)
+    assert {"/echo", "/broadcast", "/relay", "/wsData", "/call", "/syncws.js"} <= set(paths), banner
+    text = README.read_text(encoding="utf-8")
+    for path in paths:
+        assert f"| `{path}` |" in text, f"the README's table of serve's endpoints lacks {path}"
+
+
+def test_readme_points_to_the_examples_and_the_browser_module() -> None:
+    """The README links every example under examples/ and describes the browser module syncws.js."""
+    text = README.read_text(encoding="utf-8")
+    for script in sorted((ROOT / "examples").rglob("*.py")):
+        assert f"({script.relative_to(ROOT).as_posix()})" in text, f"the README does not link {script.relative_to(ROOT)}"
+    assert "syncws/static/syncws.js" in text and "new syncws.Peer(" in text
+
+
+def test_license_and_changelog() -> None:
+    """LICENSE holds the MIT licence that setup.cfg names; CHANGELOG.md has an Unreleased section and one for the current version."""
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("MIT License") and "the syncws authors" in license_text
+    assert "Permission is hereby granted, free of charge" in license_text
+    assert re.search(r"^license = MIT$", (ROOT / "setup.cfg").read_text(encoding="utf-8"), re.M)
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "keepachangelog.com" in changelog
+    assert re.search(r"^## \[Unreleased\]$", changelog, re.M)
+    assert re.search(rf"^## \[{re.escape(syncws.__version__)}\] - \d{{4}}-\d{{2}}-\d{{2}}$", changelog, re.M)
