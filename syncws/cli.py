@@ -4,16 +4,20 @@ Subcommands:
 
 * ``serve``: a server with ``/echo``, ``/broadcast`` and ``/relay`` endpoints,
   a ``/wsData`` endpoint for RemoteService peers and a ``/call`` gateway that
-  makes requests of them; it also serves the JavaScript client at ``/syncws.js``.
-* ``call``: one request to a peer of a running ``serve``, or one message to an endpoint.
+  makes requests of them; it also serves the JavaScript client at
+  ``/syncws.js``. Runs until SIGINT (Ctrl-C) or SIGTERM.
+* ``call``: one request to a peer of a running ``serve`` (through ``/call``),
+  or one message to an endpoint.
 * ``demo``: the main job; a server, a RemoteService in a second process and
   worker threads making requests; prints what happened.
-* ``peer``: the demo's RemoteService (``demo`` starts it).
+* ``peer``: the demo's RemoteService, which ``demo`` starts and which gives
+  ``call`` a peer to ask; runs until SIGINT or SIGTERM.
 * ``bench``: the benchmark, ``scripts/bench.py`` of a source checkout.
 * ``autobahn-client``: the echo client for the Autobahn|Testsuite's fuzzingserver.
 
-Exit codes: 0 success, 1 the operation failed (an error reply, a refused
-connection), 2 bad arguments, 130 interrupted.
+Exit codes: 0 success (also for serve and peer stopped by SIGINT or SIGTERM),
+1 the operation failed (an error reply, a refused connection), 2 bad
+arguments or a server that cannot start, 130 interrupted.
 """
 
 from __future__ import annotations
