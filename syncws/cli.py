@@ -60,8 +60,9 @@ class _StopSignals:
     The handlers only note the signal and write a byte to a socket pair, so no
     KeyboardInterrupt can break into starting or stopping a server at an
     awkward moment: a signal at any time after construction leads :meth:`wait`
-    to return. Signals can only be caught on the main thread; elsewhere none
-    is caught and only :meth:`wake` ends :meth:`wait`.
+    to return. A signal ignored on entry stays ignored. Signals can only be
+    caught on the main thread; elsewhere none is caught and only :meth:`wake`
+    ends :meth:`wait`.
     """
 
     def __init__(self) -> None:
@@ -71,6 +72,8 @@ class _StopSignals:
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # e.g. SIGINT of a command a script started with '&': it stays ignored
                 self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -121,7 +124,9 @@ def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
     files = args.certfile + (f" and {args.keyfile}" if args.keyfile else "")
     try:
         context.load_cert_chain(args.certfile, args.keyfile)
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:  # the files were read: their contents are wrong
+        raise ValueError(f"cannot load the TLS certificate from {files}: not a PEM certificate chain with its private key ({exc.reason or exc})") from None
+    except OSError as exc:
         raise ValueError(f"cannot load the TLS certificate from {files}: {_reason(exc)}") from None
     return context
 
