@@ -29,9 +29,10 @@ from .handlers import (
     closeAllConnections,
     defaultWebsocketCallback,
     sendWebSocketMessage,
+    websocketState,
 )
 from .handshake import Headers, Request
-from .registry import ConnectionRegistry, websocketState
+from .registry import ConnectionRegistry
 from .remote import RemoteService
 from .requests import RequestHandler
 from .server import WebSocketServer

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from .connection import Connection, Message, Outgoing
 from .exceptions import ConnectionClosed, NotConnected, SendTimeout
 from .handshake import Request
-from .registry import Callback, ConnectionRegistry, websocketState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .server import WebSocketServer
+from .registry import Callback, ConnectionRegistry
 
 __all__ = [
+    "HandlerHost",
+    "websocketState",
     "BaseWebSocketHandler",
     "DataWebSocketHandler",
     "RejectWebSocketHandler",
@@ -40,6 +39,16 @@ logger = logging.getLogger(__name__)
 ConnNotify = Callable[[str, str], Any]
 
 
+class HandlerHost(Protocol):
+    """What a handler needs of the server that accepted its connection: the registry to join.
+
+    :class:`syncws.WebSocketServer` is one; the handlers never import the server.
+    """
+
+    @property
+    def registry(self) -> ConnectionRegistry[BaseWebSocketHandler]: ...
+
+
 class BaseWebSocketHandler:
     """A handler for one connection on a named endpoint.
 
@@ -50,11 +59,11 @@ class BaseWebSocketHandler:
     logged and the connection lives on.
     """
 
-    def __init__(self, server: WebSocketServer, connection: Connection, request: Request) -> None:
+    def __init__(self, server: HandlerHost, connection: Connection, request: Request) -> None:
         self.server = server
         self.connection = connection
         self.request = request
-        self.registry: ConnectionRegistry = server.registry
+        self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry
         self.name: str = request.path.lstrip("/")
         self.callback: Callback = defaultWebsocketCallback
         self.connNotify: Optional[ConnNotify] = None
@@ -134,30 +143,18 @@ class BaseWebSocketHandler:
 
 
 class DataWebSocketHandler(BaseWebSocketHandler):
-    """A handler that fails at once the requests still waiting on its connection when it starts to close.
+    """A handler whose closing fails at once the requests still waiting on its connection.
 
     That is the moment the server sends its close frame (a protocol error,
     ``close()``, ``server.stop()``), the peer's close frame arrives, or the
-    socket drops: callers do not wait for the closing handshake to end. It
-    finds the requests through its callback: when that is the bound
-    ``callback`` of a :class:`syncws.RequestHandler`, its
-    ``close_pending_requests(self)`` is called.
+    socket drops: callers do not wait for the closing handshake to end. The
+    registry passes the news to the closing listeners of the endpoint's name,
+    which is how every :class:`syncws.RequestHandler` of that name hears it.
     """
 
     def on_closing(self, code: int, reason: str) -> None:
-        """Fail the requests sent on this connection (the thread that decided to close)."""
-        self._close_pending()
-
-    def on_close(self) -> None:
-        """Leave the registry, then fail any request still left on this connection (connection thread)."""
-        super().on_close()
-        self._close_pending()
-
-    def _close_pending(self) -> None:
-        owner = getattr(self.callback, "__self__", None)
-        close_pending = getattr(owner, "close_pending_requests", None)
-        if close_pending is not None:
-            close_pending(self)
+        """Tell the name's closing listeners (the thread that decided to close)."""
+        self.registry.connection_closing(self.name, self, code, reason)
 
 
 class RejectWebSocketHandler(BaseWebSocketHandler):
@@ -183,7 +180,13 @@ class RejectWebSocketHandler(BaseWebSocketHandler):
         """Nothing to leave: a rejected connection never joined the registry."""
 
 
-def sendWebSocketMessage(wsName: str, msg: Outgoing, conn: Optional[BaseWebSocketHandler] = None, registry: ConnectionRegistry = websocketState) -> None:
+#: The default registry, shared by every server that is not given its own (rtCommon's name).
+websocketState: ConnectionRegistry[BaseWebSocketHandler] = ConnectionRegistry()
+
+
+def sendWebSocketMessage(
+    wsName: str, msg: Outgoing, conn: Optional[BaseWebSocketHandler] = None, registry: ConnectionRegistry[BaseWebSocketHandler] = websocketState
+) -> None:
     """Send ``msg`` to every connection of ``wsName``, or to ``conn`` alone. Safe from any thread.
 
     A connection that fails is closed and dropped from the registry, and the
@@ -207,7 +210,7 @@ def sendWebSocketMessage(wsName: str, msg: Outgoing, conn: Optional[BaseWebSocke
             handler.connection.abort()
 
 
-def closeAllConnections(registry: ConnectionRegistry = websocketState) -> None:
+def closeAllConnections(registry: ConnectionRegistry[BaseWebSocketHandler] = websocketState) -> None:
     """Close every registered connection with 1001 and empty the lists. Safe from any thread."""
     for handler in registry.take_all():
         handler.close(1001, "closing all connections")

@@ -10,17 +10,33 @@ no user code ever runs while the lock is held.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Optional
+import weakref
+from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .handlers import BaseWebSocketHandler
-
-__all__ = ["ConnectionRegistry", "websocketState", "Callback"]
-
-Callback = Callable[["BaseWebSocketHandler", Any], Any]
+__all__ = ["ConnectionRegistry", "Callback", "ClosingListener", "Registered"]
 
 
-class ConnectionRegistry:
+class Registered(Protocol):
+    """What the registry needs of a connection's handler: the server that accepted it."""
+
+    @property
+    def server(self) -> object: ...
+
+
+H = TypeVar("H", bound=Registered)
+H_contra = TypeVar("H_contra", bound=Registered, contravariant=True)
+#: ``callback(handler, message)``: what a name's connections call with each message.
+Callback = Callable[[Any, Any], Any]
+
+
+class ClosingListener(Protocol[H_contra]):
+    """Told when a connection of a name starts to close (see :meth:`ConnectionRegistry.add_closing_listener`)."""
+
+    def connection_closing(self, handler: H_contra, code: int, reason: str) -> None:
+        """Called on the thread that decided the close; must return at once and must not send."""
+
+
+class ConnectionRegistry(Generic[H]):
     """Open connections by endpoint name, oldest first. Every method is safe from any thread.
 
     Several servers in one process may share a registry (the default
@@ -30,10 +46,12 @@ class ConnectionRegistry:
     """
 
     def __init__(self) -> None:
-        # Synchronize access to wsConnectionLists and wsCallbacks.
+        # Synchronize access to wsConnectionLists, wsCallbacks and _closing_listeners.
         self.wsConnLock = threading.Lock()
-        self.wsConnectionLists: dict[str, list[BaseWebSocketHandler]] = {}
+        self.wsConnectionLists: dict[str, list[H]] = {}
         self.wsCallbacks: dict[str, Callback] = {}
+        # Held weakly: a listener that its program dropped is not kept alive, nor told, by the registry.
+        self._closing_listeners: dict[str, weakref.WeakSet[ClosingListener[H]]] = {}
 
     def ensure(self, name: str, callback: Optional[Callback] = None) -> None:
         """Create the list of ``name`` if missing; set its callback when one is given."""
@@ -42,12 +60,12 @@ class ConnectionRegistry:
             if callback is not None:
                 self.wsCallbacks[name] = callback
 
-    def add(self, name: str, handler: BaseWebSocketHandler) -> None:
+    def add(self, name: str, handler: H) -> None:
         """Append ``handler`` to the list of ``name``."""
         with self.wsConnLock:
             self.wsConnectionLists.setdefault(name, []).append(handler)
 
-    def remove(self, name: str, handler: BaseWebSocketHandler) -> bool:
+    def remove(self, name: str, handler: H) -> bool:
         """Remove ``handler`` from the list of ``name``; False if it was not there."""
         with self.wsConnLock:
             handlers = self.wsConnectionLists.get(name, [])
@@ -56,18 +74,18 @@ class ConnectionRegistry:
                 return True
             return False
 
-    def contains(self, name: str, handler: BaseWebSocketHandler) -> bool:
+    def contains(self, name: str, handler: H) -> bool:
         """True if ``handler`` is registered under ``name``."""
         with self.wsConnLock:
             return handler in self.wsConnectionLists.get(name, ())
 
-    def connections(self, name: str, server: Optional[object] = None) -> list[BaseWebSocketHandler]:
+    def connections(self, name: str, server: Optional[object] = None) -> list[H]:
         """A copy of the list of ``name``, oldest first; with ``server``, only the connections that server accepted."""
         with self.wsConnLock:
             handlers = self.wsConnectionLists.get(name, ())
             return [h for h in handlers if server is None or h.server is server]
 
-    def newest(self, name: str, server: Optional[object] = None) -> Optional[BaseWebSocketHandler]:
+    def newest(self, name: str, server: Optional[object] = None) -> Optional[H]:
         """The most recently opened connection of ``name`` (accepted by ``server``, when given), or None."""
         with self.wsConnLock:
             for handler in reversed(self.wsConnectionLists.get(name, ())):
@@ -80,7 +98,7 @@ class ConnectionRegistry:
         with self.wsConnLock:
             return self.wsCallbacks.get(name)
 
-    def take_all(self) -> list[BaseWebSocketHandler]:
+    def take_all(self) -> list[H]:
         """Empty every list and return what they held."""
         with self.wsConnLock:
             everything = [h for handlers in self.wsConnectionLists.values() for h in handlers]
@@ -88,6 +106,25 @@ class ConnectionRegistry:
                 handlers.clear()
             return everything
 
+    def add_closing_listener(self, name: str, listener: ClosingListener[H]) -> None:
+        """Have ``listener.connection_closing(handler, code, reason)`` called when a connection of ``name`` starts to close.
 
-#: The default registry, shared by every server that is not given its own.
-websocketState = ConnectionRegistry()
+        The registry holds ``listener`` weakly: it is told for as long as the program keeps it.
+
+        This is how a RequestHandler hears that a connection it sent requests
+        on is going: the handler of the connection calls :meth:`connection_closing`.
+        """
+        with self.wsConnLock:
+            self._closing_listeners.setdefault(name, weakref.WeakSet()).add(listener)
+
+    def remove_closing_listener(self, name: str, listener: ClosingListener[H]) -> None:
+        """Stop telling ``listener`` about ``name``'s connections."""
+        with self.wsConnLock:
+            self._closing_listeners.get(name, weakref.WeakSet()).discard(listener)
+
+    def connection_closing(self, name: str, handler: H, code: int, reason: str) -> None:
+        """Tell the closing listeners of ``name`` that ``handler``'s connection is closing (outside the lock)."""
+        with self.wsConnLock:
+            listeners = list(self._closing_listeners.get(name, ()))
+        for listener in listeners:
+            listener.connection_closing(handler, code, reason)

@@ -15,16 +15,14 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
 from . import callformat, lograte, timeouts
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
-from .registry import ConnectionRegistry, websocketState
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .handlers import BaseWebSocketHandler
-    from .server import WebSocketServer
+from .handlers import BaseWebSocketHandler, websocketState
+from .registry import ConnectionRegistry
+from .server import WebSocketServer
 
 __all__ = ["RequestHandler", "Progress"]
 
@@ -221,7 +219,7 @@ class RequestHandler:
     ) -> None:
         self.name = name
         self._server = server
-        self.registry: ConnectionRegistry = server.registry if server is not None else websocketState
+        self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
         # Synchronize access to _calls, _call_ids and _last_prune.
@@ -229,8 +227,10 @@ class RequestHandler:
         self._calls: dict[int, _PendingCall] = {}
         self._call_ids = itertools.count(1)
         self._last_prune = time.monotonic()
+        # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
+        self.registry.add_closing_listener(name, self)
         if server is not None:
-            server._register_request_handler(self)
+            server.add_stop_callback(self.close_pending_requests)
 
     # ------------------------------------------------------------------ caller side
 
@@ -397,21 +397,31 @@ class RequestHandler:
         except Exception as exc:  # whatever goes wrong with a part, its call ends with a 502 at once
             call.fail(RequestError(502, f"damaged binary reply: {_describe(exc)}", {"cmd": call.cmd, "callId": call.call_id, "status": 502}))
 
-    def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
-        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread.
+    def connection_closing(self, handler: BaseWebSocketHandler, code: int, reason: str) -> None:
+        """A connection of this name started to close: fail its calls at once (the thread that decided the close).
 
-        DataWebSocketHandler calls it on the connection's thread when ``conn``
-        closes; the count of junk still suppressed for ``conn`` is logged then.
+        The registry calls it (see DataWebSocketHandler); the count of junk
+        still suppressed for ``handler`` is logged then.
         """
+        self._junk_log.forget(handler, what=self.name)
+        self._fail_calls(handler, code, reason)
+
+    def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
+        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread."""
         if conn is not None:
             self._junk_log.forget(conn, what=self.name)
+        self._fail_calls(conn, None, "")
+
+    def _fail_calls(self, conn: Optional[BaseWebSocketHandler], code: Optional[int], reason: str) -> None:
         with self.callbackLock:
             calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
         for call in calls:
             connection = call.conn.connection
             call.fail(
                 ConnectionClosed(
-                    connection.close_code or 1006, connection.close_reason, f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})"
+                    code or connection.close_code or 1006,
+                    reason or connection.close_reason,
+                    f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})",
                 )
             )
 

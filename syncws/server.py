@@ -28,9 +28,9 @@ from typing import Any, Callable, Optional, Union
 
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
 from .exceptions import HandshakeError, SyncWSError
-from .handlers import BaseWebSocketHandler
+from .handlers import BaseWebSocketHandler, websocketState
 from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
-from .registry import ConnectionRegistry, websocketState
+from .registry import ConnectionRegistry
 
 
 def _import_websocket_server() -> Any:
@@ -124,7 +124,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        registry: Optional[ConnectionRegistry] = None,
+        registry: Optional[ConnectionRegistry[BaseWebSocketHandler]] = None,
         max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
         max_connections: int = 1024,
         max_handshakes: int = 128,
@@ -144,7 +144,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         socketserver.TCPServer.__init__(self, (host, port), _ConnectionThread)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
-        self.registry = registry if registry is not None else websocketState
+        self.registry: ConnectionRegistry[BaseWebSocketHandler] = registry if registry is not None else websocketState
         self.max_message_size = max_message_size
         self.max_connections = max_connections
         self.max_handshakes = max_handshakes
@@ -172,7 +172,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self._serving = False
         self._stopped = False
         self._ids = itertools.count(1)
-        self._request_handlers: list[Any] = []
+        self._stop_callbacks: list[Callable[[], None]] = []
         self._static: dict[str, tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------------ configuration
@@ -219,10 +219,15 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         with self._lock:
             self._static[path] = (bytes(body), content_type)
 
-    def _register_request_handler(self, request_handler: Any) -> None:
-        """Remember a RequestHandler, so that stop() fails its waiting calls."""
+    def add_stop_callback(self, callback: Callable[[], None]) -> None:
+        """Have ``callback()`` called once ``stop()`` has begun to close the connections, on stop()'s thread.
+
+        A RequestHandler bound to this server registers its
+        ``close_pending_requests`` here, so that every call waiting on this
+        server fails at once. Safe from any thread.
+        """
         with self._lock:
-            self._request_handlers.append(request_handler)
+            self._stop_callbacks.append(callback)
 
     # ------------------------------------------------------------------ running
 
@@ -283,14 +288,13 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 return
             self._stopped = True  # from now on, handshakes are refused with 503
             connections = list(self._handlers)
-            request_handlers = list(self._request_handlers)
+            stop_callbacks = list(self._stop_callbacks)
         # First what callers see: every connection starts its closing handshake
         # and every call waiting on this server fails now, not after the
         # accept loop's next poll or the peers' answers.
         for connection in connections:
             connection.close(code, reason)
-        for request_handler in request_handlers:
-            request_handler.close_pending_requests()
+        self._run_stop_callbacks(stop_callbacks)
         if end_accept_loop:
             self.shutdown()  # wait for the accept loop to end
         self.server_close()
@@ -310,9 +314,16 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         for connection in leftovers:
             connection.abort()
         self._join_threads(time.monotonic() + 1.0)
-        for request_handler in request_handlers:
-            request_handler.close_pending_requests()
+        self._run_stop_callbacks(stop_callbacks)
         logger.info("stopped %s", self.url)
+
+    @staticmethod
+    def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logger.exception("stop callback %r failed", callback)
 
     def _join_threads(self, deadline: float) -> None:
         with self._lock:
