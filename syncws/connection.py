@@ -277,44 +277,36 @@ class Connection:
         return True
 
     def _recv_some(self, size: int = _RECV_SIZE) -> bytes:
-        if self._tls_lock is not None:
-            data = self._tls_call(lambda: self.sock.recv(size), reading=True)
-            if not data:
-                raise _Abort("end of stream")
-            self._received()
-            return data
-        while True:
-            if self._deadline is not None:
-                self._wait_readable()
-            try:
-                data = self.sock.recv(size)
-            except socket.timeout:
-                self._on_idle()
-                continue
-            if not data:
-                raise _Abort("end of stream")
-            self._received()
-            return data
+        """Up to ``size`` bytes from the socket: at least one (reader thread)."""
+        data: bytes = self._recv(lambda: self.sock.recv(size))
+        return data
 
     def _recv_into(self, view: memoryview) -> int:
+        """Read into ``view``; the count, at least one (reader thread)."""
+        count: int = self._recv(lambda: self.sock.recv_into(view))
+        return count
+
+    def _recv(self, call: Callable[[], T]) -> T:
+        """Run one socket read, waiting for data as long as it takes, with the idle checks every tick.
+
+        Raises _Abort at the end of the stream and _Timeout when a recv
+        deadline passes first; nothing is read in that case.
+        """
         if self._tls_lock is not None:
-            n: int = self._tls_call(lambda: self.sock.recv_into(view), reading=True)
-            if not n:
-                raise _Abort("end of stream")
-            self._received()
-            return n
-        while True:
-            if self._deadline is not None:
-                self._wait_readable()
-            try:
-                n = self.sock.recv_into(view)
-            except socket.timeout:
-                self._on_idle()
-                continue
-            if not n:
-                raise _Abort("end of stream")
-            self._received()
-            return n
+            result = self._tls_call(call, reading=True)
+        else:
+            while True:
+                if self._deadline is not None:
+                    self._wait_readable()
+                try:
+                    result = call()
+                    break
+                except socket.timeout:
+                    self._on_idle()
+        if not result:
+            raise _Abort("end of stream")
+        self._received()
+        return result
 
     def _wait_readable(self) -> None:
         """Wait, under a recv deadline, until the (plain) socket is readable; raise _Timeout once the deadline passes.
