@@ -339,7 +339,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
     if not script.exists():
         print("syncws bench: scripts/bench.py is part of a source checkout; run it from one", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
 
 
 @pytest.mark.timeout(300)

@@ -58,12 +58,12 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PEERS = os.path.join(HERE, "bench_peers.py")
+PEERS = os.path.join(HERE, "peers.py")
 for _p in (HERE, ROOT):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import bench_peers as bp  # noqa: E402
+import peers as bp  # noqa: E402
 
 MiB = 1 << 20
 IMPLS = ["raw", "syncws", "syncws_inline", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
