@@ -311,8 +311,11 @@ class Protocol:
             self.close_code, self.close_reason = code, reason
         return Close(code, reason)
 
-    def _take_header(self, message_size: int) -> tuple[bool, int, int, Optional[bytes]]:
+    def _take_header(self, message_size: Optional[int]) -> tuple[bool, int, int, Optional[bytes]]:
         """Take a checked frame header off the buffer: ``(fin, opcode, payload length, mask key or None)``.
+
+        ``message_size`` is the size of the message so far, for the size
+        limit; None skips the limit (frames that are only being dropped).
 
         Nothing is taken until the whole header is buffered (and, for a control
         frame, its payload too), so that the parser can stop anywhere.
@@ -335,7 +338,7 @@ class Protocol:
         key = bytes(buf[size - 4 : size]) if header.masked else None
         del buf[:size]
         limit = self.max_message_size
-        if limit is not None and header.opcode < 8 and message_size + length > limit:
+        if limit is not None and message_size is not None and header.opcode < 8 and message_size + length > limit:
             # Decided from the header alone: the payload is never read.
             raise PayloadTooBig(message_size + length, limit)
         return header.fin, header.opcode, length, key
@@ -344,7 +347,7 @@ class Protocol:
         """A data frame's payload: returned when it is a whole binary message, else added to the message."""
         message = self._message
         if message is None:
-            if frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer):
+            if frame.holder is None and (frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer)):
                 return self._take_payload(frame.length, frame.key)
             return self._read_large(frame)
         buf = self._buffer
@@ -451,7 +454,7 @@ class Protocol:
                     if frame.offset < frame.length:
                         raise _NeedData()
                     self._frame = None
-                _, opcode, length, key = self._take_header(0)
+                _, opcode, length, key = self._take_header(None)  # dropped: no size limit
                 if opcode == frames.OP_CLOSE:
                     self._control(opcode, bytes(self._take_payload(length, key)))
                     return True
