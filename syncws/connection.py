@@ -104,6 +104,14 @@ class Connection:
         preamble: bytes to write before the first frame (the server's 101
             response): see :meth:`flush_preamble`.
         name: used in log lines.
+
+    Who touches what: ``protocol``'s receiving half, ``_deadline``,
+    ``_last_received`` and ``_ping_sent_at`` belong to the reader thread;
+    ``protocol``'s sending half, ``_preamble`` and ``_closing_deadline`` are
+    written under ``_send_lock``; ``_closed`` is an Event and
+    ``_closing_notified`` a one-shot lock, safe from anywhere. ``_tick`` is
+    shortened (never lengthened) by the thread that sends our close frame and
+    read by the reader: a stale value only makes it wake one tick later.
     """
 
     def __init__(

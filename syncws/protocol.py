@@ -166,6 +166,10 @@ class Protocol:
     The receiving methods belong to one reader thread at a time; the sending
     methods must be called under one lock (the pump's send lock). ``state``,
     ``close_code`` and ``close_reason`` may be read from any thread.
+    ``close_code`` and ``close_reason`` are set once, by the first thread that
+    learns how the connection ends (the reader on a close frame or a broken
+    rule, any thread through :meth:`closed` on an abort); when two learn it at
+    once, either account may stand, and both are true.
     """
 
     def __init__(self, is_client: bool, max_message_size: Optional[int] = None) -> None:
