@@ -1,10 +1,27 @@
-"""The websocket server: websocket-server's threaded socketserver, completed to RFC 6455.
+"""The websocket server: a socketserver accept loop, one named thread per connection, RFC 6455 throughout.
 
-:class:`WebSocketServer` subclasses ``websocket_server.WebsocketServer`` for its
-accept loop and its one thread per connection, and replaces the parts of it
-that do not hold up (handshake, framing, close, TLS, the client list) with
-syncws's own: :mod:`syncws.handshake`, :mod:`syncws.connection` and the
-handlers and registry.
+:class:`WebSocketServer` is a :class:`socketserver.TCPServer`: the standard
+library's accept loop (``serve_forever``, ``shutdown``, ``server_close``,
+``socket``, ``server_address``). Each accepted socket gets its own named
+thread, started by :meth:`WebSocketServer.process_request` once the socket
+has a handshake place (``max_handshakes``). That thread runs
+:mod:`syncws.admission` (TLS, the upgrade request, routing, Origin and auth
+checks, admission under ``max_connections``), then the connection's read loop
+(:mod:`syncws.connection`), which calls the handler's ``open``,
+``on_message`` and ``on_close`` (:mod:`syncws.handlers`).
+
+What syncws uses of websocket-server 0.6.4: nothing in this module. That
+package's ``WebsocketServer`` is ``socketserver.ThreadingMixIn`` plus
+``socketserver.TCPServer`` with its own handshake, frame reader, TLS
+(``ssl.wrap_socket``, gone in Python 3.12) and an unlocked client list; its
+threaded accept loop is the standard library's, which this server uses
+directly (with its own connection threads instead of ThreadingMixIn's, to
+name them and to bound the handshakes in progress). websocket-server's
+*API* is what syncws takes: :mod:`syncws.compat` builds
+``syncws.compat.WebsocketServer`` from its ``API`` class (the public
+method names, signatures and defaults, and the callback attributes) on top
+of this server. This module does not import websocket-server or
+:mod:`syncws.compat`.
 
 Threads:
 
@@ -24,70 +41,30 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional
 
-from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection
+from .admission import AuthCheck, Endpoint, Routes, end_tls, handshake, refuse, start_tls
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
-from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
 from .registry import ConnectionRegistry
-
-
-def _import_websocket_server() -> Any:
-    # websocket-server calls logging.basicConfig() when imported, which would
-    # configure the host program's root logger. Undo exactly what it added.
-    root = logging.getLogger()
-    handlers_before = list(root.handlers)
-    import websocket_server
-
-    for handler in root.handlers[:]:
-        if handler not in handlers_before:
-            root.removeHandler(handler)
-    return websocket_server
-
-
-websocket_server = _import_websocket_server()
 
 __all__ = ["WebSocketServer", "AuthCheck"]
 
 logger = logging.getLogger(__name__)
 
-#: ``auth(request)`` returns True to accept, False to refuse with 401, or an HTTP status to refuse with.
-AuthCheck = Callable[[Request], Union[bool, int]]
 
+class _ConnectionThread(socketserver.BaseRequestHandler):
+    """socketserver's per-connection handler: it hands the socket to the server (connection thread)."""
 
-class _Endpoint:
-    """What ``add_handler`` registered for one path."""
-
-    def __init__(self, handler_class: type[BaseWebSocketHandler], kwargs: dict[str, Any], auth: Optional[AuthCheck], origins: Optional[list[str]]) -> None:
-        self.handler_class = handler_class
-        self.kwargs = kwargs
-        self.auth = auth
-        self.origins = origins
-
-
-class _ConnectionThread(websocket_server.WebSocketHandler):  # type: ignore[misc,name-defined]
-    """socketserver's per-connection handler; it hands the socket to the server.
-
-    It replaces every method of websocket-server's handler: that one wraps TLS
-    with ``ssl.wrap_socket`` (gone in Python 3.12) and reads frames itself.
-    """
-
-    def __init__(self, request: socket.socket, client_address: tuple[str, int], server: WebSocketServer) -> None:
-        socketserver.BaseRequestHandler.__init__(self, request, client_address, server)
-
-    def setup(self) -> None:
-        """Nothing to set up: the connection reads the socket itself."""
+    server: WebSocketServer
 
     def handle(self) -> None:
         """Serve the connection until it closes (connection thread)."""
         self.server._serve_connection(self.request, self.client_address)
 
-    def finish(self) -> None:
-        """Nothing to finish: the server already forgot the connection."""
 
-
-class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,name-defined]
+class WebSocketServer(socketserver.TCPServer):
     """A websocket server on its own thread, with named endpoints.
 
     Args:
@@ -114,7 +91,8 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         close_timeout: how long to wait for a peer's close frame.
     """
 
-    daemon_threads = True
+    # Rebind a port at once after stop(), while its closed connections are in TIME_WAIT.
+    allow_reuse_address = True
     # The listen backlog: socketserver's default of 5 drops connections when
     # a burst of clients connects at once (they retry only after a second).
     request_queue_size = 128
@@ -139,9 +117,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         send_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
     ) -> None:
-        # websocket-server's own __init__ would set its logger's level and keep
-        # an unlocked client list; bind the socket through socketserver instead.
-        socketserver.TCPServer.__init__(self, (host, port), _ConnectionThread)
+        super().__init__((host, port), _ConnectionThread)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = registry if registry is not None else websocketState
@@ -160,9 +136,11 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self.close_timeout = close_timeout
         self.thread: Optional[threading.Thread] = None
 
-        # Synchronize access to _endpoints, _handlers, _conn_threads, _handshakes, _handshakes_refused and the flags below.
+        #: The endpoints and static resources (with a lock of their own).
+        self.routes = Routes()
+        # Synchronize access to _handlers, _conn_threads, _handshakes, _handshakes_refused,
+        # _serving, _stopped and _stop_callbacks.
         self._lock = threading.Lock()
-        self._endpoints: dict[str, _Endpoint] = {}
         self._handlers: dict[Connection, BaseWebSocketHandler] = {}
         self._conn_threads: set[threading.Thread] = set()
         # The socket of each connection thread still in its handshake, so that
@@ -173,7 +151,6 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self._stopped = False
         self._ids = itertools.count(1)
         self._stop_callbacks: list[Callable[[], None]] = []
-        self._static: dict[str, tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------------ configuration
 
@@ -199,14 +176,23 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         when ``handler_class`` is not a BaseWebSocketHandler subclass and
         ValueError when ``path`` is malformed or already served.
         """
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"path must be a str that starts with '/': {path!r}")
-        if not (isinstance(handler_class, type) and issubclass(handler_class, BaseWebSocketHandler)):
-            raise TypeError(f"handler_class must be a subclass of syncws.BaseWebSocketHandler, not {handler_class!r}")
-        with self._lock:
-            if path in self._endpoints:
-                raise ValueError(f"{path!r} is already served by {self._endpoints[path].handler_class.__name__}")
-            self._endpoints[path] = _Endpoint(handler_class, kwargs, auth, origins)
+        self.routes.add(path, Endpoint(handler_class, kwargs, auth, origins))
+
+    def add_fallback_handler(
+        self,
+        handler_class: type[BaseWebSocketHandler],
+        *,
+        auth: Optional[AuthCheck] = None,
+        origins: Optional[list[str]] = None,
+        **kwargs: Any,
+    ) -> None:
+        """Serve every path that :meth:`add_handler` does not with ``handler_class``, as add_handler does.
+
+        Without one, such paths get HTTP 404. Safe from any thread, also
+        while serving. Raises TypeError as add_handler does, and ValueError
+        when a fallback is set already.
+        """
+        self.routes.set_fallback(Endpoint(handler_class, kwargs, auth, origins))
 
     def add_static(self, path: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
         """Answer a plain HTTP GET of ``path`` with ``body`` (a page, or the JavaScript client).
@@ -214,10 +200,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         Meant for small resources that go with the websocket endpoints, not as a
         web server. The handshake limits and ``handshake_timeout`` apply. Safe from any thread.
         """
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
-        with self._lock:
-            self._static[path] = (bytes(body), content_type)
+        self.routes.add_static(path, body, content_type)
 
     def add_stop_callback(self, callback: Callable[[], None]) -> None:
         """Have ``callback()`` called once ``stop()`` has begun to close the connections, on stop()'s thread.
@@ -246,7 +229,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
 
     def _serve(self) -> None:
         try:
-            socketserver.TCPServer.serve_forever(self, poll_interval=0.2)
+            super().serve_forever(poll_interval=0.2)
         except Exception:  # pragma: no cover - the accept loop handles its own errors
             logger.exception("accept loop failed")
 
@@ -259,18 +242,11 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         self.thread = threading.current_thread()
         logger.info("serving on %s", self.url)
         try:
-            socketserver.TCPServer.serve_forever(self, poll_interval)
+            super().serve_forever(poll_interval)
         except KeyboardInterrupt:
             logger.info("interrupted")
         finally:
             self._finish_stop(1001, "server shutting down")
-
-    def run_forever(self, threaded: bool = False) -> None:
-        """websocket-server's entry point: ``start()`` when threaded, else ``serve_forever()``."""
-        if threaded:
-            self.start()
-        else:
-            self.serve_forever()
 
     def stop(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Close every connection with ``code``, stop serving, wait for the threads.
@@ -367,9 +343,13 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
         thread.start()
 
     def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
+        """What socketserver.ThreadingMixIn's thread does, plus the bookkeeping (connection thread)."""
         try:
-            self.process_request_thread(request, client_address)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
         finally:
+            self.shutdown_request(request)
             with self._lock:
                 self._conn_threads.discard(threading.current_thread())
 
@@ -392,7 +372,7 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                     self._handshakes_refused = 0
         if opened is None:
             return
-        sock, connection, handler = opened
+        connection, handler = opened
         try:
             self._run(connection, handler)
         finally:
@@ -400,48 +380,24 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
                 self._handlers.pop(connection, None)
             connection.release()
 
-    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[socket.socket, Connection, BaseWebSocketHandler]]:
-        """TLS and the handshake; the socket, connection and handler, or None when refused (HTTP error sent)."""
-        deadline = time.monotonic() + self.handshake_timeout
+    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
+        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
         sock = raw
         try:
-            sock.settimeout(self.handshake_timeout)
-            if self.ssl_context is not None:
-                # Wrapping moves the socket into a new object: track that one
-                # before the TLS handshake, so that stop() can cut it short.
-                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-                self._track_handshake(sock)
-                sock.do_handshake()
-            head, rest = self._read_head(sock, deadline)
-            request = parse_http_request(head, address, self.max_headers)
-            if not is_upgrade(request) and self._serve_static(sock, request):
-                return self._ended(sock, raw)
-            check_upgrade(request.headers)
-            # The 101 goes out with the first frame or after open(), whichever
-            # comes first: see Connection.flush_preamble.
-            connection = self._make_connection(sock, rest, address, accept_response(request))
-            handler = self._accept(request, connection)
+            raw.settimeout(self.handshake_timeout)
+            deadline = time.monotonic() + self.handshake_timeout
+            sock = start_tls(self, raw)
+            opened = handshake(self, sock, address, deadline)
         except HandshakeError as exc:
             logger.info("refused handshake from %s: %s", address, exc)
-            try:
-                sock.sendall(error_response(exc.status, exc.reason))
-            except OSError:
-                pass
-            return self._ended(sock, raw)
+            refuse(sock, exc)
+            opened = None
         except (OSError, ssl.SSLError) as exc:
             logger.info("handshake with %s failed: %s", address, exc)
-            return self._ended(sock, raw)
-        return sock, connection, handler
-
-    @staticmethod
-    def _ended(sock: socket.socket, raw: socket.socket) -> None:
-        """Close the TLS socket of a handshake that ended without a connection; socketserver closes ``raw``."""
-        if sock is not raw:
-            try:
-                socket.socket.shutdown(sock, socket.SHUT_WR)
-            except OSError:
-                pass
-            sock.close()
+            opened = None
+        if opened is None:
+            end_tls(sock, raw)
+        return opened
 
     def _track_handshake(self, sock: socket.socket) -> None:
         """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
@@ -449,68 +405,6 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             if self._stopped:
                 raise ConnectionAbortedError("server is stopping")
             self._handshakes[threading.current_thread()] = sock
-
-    def _serve_static(self, sock: socket.socket, request: Request) -> bool:
-        """Answer a plain GET for a static resource; False when there is none at that path."""
-        with self._lock:
-            resource = self._static.get(request.path)
-        if resource is None:
-            return False
-        sock.sendall(content_response(*resource))
-        return True
-
-    def _read_head(self, sock: socket.socket, deadline: float) -> tuple[bytes, bytes]:
-        data = bytearray()
-        while True:
-            end = data.find(b"\r\n\r\n")
-            if end >= 0 and end <= self.max_handshake_size:
-                return bytes(data[:end]), bytes(data[end + 4 :])
-            if len(data) > self.max_handshake_size:
-                raise HandshakeError(431, f"handshake larger than {self.max_handshake_size} bytes")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise socket.timeout("handshake took too long")
-            sock.settimeout(remaining)
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise ConnectionResetError("peer closed during the handshake")
-            data += chunk
-
-    def _make_connection(self, sock: socket.socket, rest: bytes, address: tuple[str, int], preamble: bytes) -> Connection:
-        return Connection(
-            sock,
-            is_client=False,
-            max_message_size=self.max_message_size,
-            ping_interval=self.ping_interval,
-            ping_timeout=self.ping_timeout,
-            send_timeout=self.send_timeout,
-            close_timeout=self.close_timeout,
-            initial_data=rest,
-            preamble=preamble,
-            name=f"{threading.current_thread().name} {address[0]}:{address[1]}",
-        )
-
-    def _accept(self, request: Request, connection: Connection) -> BaseWebSocketHandler:
-        """Route and check a request; build and initialize its handler, or raise HandshakeError."""
-        with self._lock:
-            endpoint = self._endpoints.get(request.path)
-        if endpoint is None:
-            raise HandshakeError(404, f"no endpoint at {request.path!r}")
-        self._check_capacity()
-        origins = endpoint.origins if endpoint.origins is not None else self.origins
-        origin = request.headers.get("Origin")
-        if origins is not None and origin is not None and origin not in origins:
-            raise HandshakeError(403, f"origin {origin!r} is not allowed")
-        self._check_auth(endpoint.auth or self.auth, request)
-        handler = endpoint.handler_class(self, connection, request)
-        try:
-            handler.initialize(**endpoint.kwargs)
-        except Exception:
-            logger.exception("initialize() of %s failed", endpoint.handler_class.__name__)
-            raise HandshakeError(500, "handler failed to initialize") from None
-        # Checked again and taken in one step: two handshakes at once cannot both take the last place.
-        self._check_capacity(admit=(connection, handler))
-        return handler
 
     def _check_capacity(self, admit: Optional[tuple[Connection, BaseWebSocketHandler]] = None) -> None:
         """Raise HTTP 503 when stopping or full; else, with ``admit``, register that connection (connection thread)."""
@@ -524,20 +418,6 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             stopping = self._stopped
         if stopping or too_many:
             raise HandshakeError(503, "server is at its connection limit" if too_many else "server is stopping")
-
-    @staticmethod
-    def _check_auth(auth: Optional[AuthCheck], request: Request) -> None:
-        if auth is None:
-            return
-        try:
-            verdict = auth(request)
-        except Exception:
-            logger.exception("auth check failed on %r", request)
-            raise HandshakeError(500, "authentication check failed") from None
-        if verdict is True:
-            return
-        status = verdict if isinstance(verdict, int) and verdict in (401, 403) else 401
-        raise HandshakeError(status, "not authorized")
 
     def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
         """Deliver messages to the handler until the connection closes (connection thread)."""
@@ -562,43 +442,22 @@ class WebSocketServer(websocket_server.WebsocketServer):  # type: ignore[misc,na
             except Exception:
                 logger.exception("on_close of %r failed", handler)
 
-    # ------------------------------------------------------------------ websocket-server's API
+    # ------------------------------------------------------------------ all connections
 
     @property
     def clients(self) -> list[dict[str, Any]]:
-        """websocket-server's view: a snapshot list of ``{"id", "handler", "address"}``."""
+        """The open connections of every endpoint, a snapshot list of ``{"id", "handler", "address"}``. Safe from any thread."""
         with self._lock:
             handlers = list(self._handlers.values())
         return [{"id": id(h), "handler": h, "address": h.request.remote_address} for h in handlers]
 
-    def send_message(self, client: dict[str, Any], msg: Any) -> None:
-        """Send ``msg`` to one client of :attr:`clients`."""
-        client["handler"].write_message(msg)
+    def send_message_to_all(self, msg: Outgoing) -> None:
+        """Send ``msg`` to every open connection of this server, whatever its endpoint. Safe from any thread.
 
-    def send_message_to_all(self, msg: Any) -> None:
-        """Send ``msg`` to every client; one that fails does not stop the others."""
+        One that fails is logged and does not stop the others.
+        """
         for client in self.clients:
             try:
                 client["handler"].write_message(msg)
-            except Exception as exc:
+            except (SyncWSError, OSError) as exc:
                 logger.info("send to %r failed: %s", client["handler"], exc)
-
-    def disconnect_clients_gracefully(self, status: int = 1000, reason: Union[str, bytes] = "") -> None:
-        """Start the closing handshake with every client."""
-        text = reason.decode("utf-8", "replace") if isinstance(reason, bytes) else reason
-        for client in self.clients:
-            client["handler"].close(status, text)
-
-    def disconnect_clients_abruptly(self) -> None:
-        """Drop every client without a closing handshake."""
-        for client in self.clients:
-            client["handler"].connection.abort()
-
-    def shutdown_gracefully(self, status: int = 1001, reason: Union[str, bytes] = "") -> None:
-        """websocket-server's name for :meth:`stop`."""
-        self.stop(status, reason.decode("utf-8", "replace") if isinstance(reason, bytes) else (reason or "server shutting down"))
-
-    def shutdown_abruptly(self) -> None:
-        """Stop without waiting for closing handshakes."""
-        self.disconnect_clients_abruptly()
-        self.stop()
