@@ -1,0 +1,435 @@
+"""Several syncws servers as one cluster on Redis: presence, sends to every node, requests across nodes.
+
+A :class:`RedisCluster` makes the process a *node* of a named cluster::
+
+    cluster = syncws.RedisCluster("redis://127.0.0.1:6379/0", name="lab")
+    server = syncws.WebSocketServer(port=0, cluster=cluster)
+
+What Redis carries (every key and channel starts with ``syncws:<name>:``):
+
+* **presence**: the sorted set ``nodes`` (node id, scored by when its
+  heartbeat runs out), the hash ``node:<id>`` (the node's link URL) and the
+  hash ``conns:<id>`` (one JSON record per open connection). A node renews
+  them every ``ttl / 3`` seconds; a node that dies vanishes within ``ttl``; a
+  connection that closes is removed at once.
+* **sends**: one pub/sub message per ``cluster.send(name, msg)`` on the
+  channel ``all``, which every node delivers to its own connections of that
+  name, so each connection gets it once. Binary goes as it is, never base64.
+
+What it does not carry: request and reply data. A call to a peer on another
+node goes over a direct syncws connection to that node (its ``/_syncws/node``
+endpoint, opened on first use and kept), so a large reply never passes
+through Redis, whose pub/sub drops a subscriber that falls 32 MiB behind and
+delivers at most once (docs/cluster.md). Nothing read from Redis is
+unpickled or executed: records are JSON, envelopes a small binary header.
+
+Threads: ``syncws-cluster-beat`` renews presence; ``syncws-cluster-sub`` reads
+the pub/sub channels and delivers; both reconnect to Redis with capped,
+jittered backoff and republish presence when it comes back. Every public
+method is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import struct
+import threading
+import time
+import uuid
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
+
+from .exceptions import SyncWSError
+
+__all__ = ["RedisCluster", "ClusterConnection", "ClusterError", "LocalNode"]
+
+logger = logging.getLogger(__name__)
+
+_ENVELOPE = struct.Struct("!4sBI")  # magic, kind, header length; then the JSON header, then the payload
+_MAGIC = b"SWC1"
+_TEXT, _BINARY, _CLOSE_ALL = 1, 2, 3
+
+
+def _redis_module() -> Any:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("syncws.RedisCluster needs the redis package: pip install 'syncws[redis]'") from None
+    return redis
+
+
+class ClusterError(SyncWSError):
+    """The cluster could not do what was asked (Redis unreachable, a node gone)."""
+
+
+class ClusterConnection(NamedTuple):
+    """One open connection somewhere in the cluster, as its node published it."""
+
+    node: str  #: the id of the node that holds it
+    id: str  #: unique in the cluster: ``<node>-<n>``
+    name: str  #: the endpoint name it is registered under
+    remote_address: tuple[str, int]  #: the peer's address as its node saw it
+    opened_at: float  #: when it opened (``time.time()`` on its node)
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "address": list(self.remote_address), "opened": self.opened_at})
+
+    @classmethod
+    def from_json(cls, node: str, conn_id: str, text: Union[str, bytes]) -> ClusterConnection:
+        record = json.loads(text)
+        host, port = record["address"]
+        return cls(node, conn_id, str(record["name"]), (str(host), int(port)), float(record["opened"]))
+
+
+class LocalNode(Protocol):
+    """What the cluster needs of the server that makes this process a node."""
+
+    def deliver(self, name: str, message: Union[str, bytes]) -> None:
+        """Send ``message`` to every local connection of ``name``."""
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every local connection."""
+
+
+def encode_envelope(kind: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """A pub/sub message: a fixed header, a small JSON header and the payload as it is."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _ENVELOPE.pack(_MAGIC, kind, len(head)) + head + payload
+
+
+def decode_envelope(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
+    """The kind, JSON header and payload of a pub/sub message; ValueError when it is not one."""
+    if len(data) < _ENVELOPE.size:
+        raise ValueError("message shorter than an envelope")
+    magic, kind, length = _ENVELOPE.unpack_from(data)
+    if magic != _MAGIC or length > len(data) - _ENVELOPE.size:
+        raise ValueError("not a syncws cluster envelope")
+    header = json.loads(data[_ENVELOPE.size : _ENVELOPE.size + length])
+    if not isinstance(header, dict):
+        raise ValueError("envelope header is not an object")
+    return kind, header, memoryview(data)[_ENVELOPE.size + length :]
+
+
+class RedisCluster:
+    """This process as a node of the cluster ``name`` on the Redis at ``url``.
+
+    Args:
+        url: redis-py's URL: ``redis://[:password@]host:port/db``, or
+            ``rediss://`` for TLS (credentials and TLS as redis-py takes them).
+        name: the cluster's name; every key and channel is namespaced by it.
+        ttl: seconds after which a silent node counts as gone.
+        redis_options: passed to ``redis.Redis.from_url``.
+    """
+
+    def __init__(self, url: str, name: str = "syncws", *, ttl: float = 3.0, **redis_options: Any) -> None:
+        if ttl <= 0:
+            raise ValueError("ttl must be positive")
+        redis = _redis_module()
+        self.url = url
+        self.name = name
+        self.ttl = ttl
+        self.node_id = uuid.uuid4().hex[:12]
+        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        redis_options.setdefault("socket_timeout", max(ttl, 1.0))
+        redis_options.setdefault("socket_connect_timeout", max(ttl, 1.0))
+        self._redis = redis.Redis.from_url(url, **redis_options)
+        self._prefix = f"syncws:{name}:"
+        # Synchronize access to _records, _changes, _node, _node_info, _started and _ids.
+        self._lock = threading.Lock()
+        self._records: dict[str, ClusterConnection] = {}  # this node's open connections, by id
+        # Presence changes not yet written: id -> record, or None for a removal. Only the
+        # beat thread writes presence to Redis, so that a republish never races an update
+        # and no connection thread ever waits for Redis.
+        self._changes: dict[str, Optional[ClusterConnection]] = {}
+        self._wake = threading.Event()  # set when there are _changes, or to stop
+        self._node: Optional[LocalNode] = None
+        self._node_info: dict[str, str] = {}
+        self._started = False
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ids = 0  # connection ids handed out (under _lock)
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, *parts: str) -> str:
+        """A Redis key or channel of this cluster: ``syncws:<name>:<parts>``."""
+        return self._prefix + ":".join(parts)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, node: LocalNode, info: Optional[dict[str, str]] = None) -> None:
+        """Make ``node`` (a server) this process's node: it gets the cluster's sends. Once."""
+        with self._lock:
+            if self._node is not None and self._node is not node:
+                raise ValueError("a RedisCluster serves one server; make one per server")
+            self._node = node
+            self._node_info = dict(info or {})
+
+    def start(self) -> RedisCluster:
+        """Publish this node and start its threads; returns at once. Idempotent; safe from any thread."""
+        with self._lock:
+            if self._started:
+                return self
+            self._started = True
+            serving = self._node is not None
+        self._stopping.clear()
+        if serving:  # a process without a server has no presence and receives no sends
+            self._spawn("syncws-cluster-beat", self._beat_loop)
+            self._spawn("syncws-cluster-sub", self._subscribe_loop)
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def stop(self) -> None:
+        """Remove this node's presence at once and stop its threads. Safe from any thread, more than once."""
+        with self._lock:
+            if not self._started:
+                return
+            self._started = False
+            self._records.clear()
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(self.ttl + 2)
+        self._threads.clear()
+        try:
+            pipe = self._redis.pipeline()
+            pipe.zrem(self.key("nodes"), self.node_id)
+            pipe.delete(self.key("conns", self.node_id), self.key("node", self.node_id))
+            pipe.execute()
+        except self._errors as exc:
+            logger.info("cluster %s: could not remove node %s from Redis (%s); it expires within %s s", self.name, self.node_id, exc, self.ttl)
+
+    # ------------------------------------------------------------------ presence
+
+    def new_connection_id(self) -> str:
+        """A connection id unique in the cluster."""
+        with self._lock:
+            self._ids += 1
+            return f"{self.node_id}-{self._ids}"
+
+    def connection_opened(self, record: ClusterConnection) -> None:
+        """Publish a connection of this node; returns at once, the beat thread writes it (any thread)."""
+        with self._lock:
+            self._records[record.id] = record
+            self._changes[record.id] = record
+        self._wake.set()
+
+    def connection_closed(self, conn_id: str) -> None:
+        """Withdraw a connection of this node; returns at once, the beat thread removes it (any thread)."""
+        with self._lock:
+            self._records.pop(conn_id, None)
+            self._changes[conn_id] = None
+        self._wake.set()
+
+    def connections(self, name: str) -> list[ClusterConnection]:
+        """Every open connection of ``name`` on every live node, newest last.
+
+        Raises ClusterError when Redis cannot be reached.
+        """
+        try:
+            now_ms = int(time.time() * 1000)
+            nodes = [n.decode() if isinstance(n, bytes) else str(n) for n in self._redis.zrangebyscore(self.key("nodes"), now_ms, "+inf")]
+            pipe = self._redis.pipeline()
+            for node in nodes:
+                pipe.hgetall(self.key("conns", node))
+            tables = pipe.execute()
+        except self._errors as exc:
+            raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
+        found = []
+        for node, table in zip(nodes, tables):
+            for conn_id, text in table.items():
+                try:
+                    record = ClusterConnection.from_json(node, conn_id.decode(), text)
+                except (ValueError, KeyError, TypeError):
+                    logger.warning("cluster %s: unreadable presence record %r of node %s ignored", self.name, conn_id, node)
+                    continue
+                if record.name == name:
+                    found.append(record)
+        found.sort(key=lambda r: (r.opened_at, r.id))
+        return found
+
+    def local_connections(self, name: Optional[str] = None) -> list[ClusterConnection]:
+        """This node's own open connections (of ``name``, when given), newest last; no Redis needed."""
+        with self._lock:
+            records = [r for r in self._records.values() if name is None or r.name == name]
+        return sorted(records, key=lambda r: (r.opened_at, r.id))
+
+    def node_info(self, node: str) -> dict[str, str]:
+        """What ``node`` published about itself (its link URL), or {} when it is gone."""
+        try:
+            raw = self._redis.hgetall(self.key("node", node))
+        except self._errors as exc:
+            raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def node_alive(self, node: str) -> bool:
+        """True while ``node``'s heartbeat has not run out (False also when Redis cannot be reached)."""
+        try:
+            score = self._redis.zscore(self.key("nodes"), node)
+        except self._errors:
+            return False
+        return score is not None and score > time.time() * 1000
+
+    def _beat_loop(self) -> None:
+        """Renew this node's presence every ttl/3; republish all of it after Redis came back (beat thread)."""
+        interval = self.ttl / 3
+        published = False
+        backoff = _Backoff()
+        next_beat = 0.0
+        while not self._stopping.is_set():
+            wait = interval
+            try:
+                if time.monotonic() >= next_beat or not published:
+                    # A Redis that restarted empty (or an expired node) shows as a missing node key.
+                    if not self._beat(republish=not published):
+                        self._beat(republish=True)
+                    published = True
+                    next_beat = time.monotonic() + interval
+                self._write_changes()
+                backoff.reset()
+                wait = max(0.0, next_beat - time.monotonic())
+            except self._errors as exc:
+                if published:
+                    logger.warning("cluster %s: Redis at %s is unreachable (%s); retrying", self.name, self.url, exc)
+                published = False
+                wait = backoff.next()
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _write_changes(self) -> None:
+        """Write the presence changes made since the last call (beat thread)."""
+        with self._lock:
+            changes, self._changes = self._changes, {}
+        if not changes:
+            return
+        key = self.key("conns", self.node_id)
+        pipe = self._redis.pipeline()
+        for conn_id, record in changes.items():
+            if record is None:
+                pipe.hdel(key, conn_id)
+            else:
+                pipe.hset(key, conn_id, record.to_json())
+        pipe.pexpire(key, int(self.ttl * 1000))
+        try:
+            pipe.execute()
+        except self._errors:
+            with self._lock:  # keep them for the next try, unless newer changes superseded them
+                self._changes = {**changes, **self._changes}
+            raise
+
+    def _beat(self, republish: bool) -> bool:
+        """Renew presence (all of it when ``republish``); False when the node's key had vanished."""
+        expires_ms = int((time.time() + self.ttl) * 1000)
+        ttl_ms = int(self.ttl * 1000)
+        with self._lock:
+            records = list(self._records.values()) if republish else []
+            if republish:
+                self._changes.clear()  # the snapshot holds them
+            info = {"node": self.node_id, **self._node_info}
+        pipe = self._redis.pipeline()
+        if republish:
+            pipe.delete(self.key("conns", self.node_id))
+            if records:
+                pipe.hset(self.key("conns", self.node_id), mapping={r.id: r.to_json() for r in records})
+            pipe.delete(self.key("node", self.node_id))
+            pipe.hset(self.key("node", self.node_id), mapping=info)
+        pipe.zadd(self.key("nodes"), {self.node_id: expires_ms})
+        pipe.pexpire(self.key("conns", self.node_id), ttl_ms)
+        pipe.pexpire(self.key("node", self.node_id), ttl_ms)
+        # Nodes whose heartbeat ran out long ago leave the set (their keys expired by themselves).
+        pipe.zremrangebyscore(self.key("nodes"), 0, int((time.time() - 10 * self.ttl) * 1000))
+        results = pipe.execute()
+        return bool(results[-2])  # PEXPIRE of the node key: 0 when the key is gone
+
+    # ------------------------------------------------------------------ sends
+
+    def send(self, name: str, message: Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]) -> None:
+        """Send ``message`` to every connection of ``name`` on every node, each once. Safe from any thread.
+
+        str and dict/list (as JSON) go as text, bytes-like as binary. Messages
+        one thread sends reach each connection in the order sent. Raises
+        ClusterError when Redis cannot be reached (nothing was sent then).
+        """
+        if isinstance(message, (dict, list)):
+            message = json.dumps(message)
+        if isinstance(message, str):
+            envelope = encode_envelope(_TEXT, {"name": name}, message.encode("utf-8"))
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            envelope = encode_envelope(_BINARY, {"name": name}, bytes(message))
+        else:
+            raise TypeError(f"cannot send a {type(message).__name__}: send takes str, bytes-like, or a dict or list (JSON text)")
+        self._publish(envelope)
+
+    def close_all(self, code: int = 1001, reason: str = "closing all connections") -> None:
+        """Close every connection on every node (as closeAllConnections does on one). Safe from any thread."""
+        self._publish(encode_envelope(_CLOSE_ALL, {"code": code, "reason": reason}))
+
+    def _publish(self, envelope: bytes) -> None:
+        try:
+            self._redis.publish(self.key("all"), envelope)
+        except self._errors as exc:
+            raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
+
+    def _subscribe_loop(self) -> None:
+        """Read the cluster's channel and deliver to this node's connections (subscriber thread)."""
+        backoff = _Backoff()
+        while not self._stopping.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(self.key("all"))
+                backoff.reset()
+                while not self._stopping.is_set():
+                    message = pubsub.get_message(timeout=min(1.0, self.ttl / 3))
+                    if message is not None and message.get("type") == "message":
+                        self._on_envelope(message["data"])
+            except self._errors as exc:
+                logger.warning("cluster %s: lost the pub/sub connection to %s (%s); resubscribing", self.name, self.url, exc)
+                self._stopping.wait(backoff.next())
+            finally:
+                try:
+                    pubsub.close()
+                except self._errors:
+                    pass
+
+    def _on_envelope(self, data: bytes) -> None:
+        with self._lock:
+            node = self._node
+        if node is None:
+            return
+        try:
+            kind, header, payload = decode_envelope(data)
+            if kind == _TEXT:
+                node.deliver(str(header["name"]), bytes(payload).decode("utf-8"))
+            elif kind == _BINARY:
+                node.deliver(str(header["name"]), bytes(payload))
+            elif kind == _CLOSE_ALL:
+                node.close_all(int(header.get("code", 1001)), str(header.get("reason", "")))
+            else:
+                raise ValueError(f"unknown envelope kind {kind}")
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("cluster %s: unreadable message on the cluster channel dropped: %s", self.name, exc)
+
+    def __repr__(self) -> str:
+        return f"<RedisCluster {self.name!r} node {self.node_id} on {self.url}>"
+
+
+class _Backoff:
+    """Capped exponential backoff with full jitter: 0.1 s doubling up to 5 s."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.current = first, cap, first
+
+    def next(self) -> float:
+        wait = random.uniform(self.current / 2, self.current)
+        self.current = min(self.cap, self.current * 2)
+        return wait
+
+    def reset(self) -> None:
+        self.current = self.first
+
