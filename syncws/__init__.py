@@ -34,7 +34,7 @@ from .handlers import (
 from .handshake import Headers, Request
 from .registry import ConnectionRegistry
 from .remote import RemoteService
-from .requests import RequestHandler
+from .request_handler import RequestHandler
 from .server import WebSocketServer
 
 __version__ = "0.1.0"

@@ -1,18 +1,33 @@
-"""The request/reply message format, with no I/O (written down in docs/callformat.md).
+"""The request/reply wire format, both ways, with no I/O: the reference implementation of docs/protocol.md.
 
-* A request is a JSON text message ``{"cmd": ..., "callId": N, ...}``.
+* A request is a JSON text message ``{"cmd": ..., "callId": N, ...}``
+  (:func:`check_request`, :func:`encode_request`, :func:`parse_request`).
 * A reply is a JSON text message ``{"cmd", "callId", "status", "data"}``;
-  an error reply has ``"error"`` instead of ``"data"``.
+  an error reply has ``"error"`` instead of ``"data"`` (:func:`encode_result`,
+  :func:`error_reply`, :func:`parse_reply`, :func:`check_reply_status`).
 * A reply whose data is bytes (or a numpy array) is a JSON text message with
   ``"dataType": "bytes"`` (or ``"ndarray"`` with ``"dtype"`` and ``"shape"``)
-  and ``"size"`` and ``"parts"``, followed by that many binary messages. Each
-  starts with a 32-byte header (:data:`PART_HEADER`) and carries one slice of
-  the bytes, in order. Nothing is base64-encoded and nothing is pickled.
+  and ``"size"`` and ``"parts"`` (:func:`binary_reply_header`,
+  :func:`check_binary_header`, :func:`array_layout`), followed by that many
+  binary messages. Each starts with a 32-byte header (:data:`PART_HEADER`,
+  :func:`pack_part_header`, :func:`decode_part_header`) and carries one slice
+  of the bytes, in order (:func:`check_part`). Nothing is base64-encoded and
+  nothing is pickled. Putting the parts back together is
+  :mod:`syncws.reassembly`'s work.
+* The ``/call`` gateway (``syncws call``) speaks a simpler variant to its
+  clients: a request with an optional ``"timeout"``, progress messages, and
+  bytes as one binary message after the reply (:func:`parse_gateway_request`,
+  :func:`gateway_reply_messages`, :func:`parse_gateway_message`).
+
+Every parser raises ValueError (or TypeError for a request of the wrong
+type) with a reason fit for a log line or an error reply.
 """
 
 from __future__ import annotations
 
-import io
+import json
+import math
+import re
 import struct
 import sys
 import threading
@@ -20,25 +35,295 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Optional, Union
 
+from .exceptions import RequestError
+
 __all__ = [
     "PART_MAGIC",
     "PART_HEADER",
+    "BINARY_TYPES",
     "PartHeader",
+    "RefusedRequest",
+    "check_request",
+    "encode_request",
+    "parse_request",
+    "error_reply",
+    "encode_result",
+    "parse_reply",
+    "reply_call_id",
+    "is_refusal",
+    "is_binary_header",
+    "check_reply_status",
+    "binary_reply_header",
+    "binary_reply_fields",
+    "binary_parts",
+    "check_binary_header",
+    "check_part",
+    "as_binary",
+    "array_layout",
+    "numpy_module",
     "encode_part_header",
     "pack_part_header",
     "part_checksums",
     "decode_part_header",
-    "binary_reply_header",
-    "as_binary",
-    "ReplyAssembler",
     "crc32",
+    "DEFAULT_GATEWAY_TIMEOUT",
+    "gateway_timeout",
+    "encode_gateway_request",
+    "parse_gateway_request",
+    "gateway_error",
+    "gateway_progress",
+    "gateway_reply_messages",
+    "parse_gateway_message",
+    "gateway_attach_bytes",
 ]
 
 PART_MAGIC = b"SWSB"
 #: magic, callId (u64), part index (u32), number of parts (u32), offset (u64), CRC-32 of the slice (u32); big-endian.
 PART_HEADER = struct.Struct("!4sQIIQI")
+#: The ``dataType`` values of a reply whose data follows in binary parts.
+BINARY_TYPES = ("bytes", "ndarray")
+# The fields of a binary reply header that describe its bytes, not the call.
+_BINARY_FIELDS = ("size", "parts", "dataType", "dtype", "shape")
 
 BytesLike = Union[bytes, bytearray, memoryview]
+
+# The callId at the very end of a request that did not parse: where
+# encode_request puts it, so that a caller whose request nests too deep for
+# json.loads still hears back at once.
+_CALL_ID_AT_END = re.compile(r'"callId"\s*:\s*(\d{1,19})\s*\}\s*$')
+
+
+# ---------------------------------------------------------------------- requests
+
+
+class RefusedRequest(ValueError):
+    """A message that is not a request: ``reason`` says why; ``cmd`` and ``call_id`` are what could be read.
+
+    ``answer`` is False for a message that looks like a reply (a ``status``
+    and no string ``cmd``): it must never be answered, so that two peers
+    cannot keep answering each other's answers.
+    """
+
+    def __init__(self, reason: str, cmd: Any = None, call_id: Any = None, answer: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.cmd = cmd
+        self.call_id = call_id
+        self.answer = answer
+
+
+def check_request(msg: Any) -> None:
+    """Raise TypeError or ValueError unless ``msg`` is a request: a dict with a str ``cmd``."""
+    if not isinstance(msg, dict):
+        raise TypeError(f"a request must be a dict with a 'cmd', not {type(msg).__name__}")
+    if "cmd" not in msg:
+        raise ValueError("a request must have a 'cmd'")
+    if not isinstance(msg["cmd"], str):
+        raise TypeError(f"a request's 'cmd' must be a str, not {type(msg['cmd']).__name__}")
+
+
+def encode_request(msg: dict[str, Any], call_id: int) -> str:
+    """The JSON text of request ``msg`` (checked already) as call ``call_id``; the callId goes last."""
+    return json.dumps(dict(msg, callId=call_id))
+
+
+def parse_request(message: Union[str, bytes]) -> dict[str, Any]:
+    """The request in a message, or RefusedRequest with what could be read of it."""
+    if not isinstance(message, str):
+        raise RefusedRequest(f"a binary message ({len(message)} bytes) is not a request")
+    try:
+        request = json.loads(message)
+    except RecursionError:
+        raise RefusedRequest(f"request nested too deep to parse ({len(message)} characters)", call_id=_call_id_at_end(message)) from None
+    except ValueError as exc:
+        reason = f"request that is not JSON ({len(message)} characters): {str(exc)[:200]}"
+        raise RefusedRequest(reason, call_id=_call_id_at_end(message)) from None
+    if not isinstance(request, dict):
+        raise RefusedRequest(f"a request must be a JSON object, not {type(request).__name__}")
+    cmd = request.get("cmd")
+    if not isinstance(cmd, str):
+        if "status" in request:
+            raise RefusedRequest("a reply-like message without a cmd", answer=False)
+        problem = "has no cmd" if "cmd" not in request else f"has a cmd that is not a string ({type(cmd).__name__})"
+        raise RefusedRequest(f"request {problem}", cmd, request.get("callId"))
+    return request
+
+
+def _call_id_at_end(message: str) -> Optional[int]:
+    """The callId at the end of a request that did not parse, or None."""
+    match = _CALL_ID_AT_END.search(message[-64:])
+    return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------------- replies
+
+
+def error_reply(cmd: Any, call_id: Any, status: int, error: str) -> dict[str, Any]:
+    """An error reply."""
+    return {"cmd": cmd, "callId": call_id, "status": status, "error": error}
+
+
+def encode_result(cmd: Any, call_id: Any, result: Any) -> str:
+    """The JSON text of a successful reply carrying ``result`` (no ``data`` for None).
+
+    A result that is not JSON-serializable becomes a 500 error reply, so that
+    the caller still hears of it.
+    """
+    reply: dict[str, Any] = {"cmd": cmd, "callId": call_id, "status": 200}
+    if result is not None:
+        reply["data"] = result
+    try:
+        return json.dumps(reply)
+    except (TypeError, ValueError) as exc:
+        return json.dumps(error_reply(cmd, call_id, 500, f"TypeError: result is not JSON-serializable: {exc}"))
+
+
+def parse_reply(message: str) -> dict[str, Any]:
+    """The reply in a text message; ValueError if it is not a JSON object."""
+    try:
+        reply = json.loads(message)
+    except (ValueError, RecursionError):
+        raise ValueError(f"reply that is not JSON dropped ({len(message)} characters)") from None
+    if not isinstance(reply, dict):
+        raise ValueError("reply that is not a JSON object dropped")
+    return reply
+
+
+def reply_call_id(reply: dict[str, Any]) -> Optional[int]:
+    """The reply's callId when it is an int (not a bool), else None."""
+    call_id = reply.get("callId")
+    return call_id if isinstance(call_id, int) and not isinstance(call_id, bool) else None
+
+
+def is_refusal(reply: dict[str, Any]) -> bool:
+    """True for a peer's answer to a message it could not take and whose callId it could not read."""
+    return reply.get("callId") is None and reply.get("status") != 200 and "error" in reply
+
+
+def is_binary_header(reply: dict[str, Any]) -> bool:
+    """True if binary parts follow this reply."""
+    return reply.get("dataType") in BINARY_TYPES and reply.get("status") == 200
+
+
+def check_reply_status(reply: dict[str, Any]) -> dict[str, Any]:
+    """Return ``reply`` if its status is 200, else raise RequestError (status 500 when it is not an int)."""
+    status = reply.get("status")
+    if status != 200:
+        raise RequestError(status if isinstance(status, int) else 500, str(reply.get("error", "")), reply)
+    return reply
+
+
+# ---------------------------------------------------------------------- binary replies
+
+
+def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: dict[str, Any]) -> dict[str, Any]:
+    """The JSON text message that announces a binary reply."""
+    return {"cmd": cmd, "callId": call_id, "status": 200, "size": size, "parts": parts, **fields}
+
+
+def binary_reply_fields(header: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a binary reply header that the finished reply keeps (its ``data`` is added)."""
+    return {k: v for k, v in header.items() if k not in _BINARY_FIELDS}
+
+
+def binary_parts(call_id: Any, view: memoryview, part_size: int) -> Iterator[tuple[bytes, memoryview]]:
+    """The parts of a binary reply, in order: (32-byte header, slice), each slice's CRC-32 computed ahead."""
+    count = -(-len(view) // part_size)
+    for index, checksum in enumerate(part_checksums(view, part_size)):
+        offset = index * part_size
+        yield pack_part_header(call_id, index, count, offset, checksum), view[offset : offset + part_size]
+
+
+def check_binary_header(header: dict[str, Any], max_size: int) -> None:
+    """Raise ValueError unless ``size`` and ``parts`` are valid and ``size`` is at most ``max_size``."""
+    size, parts = header.get("size"), header.get("parts")
+    if not isinstance(size, int) or not isinstance(parts, int) or size < 0 or parts < 0 or (parts == 0) != (size == 0):
+        raise ValueError(f"invalid size {size!r} or parts {parts!r}")
+    if size > max_size:
+        raise ValueError(f"reply of {size} bytes exceeds max_reply_size {max_size}")
+
+
+def check_part(part: PartHeader, length: int, index: int, offset: int, header: dict[str, Any]) -> bool:
+    """Check that a part of ``length`` bytes is part ``index`` at ``offset`` of the reply ``header`` announced.
+
+    Returns True for the last part; raises ValueError for a part out of
+    order, one that does not follow on or runs past the size, and a last part
+    that leaves the size short.
+    """
+    size, parts = header["size"], header["parts"]
+    if part.part != index or part.parts != parts:
+        raise ValueError(f"part {part.part}/{part.parts} out of order (expected {index}/{parts})")
+    end = part.offset + length
+    if part.offset != offset or end > size:
+        raise ValueError(f"part {part.part} at offset {part.offset} does not follow on (expected {offset}) or runs past {size}")
+    last = part.part + 1 == part.parts
+    if last and end != size:
+        raise ValueError("parts do not add up to the announced size")
+    return last
+
+
+def as_binary(value: Any) -> Optional[tuple[memoryview, dict[str, Any]]]:
+    """If ``value`` travels as binary, return its bytes and the header fields that describe it."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        view = memoryview(value)
+        if not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        return view.cast("B"), {"dataType": "bytes"}
+    # An ndarray can only come from a program that imported numpy already; the
+    # getattr copes with numpy being half-imported by another thread meanwhile.
+    np = sys.modules.get("numpy")
+    ndarray = getattr(np, "ndarray", None)
+    if ndarray is not None and isinstance(value, ndarray):
+        return _array_bytes(np, value)
+    return None
+
+
+def _array_bytes(np: Any, value: Any) -> tuple[memoryview, dict[str, Any]]:
+    dtype = value.dtype
+    if dtype.hasobject or (dtype.kind == "V" and dtype.fields is None):
+        # Object arrays hold Python objects, not data; raw void has no layout to rebuild.
+        raise TypeError(f"numpy arrays of dtype {dtype} cannot be sent")
+    # C order, keeping the shape (ascontiguousarray would make a 0-d array 1-d).
+    array = value if value.flags.c_contiguous else value.copy(order="C")
+    raw = array.reshape(-1).view(np.uint8)
+    # A structured dtype travels as its field list (numpy's descr), a plain one as its string.
+    described = dtype.descr if dtype.fields is not None else dtype.str
+    return memoryview(raw), {"dataType": "ndarray", "dtype": described, "shape": list(value.shape)}
+
+
+def numpy_module() -> Any:
+    """numpy, or ValueError when it is not installed (an array reply cannot be taken then)."""
+    try:
+        import numpy
+    except ImportError:
+        raise ValueError("the reply is a numpy array, but numpy is not installed") from None
+    return numpy
+
+
+def array_layout(header: dict[str, Any], size: int) -> tuple[Any, tuple[int, ...]]:
+    """The dtype and shape an array reply announces, checked against its size in bytes (ValueError if refused)."""
+    np = numpy_module()
+    described = header.get("dtype")
+    if isinstance(described, list):  # a structured dtype's fields: [[name, type(, shape)], ...]
+        described = [tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in described]
+    try:
+        dtype = np.dtype(described)
+        shape = tuple(int(n) for n in header["shape"])
+    except (TypeError, KeyError, OverflowError) as exc:  # OverflowError: a dimension of Infinity
+        raise ValueError(f"invalid array description: {exc}") from None
+    if dtype.hasobject:
+        raise ValueError(f"refused array dtype {dtype}")
+    count = 1
+    for n in shape:
+        if n < 0:
+            raise ValueError(f"invalid array shape {shape}")
+        count *= n
+    if count * dtype.itemsize != size:
+        raise ValueError(f"an array of {shape} {dtype} does not take {size} bytes")
+    return dtype, shape
+
+
+# ---------------------------------------------------------------------- part headers
 
 
 class PartHeader(NamedTuple):
@@ -52,7 +337,7 @@ class PartHeader(NamedTuple):
 
 
 def crc32(data: BytesLike) -> int:
-    """CRC-32 of ``data`` (zlib's, in C: several GB/s)."""
+    """CRC-32 of ``data`` (zlib's, in C: several GB/s; it releases the GIL)."""
     return zlib.crc32(data) & 0xFFFFFFFF
 
 
@@ -64,6 +349,16 @@ def encode_part_header(call_id: int, index: int, count: int, offset: int, data: 
 def pack_part_header(call_id: int, index: int, count: int, offset: int, checksum: int) -> bytes:
     """The 32-byte header of a part whose CRC-32 is already known."""
     return PART_HEADER.pack(PART_MAGIC, call_id, index, count, offset, checksum)
+
+
+def decode_part_header(message: BytesLike) -> Optional[PartHeader]:
+    """The header of a binary reply part, or None if ``message`` is not one."""
+    if len(message) < PART_HEADER.size:
+        return None
+    magic, call_id, index, count, offset, checksum = PART_HEADER.unpack_from(message)
+    if magic != PART_MAGIC:
+        return None
+    return PartHeader(call_id, index, count, offset, checksum)
 
 
 def part_checksums(view: memoryview, part_size: int) -> Iterator[int]:
@@ -101,126 +396,88 @@ class _Checksum:
         return self._value
 
 
-def decode_part_header(message: BytesLike) -> Optional[PartHeader]:
-    """The header of a binary reply part, or None if ``message`` is not one."""
-    if len(message) < PART_HEADER.size:
-        return None
-    magic, call_id, index, count, offset, checksum = PART_HEADER.unpack_from(message)
-    if magic != PART_MAGIC:
-        return None
-    return PartHeader(call_id, index, count, offset, checksum)
+# ---------------------------------------------------------------------- the /call gateway
+
+#: Seconds the gateway waits for a reply when the request names no ``timeout``.
+DEFAULT_GATEWAY_TIMEOUT = 60.0
 
 
-def as_binary(value: Any) -> Optional[tuple[memoryview, dict[str, Any]]]:
-    """If ``value`` travels as binary, return its bytes and the header fields that describe it."""
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        view = memoryview(value)
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        return view.cast("B"), {"dataType": "bytes"}
-    # An ndarray can only come from a program that imported numpy already; the
-    # getattr copes with numpy being half-imported by another thread meanwhile.
-    np = sys.modules.get("numpy")
-    ndarray = getattr(np, "ndarray", None)
-    if ndarray is not None and isinstance(value, ndarray):
-        return _array_bytes(np, value)
-    return None
+def gateway_timeout(value: Any) -> Optional[float]:
+    """A gateway request's ``timeout`` as doRequest takes it: seconds, or None to wait forever.
 
-
-def _array_bytes(np: Any, value: Any) -> tuple[memoryview, dict[str, Any]]:
-    dtype = value.dtype
-    if dtype.hasobject or (dtype.kind == "V" and dtype.fields is None):
-        # Object arrays hold Python objects, not data; raw void has no layout to rebuild.
-        raise TypeError(f"numpy arrays of dtype {dtype} cannot be sent")
-    # C order, keeping the shape (ascontiguousarray would make a 0-d array 1-d).
-    array = value if value.flags.c_contiguous else value.copy(order="C")
-    raw = array.reshape(-1).view(np.uint8)
-    # A structured dtype travels as its field list (numpy's descr), a plain one as its string.
-    described = dtype.descr if dtype.fields is not None else dtype.str
-    return memoryview(raw), {"dataType": "ndarray", "dtype": described, "shape": list(value.shape)}
-
-
-def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: dict[str, Any]) -> dict[str, Any]:
-    """The JSON text message that announces a binary reply."""
-    return {"cmd": cmd, "callId": call_id, "status": 200, "size": size, "parts": parts, **fields}
-
-
-class ReplyAssembler:
-    """Builds the value of a binary reply from its parts: bytes, or a writable ndarray.
-
-    The result is allocated once, at the size the reply header announced, and
-    each part is copied into its place as soon as it is added, so a transfer
-    holds the result and the parts not yet added, not every part and then the
-    result too. A bytes result is filled in place through ``io.BytesIO``'s
-    writable view and handed out without a final copy (see
-    ``Connection._read_large``). Not thread-safe: one thread adds and takes
-    the value.
-
-    Raises ValueError, at once, for a header whose array description does not
-    fit its size, or for an array reply when numpy is not installed.
+    Any non-negative number is valid; ``null``, infinity and numbers too large
+    for a lock's wait (above ``threading.TIMEOUT_MAX``) mean "wait forever".
+    Raises ValueError for NaN, a negative number or anything not a number.
     """
-
-    def __init__(self, header: dict[str, Any]) -> None:
-        self._size: int = header["size"]
-        self._array: Optional[tuple[Any, tuple[int, ...]]] = None
-        self._holder: Optional[io.BytesIO] = None
-        self._buffer: Any = None
-        if header.get("dataType") == "ndarray":
-            self._array = _array_layout(header, self._size)
-            # Uninitialized, aligned memory that the caller may write to: no pass to zero it first.
-            self._buffer = _numpy_module().empty(self._size, dtype="u1")
-        else:
-            self._holder = io.BytesIO(bytes(self._size))
-        self._filled = 0
-
-    def add(self, data: BytesLike) -> None:
-        """Copy the next part into place; raises ValueError if it runs past the announced size."""
-        end = self._filled + len(data)
-        if end > self._size:
-            raise ValueError("parts run past the announced size")
-        # A view only for the copy: an export left open would make the BytesIO
-        # complain (BufferError) when an abandoned reply is collected.
-        with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as view:
-            view[self._filled : end] = data
-        self._filled = end
-
-    def value(self) -> Any:
-        """The finished value; raises ValueError if the parts fell short of the announced size."""
-        if self._filled != self._size:
-            raise ValueError(f"parts hold {self._filled} bytes, not the {self._size} announced")
-        if self._holder is not None:
-            return self._holder.getvalue()
-        assert self._array is not None
-        dtype, shape = self._array
-        return self._buffer.view(dtype).reshape(shape)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"timeout must be a number of seconds or null, not {value!r}")
+    if isinstance(value, int) and abs(value) > threading.TIMEOUT_MAX:
+        value = math.inf if value > 0 else -math.inf  # an int too large for float() must not raise OverflowError
+    seconds = float(value)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be a non-negative number of seconds, not {value!r}")
+    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
-def _numpy_module() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        raise ValueError("the reply is a numpy array, but numpy is not installed") from None
-    return numpy
+def encode_gateway_request(cmd: str, fields: dict[str, Any], timeout: Optional[float]) -> str:
+    """The JSON text of a gateway request: ``fields`` with ``cmd`` and ``timeout`` (seconds, None: forever)."""
+    return json.dumps({**fields, "cmd": cmd, "timeout": timeout})
 
 
-def _array_layout(header: dict[str, Any], size: int) -> tuple[Any, tuple[int, ...]]:
-    """The dtype and shape an array reply announces, checked against its size in bytes."""
-    np = _numpy_module()
-    described = header.get("dtype")
-    if isinstance(described, list):  # a structured dtype's fields: [[name, type(, shape)], ...]
-        described = [tuple(tuple(x) if isinstance(x, list) else x for x in field) for field in described]
-    try:
-        dtype = np.dtype(described)
-        shape = tuple(int(n) for n in header["shape"])
-    except (TypeError, KeyError, OverflowError) as exc:  # OverflowError: a dimension of Infinity
-        raise ValueError(f"invalid array description: {exc}") from None
-    if dtype.hasobject:
-        raise ValueError(f"refused array dtype {dtype}")
-    count = 1
-    for n in shape:
-        if n < 0:
-            raise ValueError(f"invalid array shape {shape}")
-        count *= n
-    if count * dtype.itemsize != size:
-        raise ValueError(f"an array of {shape} {dtype} does not take {size} bytes")
-    return dtype, shape
+def parse_gateway_request(message: Union[str, bytes]) -> tuple[dict[str, Any], Optional[float]]:
+    """A gateway client's request and its timeout (``"timeout"`` is taken out of the request).
+
+    Raises ValueError (TypeError, RecursionError) for anything that is not a
+    JSON object with a string ``cmd`` and a valid timeout.
+    """
+    request = json.loads(message)
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        raise ValueError("a request is a JSON object with a string 'cmd'")
+    return request, gateway_timeout(request.pop("timeout", DEFAULT_GATEWAY_TIMEOUT))
+
+
+def gateway_error(status: int, error: str, cmd: Optional[str] = None) -> dict[str, Any]:
+    """A gateway error reply: ``{"status", "error"}``, with the request's ``cmd`` when there is one."""
+    return {"status": status, "error": error} if cmd is None else {"cmd": cmd, "status": status, "error": error}
+
+
+def gateway_progress(received: int, total: int) -> dict[str, Any]:
+    """The progress message the gateway sends while a reply in parts arrives."""
+    return {"progress": [received, total]}
+
+
+def gateway_reply_messages(reply: dict[str, Any]) -> list[Union[dict[str, Any], bytes, memoryview]]:
+    """The messages that carry a reply to a gateway client: the reply, or a header and then its bytes."""
+    binary = as_binary(reply.get("data"))
+    if binary is None:
+        return [reply]
+    view, fields = binary
+    header = {k: v for k, v in reply.items() if k != "data"}
+    return [{**header, **fields, "size": len(view)}, view]
+
+
+def parse_gateway_message(message: Union[str, bytes]) -> tuple[Optional[tuple[int, int]], dict[str, Any]]:
+    """A message from the gateway: ``((received, total), message)`` for progress, ``(None, reply)`` for the reply.
+
+    Raises ValueError for a message that is neither.
+    """
+    if not isinstance(message, str):
+        raise ValueError(f"expected the gateway's JSON reply, got {len(message)} bytes")
+    parsed = json.loads(message)
+    if not isinstance(parsed, dict):
+        raise ValueError("the gateway's reply is not a JSON object")
+    progress = parsed.get("progress")
+    if progress is not None:
+        if not isinstance(progress, list) or len(progress) != 2 or not all(isinstance(n, int) for n in progress):
+            raise ValueError(f"invalid progress {progress!r}")
+        return (progress[0], progress[1]), parsed
+    return None, parsed
+
+
+def gateway_attach_bytes(reply: dict[str, Any], data: Union[str, bytes, None]) -> dict[str, Any]:
+    """``reply`` with ``data`` set to the bytes that followed it; ValueError unless they are all of them."""
+    if not isinstance(data, bytes) or len(data) != reply.get("size"):
+        raise ValueError("the reply's bytes did not arrive whole")
+    return {**reply, "data": data}

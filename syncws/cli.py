@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
+from . import callformat
 from .auth import bearer_token
 from .client import ClientConnection, connect
 from .demo import DEMO_PEER_COMMANDS
@@ -42,7 +43,7 @@ from .exceptions import SyncWSError
 from .handlers import DataWebSocketHandler
 from .progress import ProgressBar
 from .registry import ConnectionRegistry
-from .requests import RequestHandler
+from .request_handler import RequestHandler
 from .server import WebSocketServer
 from .static import javascript_client
 
@@ -227,11 +228,11 @@ def _call_message(args: argparse.Namespace) -> int:
 
 def _call_request(args: argparse.Namespace) -> int:
     url = _gateway_url(args.url)
-    request = {**_parse_fields(args.fields), "cmd": args.cmd, "timeout": args.timeout}
+    request = callformat.encode_gateway_request(args.cmd, _parse_fields(args.fields), args.timeout)
     conn = connect(url, **_client_options(args))
     bar = ProgressBar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
     try:
-        conn.send(json.dumps(request))
+        conn.send(request)
         reply = _read_reply(conn, args.timeout, bar)
     finally:
         if bar is not None:
@@ -279,17 +280,17 @@ def _read_reply(conn: ClientConnection, timeout: float, bar: Optional[ProgressBa
         message = conn.recv(timeout=timeout + 5)
         if message is None:
             raise SyncWSError(f"the connection closed before the reply ({_close_status(conn)})")
-        reply = json.loads(message)
-        if "progress" in reply:
+        progress, reply = callformat.parse_gateway_message(message)
+        if progress is not None:
             if bar is not None:
-                bar.update(*reply["progress"])
+                bar.update(*progress)
             continue
-        if reply.get("dataType") in ("bytes", "ndarray"):
-            data = conn.recv(timeout=timeout + 5)
-            if not isinstance(data, bytes) or len(data) != reply.get("size"):
-                raise SyncWSError("the reply's bytes did not arrive whole")
-            reply["data"] = data
-        return dict(reply)
+        if reply.get("dataType") in callformat.BINARY_TYPES:
+            try:
+                return callformat.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 5))
+            except ValueError as exc:
+                raise SyncWSError(str(exc)) from None
+        return reply
     raise SyncWSError("too many progress messages")
 
 

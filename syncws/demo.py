@@ -22,7 +22,7 @@ from .handlers import DataWebSocketHandler
 from .progress import ProgressBar
 from .registry import ConnectionRegistry
 from .remote import RemoteService
-from .requests import RequestHandler
+from .request_handler import RequestHandler
 from .server import WebSocketServer
 
 __all__ = ["run_demo", "demo_peer_service", "demo_payload", "DEMO_PEER_COMMANDS"]

@@ -7,42 +7,18 @@ own thread.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import threading
 from typing import Any, Optional
 
+from .callformat import DEFAULT_GATEWAY_TIMEOUT, gateway_error, gateway_progress, gateway_reply_messages, gateway_timeout, parse_gateway_request
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
 from .handlers import BaseWebSocketHandler, sendWebSocketMessage
-from .requests import RequestHandler
+from .request_handler import RequestHandler
 
 __all__ = ["EchoHandler", "BroadcastHandler", "RelayHandler", "CallGatewayHandler", "gateway_timeout", "DEFAULT_GATEWAY_TIMEOUT"]
 
 logger = logging.getLogger(__name__)
-
-#: Seconds the gateway waits for a reply when the request names no ``timeout``.
-DEFAULT_GATEWAY_TIMEOUT = 60.0
-
-
-def gateway_timeout(value: Any) -> Optional[float]:
-    """A request's ``timeout`` as doRequest takes it: seconds, or None to wait forever.
-
-    Any non-negative number is valid; ``null``, infinity and numbers too large
-    for a lock's wait (above ``threading.TIMEOUT_MAX``) mean "wait forever".
-    Raises ValueError for NaN, a negative number or anything not a number.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"timeout must be a number of seconds or null, not {value!r}")
-    if isinstance(value, int) and abs(value) > threading.TIMEOUT_MAX:
-        value = math.inf if value > 0 else -math.inf  # an int too large for float() must not raise OverflowError
-    seconds = float(value)
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, not {value!r}")
-    return None if seconds > threading.TIMEOUT_MAX else seconds
 
 
 class EchoHandler(BaseWebSocketHandler):
@@ -86,7 +62,8 @@ class CallGatewayHandler(BaseWebSocketHandler):
     messages report on it. Errors come back as ``{"status", "error"}``: 400 for
     a bad request (not JSON, no string ``cmd``, a NaN or negative timeout), the
     peer's own status, 502 when the peer's connection closed, 503 when no peer
-    is connected, 504 on timeout, and 500 for anything unexpected.
+    is connected, 504 on timeout, and 500 for anything unexpected. The
+    format is :mod:`syncws.callformat`'s (its gateway section).
     """
 
     def initialize(self, name: Optional[str] = None, request_handler: Optional[RequestHandler] = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -109,40 +86,29 @@ class CallGatewayHandler(BaseWebSocketHandler):
             logger.info("%s: the reply could not be sent: %s", self.name, exc)
         except Exception as exc:
             logger.exception("%s: request failed unexpectedly", self.name)
-            self._send_quietly({"status": 500, "error": f"internal error: {type(exc).__name__}: {exc}"})
+            self._send_quietly(gateway_error(500, f"internal error: {type(exc).__name__}: {exc}"))
 
     def _forward(self, message: Message) -> None:
         try:
-            request = json.loads(message)
-            if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                raise ValueError("a request is a JSON object with a string 'cmd'")
-            timeout = gateway_timeout(request.pop("timeout", DEFAULT_GATEWAY_TIMEOUT))
+            request, timeout = parse_gateway_request(message)
         except (ValueError, TypeError, RecursionError) as exc:
-            self.write_message({"status": 400, "error": f"bad request: {exc}"})
+            self.write_message(gateway_error(400, f"bad request: {exc}"))
             return
+        cmd = request["cmd"]
         try:
             reply = self.request_handler.doRequest(request, timeout=timeout, progress=self._progress)
         except RequestError as exc:
-            self.write_message({"cmd": request["cmd"], "status": exc.status, "error": exc.error})
+            self.write_message(gateway_error(exc.status, exc.error, cmd))
             return
         except (NotConnected, RequestTimeout, ConnectionClosed) as exc:
             status = {NotConnected: 503, RequestTimeout: 504}.get(type(exc), 502)
-            self.write_message({"cmd": request["cmd"], "status": status, "error": str(exc)})
+            self.write_message(gateway_error(status, str(exc), cmd))
             return
         except (ValueError, TypeError) as exc:  # doRequest refused the request itself
-            self.write_message({"cmd": request["cmd"], "status": 400, "error": f"bad request: {exc}"})
+            self.write_message(gateway_error(400, f"bad request: {exc}", cmd))
             return
-        data: Any = reply.get("data")
-        if isinstance(data, (bytes, bytearray)):
-            header = {k: v for k, v in reply.items() if k != "data"}
-            self.write_message({**header, "dataType": "bytes", "size": len(data)})
-            self.write_message(data)
-        elif type(data).__name__ == "ndarray":
-            header = {k: v for k, v in reply.items() if k != "data"}
-            self.write_message({**header, "dataType": "ndarray", "dtype": data.dtype.str, "shape": list(data.shape), "size": data.nbytes})
-            self.write_message(data.tobytes())
-        else:
-            self.write_message(reply)
+        for part in gateway_reply_messages(reply):
+            self.write_message(part)
 
     def _send_quietly(self, message: dict[str, Any]) -> None:
         try:
@@ -152,6 +118,6 @@ class CallGatewayHandler(BaseWebSocketHandler):
 
     def _progress(self, received: int, total: int) -> None:
         try:
-            self.write_message({"progress": [received, total]})
+            self.write_message(gateway_progress(received, total))
         except (ConnectionClosed, SendTimeout):
             pass

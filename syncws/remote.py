@@ -5,9 +5,9 @@ Threads:
 * ``syncws-remote``: connects (through websocket-client), starts the
   connection's workers, and reconnects with capped exponential backoff and
   jitter when the connection drops.
-* ``syncws-remote-worker-N``: ``workers + 1`` threads per connection that
-  take turns reading (leader and followers): the thread that reads a request
-  runs it itself once another worker has taken over reading, so a request
+* ``syncws-remote-worker-N``: ``workers + 1`` threads per connection
+  (:mod:`syncws.remote_worker`) that take turns reading (leader and
+  followers): the thread that reads a request runs it itself once another worker has taken over reading, so a request
   costs no hand-off between threads, one slow request holds up neither the
   others nor the pings, and at most ``workers`` functions run at once.
 * ``register``, ``command``, ``start``, ``stop``, ``wait_connected`` and the
@@ -26,29 +26,20 @@ from __future__ import annotations
 import json
 import logging
 import random
-import re
 import threading
-from collections import deque
 from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
 from .client import ClientConnection, connect
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, SendTimeout
+from .remote_worker import CommandFunction, Session
 
 __all__ = ["RemoteService", "CommandFunction"]
 
 logger = logging.getLogger(__name__)
 
-#: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
-CommandFunction = Callable[[dict[str, Any]], Any]
-_Task = tuple[dict[str, Any], Optional[CommandFunction]]  # a request and its function (None: unknown command)
 
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
-
-# The callId at the very end of a request that did not parse: where the
-# server's json.dumps puts it (RequestHandler adds it last), so that a caller
-# whose request nests too deep for json.loads still hears back at once.
-_CALL_ID_AT_END = re.compile(r'"callId"\s*:\s*(\d{1,19})\s*\}\s*$')
 
 
 class RemoteService:
@@ -315,7 +306,7 @@ class RemoteService:
 
     def _serve(self, connection: ClientConnection) -> None:
         """Run the connection's worker threads until it closes (syncws-remote thread)."""
-        session = _Session(self, connection)
+        session = Session(connection, self.url, self._take_request, self._command_for, self._answer)
         try:
             session.run(self.workers)
         finally:
@@ -333,35 +324,20 @@ class RemoteService:
         it is logged and never answered, so that two peers cannot keep
         answering each other's answers.
         """
-        if not isinstance(message, str):
-            self._refuse(connection, None, None, f"a binary message ({len(message)} bytes) is not a request")
-            return None
         try:
-            request = json.loads(message)
-        except RecursionError:
-            self._refuse(connection, None, _call_id_at_end(message), f"request nested too deep to parse ({len(message)} characters)")
+            return callformat.parse_request(message)
+        except callformat.RefusedRequest as refused:
+            if refused.answer:
+                self._refuse(connection, refused.cmd, refused.call_id, refused.reason)
+            else:
+                self._junk_log.log(connection, logging.WARNING, "%s: %s ignored", self.url, refused.reason)
             return None
-        except ValueError as exc:
-            self._refuse(connection, None, _call_id_at_end(message), f"request that is not JSON ({len(message)} characters): {str(exc)[:200]}")
-            return None
-        if not isinstance(request, dict):
-            self._refuse(connection, None, None, f"a request must be a JSON object, not {type(request).__name__}")
-            return None
-        cmd = request.get("cmd")
-        if not isinstance(cmd, str):
-            if "status" in request:
-                self._junk_log.log(connection, logging.WARNING, "%s: a reply-like message without a cmd ignored", self.url)
-                return None
-            problem = "has no cmd" if "cmd" not in request else f"has a cmd that is not a string ({type(cmd).__name__})"
-            self._refuse(connection, cmd, request.get("callId"), f"request {problem}")
-            return None
-        return request
 
     def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
         """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
         self._junk_log.log(connection, logging.WARNING, "%s: %s; answered with status 400", self.url, reason)
         try:
-            self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 400, "error": reason})
+            self._send_json(connection, callformat.error_reply(cmd, call_id, 400, reason))
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
 
@@ -380,13 +356,13 @@ class RemoteService:
         cmd, call_id = request.get("cmd"), request.get("callId")
         try:
             if fn is None:
-                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 404, "error": f"unknown command {cmd!r}"})
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 404, f"unknown command {cmd!r}"))
                 return
             try:
                 result = fn(request)
             except Exception as exc:
                 logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 500, "error": f"{type(exc).__name__}: {exc}"})
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
                 return
             try:
                 self.send_result(connection, cmd, call_id, result)
@@ -395,7 +371,7 @@ class RemoteService:
             except Exception as exc:
                 # The result could not be encoded: the caller must still hear of it.
                 logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, {"cmd": cmd, "callId": call_id, "status": 500, "error": f"{type(exc).__name__}: {exc}"})
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
 
@@ -403,23 +379,13 @@ class RemoteService:
         """Send a successful reply: JSON, or binary parts for bytes-like data and arrays."""
         binary = callformat.as_binary(result)
         if binary is None:
-            reply: dict[str, Any] = {"cmd": cmd, "callId": call_id, "status": 200}
-            if result is not None:
-                reply["data"] = result
-            try:
-                text = json.dumps(reply)
-            except (TypeError, ValueError) as exc:
-                text = json.dumps({"cmd": cmd, "callId": call_id, "status": 500, "error": f"TypeError: result is not JSON-serializable: {exc}"})
-            connection.send(text)
+            connection.send(callformat.encode_result(cmd, call_id, result))
             return
         view, fields = binary
-        size = len(view)
-        count = -(-size // self.part_size)
-        connection.send(json.dumps(callformat.binary_reply_header(cmd, call_id, size, count, fields)))
-        for index, checksum in enumerate(callformat.part_checksums(view, self.part_size)):
-            offset = index * self.part_size
-            chunk = view[offset : offset + self.part_size]
-            connection.send_parts(callformat.pack_part_header(call_id, index, count, offset, checksum), chunk)
+        count = -(-len(view) // self.part_size)
+        connection.send(json.dumps(callformat.binary_reply_header(cmd, call_id, len(view), count, fields)))
+        for header, chunk in callformat.binary_parts(call_id, view, self.part_size):
+            connection.send_parts(header, chunk)
 
     @staticmethod
     def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:
@@ -430,108 +396,3 @@ class RemoteService:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-class _Session:
-    """The worker threads of one connection, taking turns as its reader (leader/followers).
-
-    One worker at a time, the leader, reads. When a request comes in and
-    another worker is idle, the leader wakes it to lead and runs the request
-    itself; when all others are busy, it queues the request and goes on
-    reading, so pings are always answered. A worker that finishes takes
-    queued requests first. Requests for inline commands (and for unknown
-    ones, a quick 404) the leader answers itself before it reads on, waking
-    no one. ``condition`` guards every field.
-    """
-
-    def __init__(self, service: RemoteService, connection: ClientConnection) -> None:
-        self.service = service
-        self.connection = connection
-        self.condition = threading.Condition(threading.Lock())
-        self.queued: deque[_Task] = deque()
-        self.leading = False
-        self.idle = 0
-        self.ended = False
-        # Set with ended; the supervisor waits on it, not on the condition, so
-        # that a notify() meant for an idle worker never wakes it instead.
-        self.finished = threading.Event()
-
-    def run(self, workers: int) -> None:
-        """Start the workers and wait until the connection closed (supervisor thread)."""
-        # One thread more than may run functions: whoever leads never runs one
-        # while all the others are busy, so there is always a reader.
-        count = max(1, workers) + 1
-        threads = [threading.Thread(target=self._work, name=f"syncws-remote-worker-{i + 1}", daemon=True) for i in range(count)]
-        for thread in threads:
-            thread.start()
-        self.finished.wait()
-        # Workers still running a request finish it on their own; their replies
-        # fail to send and are logged at debug level.
-
-    def _work(self) -> None:
-        try:
-            self._work_loop()
-        except Exception:  # a bug here must not leave the session without a reader
-            logger.exception("worker of %s failed; dropping the connection", self.service.url)
-            self.connection.abort()
-            with self.condition:
-                self.ended, self.leading = True, False
-                self.condition.notify_all()
-            self.finished.set()
-
-    def _work_loop(self) -> None:
-        while True:
-            with self.condition:
-                task = self._next_task()
-            if task is None:
-                if self.ended:
-                    return
-                task = self._lead()
-                if task is None:
-                    return
-            self.service._answer(self.connection, *task)
-
-    def _next_task(self) -> Optional[_Task]:
-        """A queued request, or None when this worker is to lead or the session ended (condition held)."""
-        while True:
-            if self.queued:
-                return self.queued.popleft()
-            if self.ended:
-                return None
-            if not self.leading:
-                self.leading = True
-                return None
-            self.idle += 1
-            self.condition.wait()
-            self.idle -= 1
-
-    def _lead(self) -> Optional[_Task]:
-        """Read until a request can be handed to this worker; None when the connection closed."""
-        while True:
-            message = self.connection.recv()
-            if message is None:
-                with self.condition:
-                    self.ended, self.leading = True, False
-                    self.condition.notify_all()
-                self.finished.set()
-                return None
-            request = self.service._take_request(self.connection, message)
-            if request is None:
-                continue
-            fn, inline = self.service._command_for(request)
-            if inline:
-                self.service._answer(self.connection, request, fn)
-                continue
-            with self.condition:
-                if self.idle:
-                    # Hand the reading on and run this request here: no hand-off of the request itself.
-                    self.leading = False
-                    self.condition.notify()
-                    return request, fn
-                self.queued.append((request, fn))
-
-
-def _call_id_at_end(message: str) -> Optional[int]:
-    """The callId at the end of a request that did not parse, or None."""
-    match = _CALL_ID_AT_END.search(message[-64:])
-    return int(match.group(1)) if match else None

@@ -16,7 +16,7 @@ import pytest
 import syncws
 
 from .helpers import make_server
-from .test_requests import Env
+from .peers import Env
 
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 

@@ -30,7 +30,7 @@ from syncws import frames
 from syncws.demo import demo_payload
 
 from .helpers import RawClient, make_server, syncws_threads, wait_for
-from .test_requests import NAME, Env, FakePeer, in_thread
+from .peers import NAME, Env, FakePeer, in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -474,7 +474,7 @@ def _bad_replies(call_id: int) -> list[tuple[str, Any, Any]]:
 
 def test_garbage_replies_to_request_handler_are_dropped_or_fail_the_call_and_the_connection_lives(caplog: pytest.LogCaptureFixture) -> None:
     """Malformed, mistyped, huge or deep replies to a RequestHandler are logged and dropped or fail the call (RequestError); the next request succeeds."""
-    caplog.set_level(logging.DEBUG, logger="syncws.requests")
+    caplog.set_level(logging.DEBUG, logger="syncws.request_handler")
     env = Env(log_interval=0.0)  # every piece of junk logged: the test checks each one is
     peer = None
     try:
@@ -486,13 +486,13 @@ def test_garbage_replies_to_request_handler_are_dropped_or_fail_the_call_and_the
             request = peer.recv_request()
             call_id = request["callId"]
             what, reply, expected = _bad_replies(call_id)[index]
-            records_before = len([r for r in caplog.records if r.name == "syncws.requests"])
+            records_before = len([r for r in caplog.records if r.name == "syncws.request_handler"])
             peer.send(reply)
             if expected == "dropped":
                 peer.send({"cmd": "q", "callId": call_id, "status": 200, "data": what})
                 kind, value, _ = result.get(timeout=5)
                 assert kind == "ok" and value["data"] == what, (what, value)
-                assert len([r for r in caplog.records if r.name == "syncws.requests"]) > records_before, f"{what}: nothing logged"
+                assert len([r for r in caplog.records if r.name == "syncws.request_handler"]) > records_before, f"{what}: nothing logged"
             else:
                 kind, value, _ = result.get(timeout=5)
                 assert kind == "err" and isinstance(value, syncws.RequestError), (what, value)

@@ -16,7 +16,7 @@ import pytest
 import syncws
 
 from .helpers import wait_for
-from .test_requests import NAME, Env, in_thread
+from .peers import NAME, Env, in_thread
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -460,7 +460,7 @@ def test_junk_to_the_service_is_logged_a_few_times_with_the_suppressed_count(cap
         assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=20)["data"] == "after"
         svc.stop()  # the count still suppressed is logged when the connection closes
         assert wait_for(lambda: any("suppressed" in r.getMessage() for r in caplog.records if r.name == "syncws.remote"), 10)
-        for logger_name in ("syncws.remote", "syncws.requests"):  # the service's log, and the server's log of its 400s
+        for logger_name in ("syncws.remote", "syncws.request_handler"):  # the service's log, and the server's log of its 400s
             lines = [r.getMessage() for r in caplog.records if r.name == logger_name and r.levelno >= logging.WARNING]
             assert 1 <= len(lines) <= 5, (logger_name, lines)
         remote_lines = [r.getMessage() for r in caplog.records if r.name == "syncws.remote" and r.levelno >= logging.WARNING]

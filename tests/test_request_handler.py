@@ -21,24 +21,20 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import websocket
 
 import syncws
-from syncws import callformat
+from syncws import callformat, reassembly
 from syncws.lograte import RateLimitedLog
 
 from .helpers import wait_for
 from .peer_process import det_bytes
+from .peers import NAME, Env, in_thread
 
 pytestmark = pytest.mark.timeout(60)
-
-ROOT = Path(__file__).resolve().parent.parent
-PEER_SCRIPT = Path(__file__).resolve().with_name("peer_process.py")
-NAME = "wsData"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -54,169 +50,6 @@ class TracingService(syncws.RemoteService):
     def send_result(self, connection: Any, cmd: Any, call_id: Any, result: Any) -> None:
         super().send_result(connection, cmd, call_id, result)
         self.sent.put((cmd, call_id))
-
-
-class FakePeer:
-    """A peer played by hand over syncws.connect; a reader thread queues what arrives."""
-
-    def __init__(self, url: str) -> None:
-        self.conn = syncws.connect(url, timeout=5, close_timeout=1.0)
-        self.inbox: queue.Queue = queue.Queue()
-        self.thread = threading.Thread(target=self._read, name="test-fakepeer", daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        for _ in range(10_000_000):  # ends when the connection closes (recv returns None)
-            message = self.conn.recv()
-            self.inbox.put(message)
-            if message is None:
-                return
-
-    def recv_request(self, timeout: float = 5.0) -> dict:
-        message = self.inbox.get(timeout=timeout)
-        assert isinstance(message, str), f"expected a JSON request, got {message!r}"
-        return json.loads(message)
-
-    def send(self, message: Any) -> None:
-        self.conn.send(json.dumps(message) if isinstance(message, dict) else message)
-
-    def close(self) -> None:
-        self.conn.abort()
-        self.thread.join(5)
-
-
-class PeerProcess:
-    """tests/peer_process.py in a subprocess; its stdout lines are queued by a reader thread."""
-
-    def __init__(self, url: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(PEER_SCRIPT), url, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            cwd=str(ROOT),
-            env=env,
-            text=True,
-        )
-        self.lines: queue.Queue = queue.Queue()
-        self.reader = threading.Thread(target=self._read, name="test-peer-stdout", daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:  # ends at EOF, when the process exits
-            self.lines.put(line.strip())
-        self.lines.put(None)
-
-    def expect(self, text: str, timeout: float = 20.0) -> None:
-        line = self.lines.get(timeout=timeout)
-        assert line == text, f"peer printed {line!r}, expected {text!r}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        elif self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.reader.join(5)
-
-
-class Env:
-    """A started server with its own registry, one /wsData endpoint and its RequestHandler."""
-
-    def __init__(self, port: int = 0, **rh_options: Any) -> None:
-        self.registry = syncws.ConnectionRegistry()
-        self.server = syncws.WebSocketServer("127.0.0.1", port, registry=self.registry, close_timeout=1.0).start()
-        self.rh = syncws.RequestHandler(NAME, self.server, **rh_options)
-        self.events: queue.Queue = queue.Queue()
-        self.server.add_handler("/" + NAME, syncws.DataWebSocketHandler, name=NAME, callback=self.rh.callback, connNotify=self._notify)
-        self.url = self.server.url + "/" + NAME
-        #: Set on cleanup: commands of in-process services that block wait on it.
-        self.release = threading.Event()
-        self._cleanups: list[Callable[[], Any]] = []
-
-    def _notify(self, name: str, event: str) -> None:
-        self.events.put(event)
-
-    def wait_event(self, kind: str, timeout: float = 10.0) -> None:
-        """Wait until the server side reports ``kind`` ("open"/"close") for a connection."""
-        deadline = time.monotonic() + timeout
-        for _ in range(1000):
-            event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
-            if event == kind:
-                return
-        raise AssertionError(f"no {kind!r} event")
-
-    def service(self, commands: dict[str, Callable[[dict], Any]], cls: type = syncws.RemoteService, **options: Any) -> Any:
-        """An in-process RemoteService answering ``commands``, connected and registered on the server."""
-        options.setdefault("backoff_min", 0.05)
-        options.setdefault("backoff_max", 0.2)
-        svc = cls(self.url, **options)
-        for cmd, fn in commands.items():
-            svc.register(cmd, fn)
-        self._cleanups.append(svc.stop)
-        svc.start(timeout=10)
-        self.wait_event("open")
-        return svc
-
-    def peer_process(self, *args: str) -> PeerProcess:
-        """tests/peer_process.py connected and registered on the server."""
-        peer = PeerProcess(self.url, *args)
-        self._cleanups.append(peer.stop)
-        peer.expect("READY")
-        self.wait_event("open")
-        return peer
-
-    def fake_peer(self) -> FakePeer:
-        """A hand-played peer, registered on the server."""
-        peer = FakePeer(self.url)
-        self._cleanups.append(peer.close)
-        self.wait_event("open")
-        return peer
-
-    def browser_peer(self) -> websocket.WebSocket:
-        """A plain websocket-client connection, registered on the server."""
-        ws = websocket.create_connection(self.url, timeout=5)
-        self._cleanups.append(ws.close)
-        self.wait_event("open")
-        return ws
-
-    def add_cleanup(self, fn: Callable[[], Any]) -> None:
-        self._cleanups.append(fn)
-
-    def close(self) -> None:
-        self.release.set()
-        for fn in reversed(self._cleanups):
-            try:
-                fn()
-            except Exception:  # one failed cleanup must not leak the rest
-                logging.getLogger(__name__).exception("cleanup failed")
-        self.server.stop()
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, queue.Queue]:
-    """Run ``fn`` on a thread; its queue gets ("ok", result, t) or ("err", exception, t)."""
-    results: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        try:
-            value = fn()
-        except BaseException as exc:  # handed to the test thread
-            results.put(("err", exc, time.monotonic()))
-        else:
-            results.put(("ok", value, time.monotonic()))
-
-    thread = threading.Thread(target=run, name="test-caller", daemon=True)
-    thread.start()
-    return thread, results
 
 
 def library_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -287,7 +120,7 @@ def test_timeout_cleans_up_and_late_reply_is_dropped(env: Env, caplog: pytest.Lo
     assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=10)["data"] == "after"
     assert env.rh.pending == 0
     assert library_errors(caplog) == []
-    assert not [r for r in caplog.records if r.name == "syncws.requests" and r.levelno >= logging.WARNING]
+    assert not [r for r in caplog.records if r.name == "syncws.request_handler" and r.levelno >= logging.WARNING]
 
 
 def test_peer_exception_gives_request_error_500(env: Env) -> None:
@@ -580,10 +413,10 @@ def test_damaged_binary_reply_fails_the_call_with_502(env: Env, caplog: pytest.L
 
 _ABANDON = """
 import gc, sys
-from syncws import callformat
+from syncws import reassembly
 unraisable = []
 sys.unraisablehook = unraisable.append
-assembler = callformat.ReplyAssembler({"dataType": sys.argv[1], "size": 100, "parts": 2, "dtype": "|u1", "shape": [100]})
+assembler = reassembly.ReplyAssembler({"dataType": sys.argv[1], "size": 100, "parts": 2, "dtype": "|u1", "shape": [100]})
 assembler.add(b"x" * 50)
 cycle = [assembler]
 cycle.append(cycle)
@@ -738,14 +571,14 @@ def _fail_taking_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
     def add_part(self: Any, part: Any, message: bytes) -> None:
         raise RuntimeError("injected fault while taking a part")
 
-    monkeypatch.setattr("syncws.requests._PendingCall.add_part", add_part)
+    monkeypatch.setattr("syncws.reassembly.Transfer.add", add_part)
 
 
 def _fail_copying_the_part(monkeypatch: pytest.MonkeyPatch) -> None:
     def add(self: Any, data: Any) -> None:
         raise MemoryError("injected fault while copying a part")
 
-    monkeypatch.setattr(callformat.ReplyAssembler, "add", add)
+    monkeypatch.setattr(reassembly.ReplyAssembler, "add", add)
 
 
 @pytest.mark.parametrize("inject", [_fail_taking_the_part, _fail_copying_the_part])
@@ -892,7 +725,7 @@ def test_junk_from_a_peer_is_logged_a_few_times_with_the_suppressed_count(env: E
 
     ws.close()  # the count still suppressed is logged when the connection closes
     assert wait_for(lambda: any("suppressed" in r.getMessage() for r in caplog.records), 10)
-    lines = [r.getMessage() for r in caplog.records if r.name == "syncws.requests"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "syncws.request_handler"]
     assert 1 <= len(lines) <= 5, lines
     assert any("4999 similar messages suppressed" in line for line in lines), lines
 
