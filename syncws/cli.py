@@ -12,7 +12,7 @@ Subcommands:
   worker threads making requests; prints what happened.
 * ``peer``: the demo's RemoteService, which ``demo`` starts and which gives
   ``call`` a peer to ask; runs until SIGINT or SIGTERM.
-* ``bench``: the benchmark, ``scripts/bench.py`` of a source checkout.
+* ``bench``: the benchmark, the ``benchmarks`` package of a source checkout.
 * ``autobahn-client``: the echo client for the Autobahn|Testsuite's fuzzingserver.
 
 Exit codes: 0 success (also for serve and peer stopped by SIGINT or SIGTERM),
@@ -338,14 +338,25 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import runpy
+    import importlib
+    import importlib.util
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
-    if not script.exists():
-        print("syncws bench: scripts/bench.py is part of a source checkout; run it from one", file=sys.stderr)
+    # The benchmark is the benchmarks/ package next to syncws/ in a source
+    # checkout; it is not installed. Load it from there, whatever the working
+    # directory, without touching sys.path (its child processes run from the
+    # checkout as ``python -m benchmarks.peers``).
+    package = Path(__file__).resolve().parent.parent / "benchmarks"
+    if not (package / "__init__.py").is_file():
+        print("syncws bench: the benchmark, the benchmarks/ package, is part of a source checkout; run it from one", file=sys.stderr)
         return 2
-    namespace = runpy.run_path(str(script), run_name="syncws_bench")
-    return int(namespace["main"](args.bench_args))
+    if "benchmarks" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("benchmarks", package / "__init__.py", submodule_search_locations=[str(package)])
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["benchmarks"] = module
+        spec.loader.exec_module(module)
+    run = importlib.import_module("benchmarks.run")
+    return int(run.main(args.bench_args))
 
 
 def _cmd_autobahn_client(args: argparse.Namespace) -> int:
@@ -452,8 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     peer.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the first connection (default 30); then exit 1")
     peer.set_defaults(func=_cmd_peer)
 
-    # Everything after "bench" belongs to scripts/bench.py (see main()).
-    bench = sub.add_parser("bench", help="the benchmark (scripts/bench.py; --help after 'bench' for its options)", add_help=False)
+    # Everything after "bench" belongs to the benchmark, python -m benchmarks (see main()).
+    bench = sub.add_parser("bench", help="the benchmark (python -m benchmarks; --help after 'bench' for its options)", add_help=False)
     bench.set_defaults(func=_cmd_bench, bench_args=[])
 
     ab = sub.add_parser("autobahn-client", help="echo client for the Autobahn|Testsuite fuzzingserver")
@@ -466,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Run the ``syncws`` command; return its exit code."""
     parser = build_parser()
-    # What follows "bench" belongs to scripts/bench.py: argparse leaves it over.
+    # What follows "bench" belongs to the benchmark: argparse leaves it over.
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         args.bench_args = extra

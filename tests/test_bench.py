@@ -9,14 +9,28 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "run.py"
+ROOT = Path(__file__).resolve().parent.parent
+
+# Every figure of every workload, and the implementations measured on it (written out
+# here, not taken from the package, so that a figure the benchmark stops producing fails).
+EVERY = ("raw", "syncws", "websockets", "tornado_seed", "websocket_server")
+REQUESTS = ("raw", "syncws", "syncws_inline", "websockets", "tornado_seed", "websocket_server")
+FIGURES = {
+    "echo": (("p50_us", "p99_us"), EVERY),
+    "bulk": (("up_MBps", "down_MBps"), EVERY),
+    "req_latency": (("p50_us", "p99_us"), REQUESTS),
+    "req_throughput": (("rps",), REQUESTS),
+    "large_reply": (("MBps", "peak_MiB", "peak_over_payload"), (*EVERY, "tornado_seed_b64")),
+    "fanout": (("p50_ms",), EVERY),
+    "idle": (("KiB_per_conn", "threads_per_conn"), EVERY),
+}
 
 
 @pytest.mark.timeout(300)
 def test_quick_mode_produces_every_figure(tmp_path: Path) -> None:
-    """``scripts/bench.py --quick`` runs every workload on every implementation and reports each figure."""
+    """``python -m benchmarks --quick`` runs every workload on every implementation and reports each figure."""
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(BENCH), "--quick", "--json", str(out)], capture_output=True, text=True, timeout=280)
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=str(ROOT), capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = report["results"]
@@ -27,6 +41,24 @@ def test_quick_mode_produces_every_figure(tmp_path: Path) -> None:
         assert row["status"] in ("ok", "n/a"), row
         if row["status"] == "ok":
             assert row["median"] is not None and row["median"] >= 0, row
+    expected = {(wl, key, impl) for wl, (keys, impls) in FIGURES.items() for key in keys for impl in impls}
+    assert {(r["workload"], r["figure"], r["impl"]) for r in rows} == expected
+    assert [r for r in rows if r["status"] == "n/a"] == [r for r in rows if (r["impl"], r["workload"]) == ("websocket_server", "bulk")]
     syncws_rows = [r for r in rows if r["impl"] == "syncws"]
     assert syncws_rows and all(r["status"] == "ok" for r in syncws_rows)
     assert "| workload |" in result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_syncws_bench_runs_the_package_from_any_directory(tmp_path: Path) -> None:
+    """``python -m syncws bench`` finds the checkout's benchmarks package from another working directory."""
+    args = ["-m", "syncws", "bench", "--quick", "--reps", "1", "--only", "raw,syncws", "--workloads", "echo,req_latency"]
+    result = subprocess.run([sys.executable, *args], cwd=str(tmp_path), capture_output=True, text=True, timeout=100)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("| echo |") == 4 and result.stdout.count("| req_latency |") == 4, result.stdout
+
+
+def test_no_sys_path_edits() -> None:
+    """The benchmark and the scripts import syncws and each other as packages, never by editing sys.path."""
+    offenders = [str(p.relative_to(ROOT)) for d in ("benchmarks", "scripts") for p in sorted((ROOT / d).glob("*.py")) if "sys.path" in p.read_text()]
+    assert offenders == []

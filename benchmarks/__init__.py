@@ -1,0 +1,20 @@
+"""The syncws benchmark: syncws against a raw-TCP floor and other websocket stacks.
+
+Run it from the repository root with ``python -m benchmarks [--quick] ...``
+(or ``python -m syncws bench ...`` from a source checkout); ``--help`` lists
+the options and docs/benchmarks.md the figures. The package is part of the
+source checkout only, never installed with syncws.
+
+Modules:
+
+- ``run``: the driver: options, workloads, repetitions (``main``);
+- ``report``: the implementations, workloads and figures, and the table;
+- ``peers``: the child processes (servers, request servers, peers),
+  ``python -m benchmarks.peers ROLE ...``;
+- ``many_clients``: many connections in one thread, for fan-out and idle;
+- ``common``: what the others share (raw framing, the call table of the
+  implementations without one, process figures);
+- one module per implementation, each with ``Serve``, ``Client``,
+  ``Requester`` and ``run_peer``: ``raw``, ``syncws_impl``,
+  ``websockets_impl``, ``tornado_design`` and ``websocket_server_impl``.
+"""

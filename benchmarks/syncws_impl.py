@@ -1,0 +1,116 @@
+"""``syncws`` and ``syncws_inline``: this library, measured through its public API only.
+
+The server is a ``WebSocketServer``; fan-out and the connection counts use its
+registry (``sendWebSocketMessage``, ``registry.connections``); the client is
+``syncws.connect``; requests go through ``RequestHandler.doRequest`` to a
+``RemoteService`` peer, whose ``echo`` command is registered ``inline=True``
+for ``syncws_inline``. The module is named ``syncws_impl`` so as not to
+shadow the package.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import syncws
+
+from .common import HOST, BenchError, RequesterBase, ServeBase, payload, ws_url
+
+
+class Serve(ServeBase):
+    """Echo, bulk, fan-out and idle endpoints on one ``WebSocketServer``."""
+
+    def __init__(self, impl: str = "syncws") -> None:
+        class Echo(syncws.BaseWebSocketHandler):
+            def on_message(self, message: Any) -> None:
+                self.write_message(message, binary=isinstance(message, bytes))
+
+        class BulkUp(syncws.BaseWebSocketHandler):
+            def on_message(self, message: Any) -> None:
+                self.write_message(str(len(message)))
+
+        class BulkDown(syncws.BaseWebSocketHandler):
+            def on_message(self, message: Any) -> None:
+                self.write_message(payload(int(message)), binary=True)
+
+        class Quiet(syncws.BaseWebSocketHandler):
+            """Joins the registry on open (the base class does), ignores what it is sent."""
+
+            def on_message(self, message: Any) -> None:
+                pass
+
+        self.server = syncws.WebSocketServer(host=HOST, port=0)
+        self.server.add_handler("/echo", Echo, name="echo")
+        self.server.add_handler("/bulkup", BulkUp, name="bulkup")
+        self.server.add_handler("/bulkdown", BulkDown, name="bulkdown")
+        self.server.add_handler("/fanout", Quiet, name="fanout")
+        self.server.add_handler("/idle", Quiet, name="idle")
+        self.server.start()
+        self.port = self.server.port
+
+    def count(self, path: str) -> int:
+        """Open connections on ``path``, from the server's registry."""
+        return len(self.server.registry.connections(path.lstrip("/")))
+
+    def broadcast(self, msg: str) -> None:
+        """The library's broadcast."""
+        syncws.sendWebSocketMessage("fanout", msg, registry=self.server.registry)
+
+
+class Client:
+    """The echo and bulk client: ``syncws.connect``."""
+
+    def __init__(self, port: int, path: str) -> None:
+        self.c = syncws.connect(ws_url(port, path))
+
+    def send(self, msg: Any) -> None:
+        """A str as a text frame, bytes as a binary one."""
+        self.c.send(msg)
+
+    def recv(self) -> Any:
+        """The next message, within 30 s."""
+        m = self.c.recv(timeout=30)
+        if m is None:
+            raise BenchError("syncws connection closed")
+        return m
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.c.close()
+
+
+class Requester(RequesterBase):
+    """``RequestHandler`` on a ``/wsData`` endpoint: the library's own call table, not the harness's."""
+
+    def __init__(self, impl: str = "syncws") -> None:
+        super().__init__()
+        self.server = syncws.WebSocketServer(host=HOST, port=0)
+        self.rh = syncws.RequestHandler("wsData", self.server)
+        self.server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=self.rh.callback)
+        self.server.start()
+        self.url = self.server.url + "/wsData"
+
+    def wait_connected(self, timeout: float) -> None:
+        """Return once a request reaches the peer."""
+        deadline = time.monotonic() + timeout
+        while True:  # bounded by the deadline
+            try:
+                self.rh.doRequest({"cmd": "echo", "x": 0}, timeout=max(0.5, deadline - time.monotonic()))
+                return
+            except syncws.NotConnected:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("syncws peer did not connect") from None
+                time.sleep(0.02)
+
+    def doRequest(self, msg: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        """``RequestHandler.doRequest``."""
+        return self.rh.doRequest(msg, timeout=timeout)
+
+
+def run_peer(impl: str, url: str) -> None:
+    """A ``RemoteService`` answering echo (inline for ``syncws_inline``) and blob, until the process ends."""
+    svc = syncws.RemoteService(url)
+    svc.register("echo", lambda msg: msg.get("x"), inline=impl == "syncws_inline")
+    svc.register("blob", lambda msg: bytes(int(msg["size"])))
+    svc.run_forever()
