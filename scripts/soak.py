@@ -22,7 +22,8 @@ It prints a report and a verdict line, and exits 1 when a reply was lost (no
 reply within ``--request-timeout``), did not match its request, a request
 failed in any other way, or the measurements grew: threads or fds by any
 amount, RSS by 20 % and 20 MiB both. Everything is on 127.0.0.1; every peer
-process ends when its stdin closes, and by SIGALRM at the latest.
+process ends when its stdin closes, and by SIGALRM at the latest. It uses the
+installed syncws (``python -m pip install -e .`` in a checkout, as the README says).
 """
 
 from __future__ import annotations
@@ -44,12 +45,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import syncws
+from syncws.demo import demo_payload
 
-import syncws  # noqa: E402
-from syncws.demo import demo_payload  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NAME = "wsData"
 MAX_BYTES = 1 << 20
