@@ -55,16 +55,152 @@ logger = logging.getLogger(__name__)
 
 
 class _ConnectionThread(socketserver.BaseRequestHandler):
-    """socketserver's per-connection handler: it hands the socket to the server (connection thread)."""
+    """socketserver's per-connection handler, made and run on the connection's own thread (``syncws-conn-N``)."""
 
     server: WebSocketServer
 
     def handle(self) -> None:
-        """Serve the connection until it closes (connection thread)."""
-        self.server._serve_connection(self.request, self.client_address)
+        """The life of one connection (connection thread): handshake, then messages to the handler."""
+        server, sock, address = self.server, self.request, self.client_address
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        try:
+            opened = self._open(sock, address)
+        finally:
+            server._handshake_ended()
+        if opened is None:
+            return
+        connection, handler = opened
+        try:
+            self._run(connection, handler)
+        finally:
+            server._connection_ended(connection)
+            connection.release()
+
+    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
+        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
+        sock = raw
+        try:
+            raw.settimeout(self.server.handshake_timeout)
+            deadline = time.monotonic() + self.server.handshake_timeout
+            sock = start_tls(self.server, raw)
+            opened = handshake(self.server, sock, address, deadline)
+        except HandshakeError as exc:
+            logger.info("refused handshake from %s: %s", address, exc)
+            refuse(sock, exc)
+            opened = None
+        except (OSError, ssl.SSLError) as exc:
+            logger.info("handshake with %s failed: %s", address, exc)
+            opened = None
+        if opened is None:
+            end_tls(sock, raw)
+        return opened
+
+    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
+        """Deliver messages to the handler until the connection closes (connection thread)."""
+        try:
+            handler.open()
+        except Exception:
+            logger.exception("open() of %r failed; closing", handler)
+            connection.close(1011, "handler failed to open")
+        try:
+            connection.flush_preamble()
+        except SyncWSError:
+            pass  # the peer is gone; recv() below sees it
+        try:
+            for message in connection:
+                try:
+                    handler.on_message(message)
+                except Exception:
+                    logger.exception("on_message of %r failed", handler)
+        finally:
+            try:
+                handler.on_close()
+            except Exception:
+                logger.exception("on_close of %r failed", handler)
 
 
-class WebSocketServer(socketserver.TCPServer):
+class _ConnectionThreads(socketserver.BaseServer):
+    """socketserver.ThreadingMixIn's part, done for a websocket server: a named thread per accepted
+    socket, and at most ``max_handshakes`` sockets in their handshake at once.
+
+    Its state lives under the server's ``_lock`` (see WebSocketServer.__init__).
+    """
+
+    _lock: threading.Lock
+    _stopped: bool
+    max_handshakes: int
+    # Under _lock: the threads alive, and the socket of each thread still in its handshake
+    # (so that stop() can cut those short instead of waiting out handshake_timeout).
+    _conn_threads: set[threading.Thread]
+    _handshakes: dict[threading.Thread, socket.socket]
+    _handshakes_refused: int
+
+    def _init_threads(self) -> None:
+        self._conn_threads = set()
+        self._handshakes = {}
+        self._handshakes_refused = 0
+        self._ids = itertools.count(1)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a named thread for a new connection, or close it at once when too many handshake (accept thread)."""
+        thread = threading.Thread(
+            target=self._connection_thread,
+            args=(request, client_address),
+            name=f"syncws-conn-{next(self._ids)}",
+            daemon=True,
+        )
+        with self._lock:
+            stopping = self._stopped
+            refused = len(self._handshakes) >= self.max_handshakes
+            if refused:
+                self._handshakes_refused += 1
+                first_refusal = self._handshakes_refused == 1
+            elif not stopping:
+                self._handshakes[thread] = request
+                self._conn_threads.add(thread)
+        if refused and not stopping:
+            # Logged once per burst, not per socket: a flood must not flood the log too.
+            log = logger.warning if first_refusal else logger.debug
+            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
+        if refused or stopping:
+            self.shutdown_request(request)
+            return
+        thread.start()
+
+    def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
+        """What socketserver.ThreadingMixIn's thread does, plus the bookkeeping (connection thread)."""
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self._lock:
+                self._conn_threads.discard(threading.current_thread())
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log an unexpected error of a connection thread once, without socketserver's traceback print."""
+        logger.exception("unexpected error on the connection from %s", client_address)
+
+    def _handshake_ended(self) -> None:
+        """Forget this thread's handshake, whatever its outcome (connection thread)."""
+        with self._lock:
+            self._handshakes.pop(threading.current_thread(), None)
+            if len(self._handshakes) < self.max_handshakes:
+                self._handshakes_refused = 0
+
+    def _track_handshake(self, sock: socket.socket) -> None:
+        """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
+        with self._lock:
+            if self._stopped:
+                raise ConnectionAbortedError("server is stopping")
+            self._handshakes[threading.current_thread()] = sock
+
+
+class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
     """A websocket server on its own thread, with named endpoints.
 
     Args:
@@ -142,14 +278,9 @@ class WebSocketServer(socketserver.TCPServer):
         # _serving, _stopped and _stop_callbacks.
         self._lock = threading.Lock()
         self._handlers: dict[Connection, BaseWebSocketHandler] = {}
-        self._conn_threads: set[threading.Thread] = set()
-        # The socket of each connection thread still in its handshake, so that
-        # stop() can cut those short instead of waiting out handshake_timeout.
-        self._handshakes: dict[threading.Thread, socket.socket] = {}
-        self._handshakes_refused = 0
         self._serving = False
         self._stopped = False
-        self._ids = itertools.count(1)
+        self._init_threads()
         self._stop_callbacks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ configuration
@@ -270,7 +401,7 @@ class WebSocketServer(socketserver.TCPServer):
         # accept loop's next poll or the peers' answers.
         for connection in connections:
             connection.close(code, reason)
-        self._run_stop_callbacks(stop_callbacks)
+        _run_stop_callbacks(stop_callbacks)
         if end_accept_loop:
             self.shutdown()  # wait for the accept loop to end
         self.server_close()
@@ -290,16 +421,8 @@ class WebSocketServer(socketserver.TCPServer):
         for connection in leftovers:
             connection.abort()
         self._join_threads(time.monotonic() + 1.0)
-        self._run_stop_callbacks(stop_callbacks)
+        _run_stop_callbacks(stop_callbacks)
         logger.info("stopped %s", self.url)
-
-    @staticmethod
-    def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                logger.exception("stop callback %r failed", callback)
 
     def _join_threads(self, deadline: float) -> None:
         with self._lock:
@@ -316,95 +439,10 @@ class WebSocketServer(socketserver.TCPServer):
 
     # ------------------------------------------------------------------ connections
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a named thread for a new connection, or close it at once when too many handshake (accept thread)."""
-        thread = threading.Thread(
-            target=self._connection_thread,
-            args=(request, client_address),
-            name=f"syncws-conn-{next(self._ids)}",
-            daemon=True,
-        )
+    def _connection_ended(self, connection: Connection) -> None:
+        """Forget an admitted connection once its handler's on_close has run (connection thread)."""
         with self._lock:
-            stopping = self._stopped
-            refused = len(self._handshakes) >= self.max_handshakes
-            if refused:
-                self._handshakes_refused += 1
-                first_refusal = self._handshakes_refused == 1
-            elif not stopping:
-                self._handshakes[thread] = request
-                self._conn_threads.add(thread)
-        if refused and not stopping:
-            # Logged once per burst, not per socket: a flood must not flood the log too.
-            log = logger.warning if first_refusal else logger.debug
-            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
-        if refused or stopping:
-            self.shutdown_request(request)
-            return
-        thread.start()
-
-    def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
-        """What socketserver.ThreadingMixIn's thread does, plus the bookkeeping (connection thread)."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self._lock:
-                self._conn_threads.discard(threading.current_thread())
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log an unexpected error of a connection thread once, without socketserver's traceback print."""
-        logger.exception("unexpected error on the connection from %s", client_address)
-
-    def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        """The life of one connection (connection thread)."""
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        try:
-            opened = self._open(sock, address)
-        finally:
-            with self._lock:
-                self._handshakes.pop(threading.current_thread(), None)
-                if len(self._handshakes) < self.max_handshakes:
-                    self._handshakes_refused = 0
-        if opened is None:
-            return
-        connection, handler = opened
-        try:
-            self._run(connection, handler)
-        finally:
-            with self._lock:
-                self._handlers.pop(connection, None)
-            connection.release()
-
-    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
-        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
-        sock = raw
-        try:
-            raw.settimeout(self.handshake_timeout)
-            deadline = time.monotonic() + self.handshake_timeout
-            sock = start_tls(self, raw)
-            opened = handshake(self, sock, address, deadline)
-        except HandshakeError as exc:
-            logger.info("refused handshake from %s: %s", address, exc)
-            refuse(sock, exc)
-            opened = None
-        except (OSError, ssl.SSLError) as exc:
-            logger.info("handshake with %s failed: %s", address, exc)
-            opened = None
-        if opened is None:
-            end_tls(sock, raw)
-        return opened
-
-    def _track_handshake(self, sock: socket.socket) -> None:
-        """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
-        with self._lock:
-            if self._stopped:
-                raise ConnectionAbortedError("server is stopping")
-            self._handshakes[threading.current_thread()] = sock
+            self._handlers.pop(connection, None)
 
     def _check_capacity(self, admit: Optional[tuple[Connection, BaseWebSocketHandler]] = None) -> None:
         """Raise HTTP 503 when stopping or full; else, with ``admit``, register that connection (connection thread)."""
@@ -418,29 +456,6 @@ class WebSocketServer(socketserver.TCPServer):
             stopping = self._stopped
         if stopping or too_many:
             raise HandshakeError(503, "server is at its connection limit" if too_many else "server is stopping")
-
-    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
-        """Deliver messages to the handler until the connection closes (connection thread)."""
-        try:
-            handler.open()
-        except Exception:
-            logger.exception("open() of %r failed; closing", handler)
-            connection.close(1011, "handler failed to open")
-        try:
-            connection.flush_preamble()
-        except SyncWSError:
-            pass  # the peer is gone; recv() below sees it
-        try:
-            for message in connection:
-                try:
-                    handler.on_message(message)
-                except Exception:
-                    logger.exception("on_message of %r failed", handler)
-        finally:
-            try:
-                handler.on_close()
-            except Exception:
-                logger.exception("on_close of %r failed", handler)
 
     # ------------------------------------------------------------------ all connections
 
@@ -461,3 +476,11 @@ class WebSocketServer(socketserver.TCPServer):
                 client["handler"].write_message(msg)
             except (SyncWSError, OSError) as exc:
                 logger.info("send to %r failed: %s", client["handler"], exc)
+
+
+def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("stop callback %r failed", callback)
