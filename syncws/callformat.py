@@ -55,6 +55,7 @@ __all__ = [
     "check_reply_status",
     "binary_reply_header",
     "binary_reply_fields",
+    "encode_binary_reply",
     "binary_parts",
     "check_binary_header",
     "check_part",
@@ -224,6 +225,12 @@ def binary_reply_header(cmd: Any, call_id: Any, size: int, parts: int, fields: d
 def binary_reply_fields(header: dict[str, Any]) -> dict[str, Any]:
     """The fields of a binary reply header that the finished reply keeps (its ``data`` is added)."""
     return {k: v for k, v in header.items() if k not in _BINARY_FIELDS}
+
+
+def encode_binary_reply(cmd: Any, call_id: Any, view: memoryview, fields: dict[str, Any], part_size: int) -> tuple[str, Iterator[tuple[bytes, memoryview]]]:
+    """A binary reply (see :func:`as_binary` for ``view`` and ``fields``): its header's JSON text, and its parts."""
+    header = binary_reply_header(cmd, call_id, len(view), -(-len(view) // part_size), fields)
+    return json.dumps(header), binary_parts(call_id, view, part_size)
 
 
 def binary_parts(call_id: Any, view: memoryview, part_size: int) -> Iterator[tuple[bytes, memoryview]]:

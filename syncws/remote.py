@@ -23,7 +23,6 @@ per ``log_interval`` per connection.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -31,7 +30,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
 from .client import ClientConnection, connect
-from .exceptions import ConnectionClosed, HandshakeError, NotConnected, SendTimeout
+from .exceptions import HandshakeError, NotConnected
 from .remote_worker import CommandFunction, Session
 
 __all__ = ["RemoteService", "CommandFunction"]
@@ -90,12 +89,8 @@ class RemoteService:
         self.url = url
         self.workers = workers
         self.part_size = part_size
-        headers = dict(header) if isinstance(header, dict) else {}
-        extra = list(header) if isinstance(header, list) else []
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
         self._connect_options: dict[str, Any] = {
-            "header": extra + [f"{k}: {v}" for k, v in headers.items()],
+            "header": _handshake_headers(header, token),
             "cookie": cookie,
             "sslopt": sslopt,
             "origin": origin,
@@ -270,8 +265,7 @@ class RemoteService:
                 if self._stop.is_set():
                     break
             attempt += 1
-            delay = min(self.backoff_max, self.backoff_min * 2 ** min(attempt - 1, 30))
-            delay *= random.uniform(0.5, 1.0)  # jitter: peers that lost one server do not come back in step
+            delay = _backoff(attempt, self.backoff_min, self.backoff_max)
             logger.info("reconnecting to %s in %.2f s (attempt %d)", self.url, delay, attempt)
             self._stop.wait(delay)
         return None
@@ -306,7 +300,7 @@ class RemoteService:
 
     def _serve(self, connection: ClientConnection) -> None:
         """Run the connection's worker threads until it closes (syncws-remote thread)."""
-        session = Session(connection, self.url, self._take_request, self._command_for, self._answer)
+        session = Session(connection, self.url, self._junk_log, self._command_for, self.send_result)
         try:
             session.run(self.workers)
         finally:
@@ -316,30 +310,6 @@ class RemoteService:
             connection.release()
             self._junk_log.forget(connection, what=self.url)
             logger.info("disconnected from %s (code %s)", self.url, connection.close_code)
-
-    def _take_request(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
-        """The request in a message; None for anything else, which is answered 400 and logged (reader thread).
-
-        A message with a ``status`` and no ``cmd`` is a reply, not a request:
-        it is logged and never answered, so that two peers cannot keep
-        answering each other's answers.
-        """
-        try:
-            return callformat.parse_request(message)
-        except callformat.RefusedRequest as refused:
-            if refused.answer:
-                self._refuse(connection, refused.cmd, refused.call_id, refused.reason)
-            else:
-                self._junk_log.log(connection, logging.WARNING, "%s: %s ignored", self.url, refused.reason)
-            return None
-
-    def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
-        """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
-        self._junk_log.log(connection, logging.WARNING, "%s: %s; answered with status 400", self.url, reason)
-        try:
-            self._send_json(connection, callformat.error_reply(cmd, call_id, 400, reason))
-        except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
 
     # ------------------------------------------------------------------ answering
 
@@ -351,48 +321,37 @@ class RemoteService:
             fn = self._commands.get(cmd) if isinstance(cmd, str) else None
             return fn, fn is None or cmd in self._inline
 
-    def _answer(self, connection: ClientConnection, request: dict[str, Any], fn: Optional[CommandFunction]) -> None:
-        """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""
-        cmd, call_id = request.get("cmd"), request.get("callId")
-        try:
-            if fn is None:
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 404, f"unknown command {cmd!r}"))
-                return
-            try:
-                result = fn(request)
-            except Exception as exc:
-                logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
-                return
-            try:
-                self.send_result(connection, cmd, call_id, result)
-            except (ConnectionClosed, SendTimeout):
-                raise
-            except Exception as exc:
-                # The result could not be encoded: the caller must still hear of it.
-                logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
-        except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
-
     def send_result(self, connection: ClientConnection, cmd: Any, call_id: Any, result: Any) -> None:
-        """Send a successful reply: JSON, or binary parts for bytes-like data and arrays."""
+        """Send a successful reply: JSON, or binary parts for bytes-like data and arrays (worker thread).
+
+        Raises TypeError for a value that cannot be sent (an object array).
+        """
         binary = callformat.as_binary(result)
         if binary is None:
             connection.send(callformat.encode_result(cmd, call_id, result))
             return
-        view, fields = binary
-        count = -(-len(view) // self.part_size)
-        connection.send(json.dumps(callformat.binary_reply_header(cmd, call_id, len(view), count, fields)))
-        for header, chunk in callformat.binary_parts(call_id, view, self.part_size):
-            connection.send_parts(header, chunk)
-
-    @staticmethod
-    def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:
-        connection.send(json.dumps(reply))
+        header, parts = callformat.encode_binary_reply(cmd, call_id, *binary, self.part_size)
+        connection.send(header)
+        for part_header, chunk in parts:
+            connection.send_parts(part_header, chunk)
 
     def __enter__(self) -> RemoteService:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def _handshake_headers(header: Union[list[str], dict[str, str], None], token: Optional[str]) -> list[str]:
+    """The extra handshake header lines: ``header`` as given, and the bearer ``token``."""
+    headers = dict(header) if isinstance(header, dict) else {}
+    extra = list(header) if isinstance(header, list) else []
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return extra + [f"{k}: {v}" for k, v in headers.items()]
+
+
+def _backoff(attempt: int, low: float, high: float) -> float:
+    """Seconds to wait before reconnect ``attempt`` (from 1): doubling from ``low`` up to ``high``, with jitter."""
+    delay: float = min(high, low * 2.0 ** min(attempt - 1, 30))
+    return delay * random.uniform(0.5, 1.0)  # jitter: peers that lost one server do not come back in step

@@ -2,18 +2,24 @@
 
 ``workers + 1`` threads named ``syncws-remote-worker-N`` take turns reading
 the connection (leader and followers); see :class:`Session`. What a request
-means, and how it is answered, is the service's business: the session is
-given three functions for it.
+is answered with, and how a result is sent, are the service's business: the
+session is given two functions for them. The session parses requests
+(:mod:`syncws.callformat`), answers what it cannot take with status 400, an
+unknown command with 404 and a failed one with 500.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import deque
 from typing import Any, Callable, Optional, Union
 
+from . import callformat
 from .client import ClientConnection
+from .exceptions import ConnectionClosed, SendTimeout
+from .lograte import RateLimitedLog
 
 __all__ = ["Session", "CommandFunction"]
 
@@ -22,12 +28,10 @@ logger = logging.getLogger(__name__)
 #: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
 CommandFunction = Callable[[dict[str, Any]], Any]
 _Task = tuple[dict[str, Any], Optional[CommandFunction]]  # a request and its function (None: unknown command)
-#: ``take_request(connection, message)``: the request in a message, or None for junk (answered or logged already).
-TakeRequest = Callable[[ClientConnection, Union[str, bytes]], Optional[dict[str, Any]]]
 #: ``command_for(request)``: the function for a request (None: unknown) and whether the reader runs it itself.
 CommandFor = Callable[[dict[str, Any]], tuple[Optional[CommandFunction], bool]]
-#: ``answer(connection, request, fn)``: run ``fn`` and send the reply.
-Answer = Callable[[ClientConnection, dict[str, Any], Optional[CommandFunction]], None]
+#: ``send_result(connection, cmd, call_id, result)``: send a successful reply.
+SendResult = Callable[[ClientConnection, Any, Any, Any], None]
 
 
 class Session:
@@ -42,12 +46,12 @@ class Session:
     no one. The lock of ``condition`` guards queued, leading, idle and ended.
     """
 
-    def __init__(self, connection: ClientConnection, url: str, take_request: TakeRequest, command_for: CommandFor, answer: Answer) -> None:
+    def __init__(self, connection: ClientConnection, url: str, junk_log: RateLimitedLog, command_for: CommandFor, send_result: SendResult) -> None:
         self.connection = connection
         self.url = url
-        self._take_request = take_request
+        self.junk_log = junk_log
         self._command_for = command_for
-        self._answer = answer
+        self._send_result = send_result
         # Synchronize access to queued, leading, idle and ended; condition (on
         # this lock) wakes an idle worker to lead or to take a queued request.
         self._lock = threading.Lock()
@@ -134,3 +138,55 @@ class Session:
                     self.condition.notify()
                     return request, fn
                 self.queued.append((request, fn))
+
+    def _take_request(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
+        """The request in a message; None for anything else, which is answered 400 and logged (reader thread).
+
+        A message with a ``status`` and no ``cmd`` is a reply, not a request:
+        it is logged and never answered, so that two peers cannot keep
+        answering each other's answers.
+        """
+        try:
+            return callformat.parse_request(message)
+        except callformat.RefusedRequest as refused:
+            if refused.answer:
+                self._refuse(connection, refused.cmd, refused.call_id, refused.reason)
+            else:
+                self.junk_log.log(connection, logging.WARNING, "%s: %s ignored", self.url, refused.reason)
+            return None
+
+    def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
+        """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
+        self.junk_log.log(connection, logging.WARNING, "%s: %s; answered with status 400", self.url, reason)
+        try:
+            self._send_json(connection, callformat.error_reply(cmd, call_id, 400, reason))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
+
+    def _answer(self, connection: ClientConnection, request: dict[str, Any], fn: Optional[CommandFunction]) -> None:
+        """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""
+        cmd, call_id = request.get("cmd"), request.get("callId")
+        try:
+            if fn is None:
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 404, f"unknown command {cmd!r}"))
+                return
+            try:
+                result = fn(request)
+            except Exception as exc:
+                logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
+                return
+            try:
+                self._send_result(connection, cmd, call_id, result)
+            except (ConnectionClosed, SendTimeout):
+                raise
+            except Exception as exc:
+                # The result could not be encoded: the caller must still hear of it.
+                logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
+                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
+
+    @staticmethod
+    def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:
+        connection.send(json.dumps(reply))

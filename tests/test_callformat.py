@@ -186,6 +186,14 @@ def test_binary_parts_slice_the_bytes_in_order_with_their_crc(size: int) -> None
     assert b"".join(bytes(chunk) for _, chunk in parts) == data[:size]
 
 
+def test_encode_binary_reply_announces_size_and_parts_then_yields_them() -> None:
+    """encode_binary_reply's header text announces the size, the part count and the fields; its parts carry the bytes."""
+    data = bytes(range(256)) * 10
+    text, parts = callformat.encode_binary_reply("b", 3, memoryview(data), {"dataType": "bytes"}, 1000)
+    assert json.loads(text) == {"cmd": "b", "callId": 3, "status": 200, "size": 2560, "parts": 3, "dataType": "bytes"}
+    assert b"".join(bytes(chunk) for _, chunk in parts) == data
+
+
 def test_part_checksums_match_zlib_for_every_slice() -> None:
     """part_checksums gives zlib's CRC-32 of each slice, in order, the last one short."""
     data = bytes(range(256)) * 40
