@@ -16,13 +16,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
 
 import syncws
+from syncws.callformat import crc32
 from syncws.static import javascript_client
 
 pytestmark = [
@@ -245,9 +245,9 @@ def test_empty_bytes_reply(page: Browser) -> None:
 
 
 def test_page_crc32_matches_zlib(page: Browser) -> None:
-    """syncws.crc32 in the browser equals zlib.crc32 (the CRC the server checks parts with)."""
+    """syncws.crc32 in the browser equals callformat.crc32 (zlib's, the CRC the server checks parts with)."""
     text = "syncws \u00e9\u00e8 \U0001f600 " * 50
-    assert page.rh.doRequest({"cmd": "crc", "text": text}, timeout=10)["data"] == zlib.crc32(text.encode("utf-8"))
+    assert page.rh.doRequest({"cmd": "crc", "text": text}, timeout=10)["data"] == crc32(text.encode("utf-8"))
 
 
 def test_throwing_command_gives_500_with_js_error(page: Browser) -> None:
@@ -259,7 +259,7 @@ def test_throwing_command_gives_500_with_js_error(page: Browser) -> None:
 
 
 def test_unknown_command_gives_404(page: Browser) -> None:
-    """A request for a cmd the page never registered gets status 404 at once (docs/callformat.md), not a timeout."""
+    """A request for a cmd the page never registered gets status 404 at once (docs/protocol.md), not a timeout."""
     with pytest.raises(syncws.RequestError) as info:
         page.rh.doRequest({"cmd": "noSuchCommand"}, timeout=3)
     assert info.value.status == 404
