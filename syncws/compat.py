@@ -55,7 +55,6 @@ import ssl
 import threading
 from typing import Any, Callable, Optional, Union
 
-from . import frames
 from .connection import Message, Outgoing
 from .exceptions import SyncWSError
 from .handlers import BaseWebSocketHandler
@@ -149,8 +148,7 @@ class WebSocketHandler:
             logger.warning("Can't send message, message has to be a string or bytes. Got %s", type(message))
             return False
         if opcode == OPCODE_PONG:
-            # Connection has no public pong: an unsolicited pong is websocket-server's, not syncws's.
-            self._endpoint.connection._send_frame(frames.OP_PONG, message.encode("utf-8"))
+            self._endpoint.connection.pong(message.encode("utf-8"))
         else:
             self._endpoint.write_message(message)
         return None

@@ -410,6 +410,14 @@ class Connection:
         with self._send_lock:
             self._send_all(self.protocol.send_ping(payload))
 
+    def pong(self, payload: bytes = b"") -> None:
+        """Send an unsolicited pong (at most 125 bytes; RFC 6455 5.5.3 allows it as a heartbeat). Safe from any thread."""
+        if len(payload) > 125:
+            raise ValueError("a pong payload holds at most 125 bytes")
+        with self._send_lock:
+            self.protocol.check_open("pong")
+            self._send_all(self.protocol.send_pong(payload))
+
     def send_parts(self, *parts: Union[bytes, bytearray, memoryview]) -> None:
         """Send one binary message made of ``parts`` put end to end, without joining
         them first where that can be avoided. Safe from any thread."""

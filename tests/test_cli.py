@@ -171,7 +171,7 @@ def test_help_of_every_subcommand() -> None:
 
 
 def test_bench_help_from_the_checkout() -> None:
-    """``syncws bench --help`` shows scripts/bench.py's own options and exits 0, as bench's help line says."""
+    """``syncws bench --help`` shows the benchmarks package's own options and exits 0, as bench's help line says."""
     result = run("bench", "--help")
     assert result.returncode == 0, result.stderr
     assert "usage: bench" in result.stdout and "--quick" in result.stdout
