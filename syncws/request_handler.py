@@ -96,7 +96,7 @@ class RequestHandler:
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
-        # Synchronize access to _calls, _call_ids and _last_prune.
+        # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
         self.callbackLock = threading.Lock()
         self._calls: dict[int, _PendingCall] = {}
         self._call_ids = itertools.count(1)
