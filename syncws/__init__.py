@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .auth import bearer_token, cookie_value
 from .client import ClientConnection, connect
+from .cluster import ClusterConnection, ClusterError, RedisCluster
 from .connection import Connection
 from .exceptions import (
     ConnectionClosed,
@@ -40,6 +41,9 @@ from .server import WebSocketServer
 __version__ = "0.1.0"
 
 __all__ = [
+    "RedisCluster",
+    "ClusterConnection",
+    "ClusterError",
     "BaseWebSocketHandler",
     "ClientConnection",
     "Connection",

@@ -191,14 +191,23 @@ def sendWebSocketMessage(
 
     A connection that fails is closed and dropped from the registry, and the
     others still get the message. A ``conn`` not registered under ``wsName``
-    raises NotConnected.
+    raises NotConnected. On the registry of a clustered server, a message to
+    every connection goes to every connection of the name on every node.
     """
+    if conn is None and registry.broadcaster is not None:
+        registry.broadcaster.send(wsName, msg)
+        return
     if conn is not None:
         if not registry.contains(wsName, conn):
             raise NotConnected(f"connection {conn!r} is not registered under {wsName!r}")
         targets = [conn]
     else:
         targets = registry.connections(wsName)
+    deliver(registry, wsName, targets, msg)
+
+
+def deliver(registry: ConnectionRegistry[BaseWebSocketHandler], name: str, targets: list[BaseWebSocketHandler], msg: Outgoing) -> None:
+    """Send ``msg`` to each of ``targets`` (connections of ``name``); drop and abort one that fails. Safe from any thread."""
     # JSON-encode once, not once per connection.
     payload: Outgoing = json.dumps(msg) if isinstance(msg, (dict, list)) else msg
     for handler in targets:
@@ -206,12 +215,18 @@ def sendWebSocketMessage(
             handler.write_message(payload)
         except (ConnectionClosed, SendTimeout, OSError) as exc:
             logger.info("dropping %r after a failed send: %s", handler, exc)
-            registry.remove(wsName, handler)
+            registry.remove(name, handler)
             handler.connection.abort()
 
 
 def closeAllConnections(registry: ConnectionRegistry[BaseWebSocketHandler] = websocketState) -> None:
-    """Close every registered connection with 1001 and empty the lists. Safe from any thread."""
+    """Close every registered connection with 1001 and empty the lists. Safe from any thread.
+
+    On the registry of a clustered server, every node closes its connections.
+    """
+    if registry.broadcaster is not None:
+        registry.broadcaster.close_all(1001, "closing all connections")
+        return
     for handler in registry.take_all():
         handler.close(1001, "closing all connections")
 

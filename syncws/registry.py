@@ -13,7 +13,7 @@ import threading
 import weakref
 from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
 
-__all__ = ["ConnectionRegistry", "Callback", "ClosingListener", "Registered"]
+__all__ = ["ConnectionRegistry", "Callback", "ClosingListener", "MembershipListener", "Broadcaster", "Registered"]
 
 
 class Registered(Protocol):
@@ -36,6 +36,26 @@ class ClosingListener(Protocol[H_contra]):
         """Called on the thread that decided the close; must return at once and must not send."""
 
 
+class MembershipListener(Protocol[H_contra]):
+    """Told when a handler joins or leaves a name's list (see :meth:`ConnectionRegistry.add_membership_listener`)."""
+
+    def connection_added(self, name: str, handler: H_contra) -> None:
+        """Called after ``handler`` joined ``name``'s list, outside the lock."""
+
+    def connection_removed(self, name: str, handler: H_contra) -> None:
+        """Called after ``handler`` left ``name``'s list, outside the lock."""
+
+
+class Broadcaster(Protocol):
+    """Sends to every connection of a name beyond this process: a cluster (see :attr:`ConnectionRegistry.broadcaster`)."""
+
+    def send(self, name: str, message: Any) -> None:
+        """Send ``message`` to every connection of ``name`` everywhere."""
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Close every connection everywhere."""
+
+
 class ConnectionRegistry(Generic[H]):
     """Open connections by endpoint name, oldest first. Every method is safe from any thread.
 
@@ -46,12 +66,16 @@ class ConnectionRegistry(Generic[H]):
     """
 
     def __init__(self) -> None:
-        # Synchronize access to wsConnectionLists, wsCallbacks and _closing_listeners.
+        # Synchronize access to wsConnectionLists, wsCallbacks, _closing_listeners and _members_listeners.
         self.wsConnLock = threading.Lock()
         self.wsConnectionLists: dict[str, list[H]] = {}
         self.wsCallbacks: dict[str, Callback] = {}
         # Held weakly: a listener that its program dropped is not kept alive, nor told, by the registry.
         self._closing_listeners: dict[str, weakref.WeakSet[ClosingListener[H]]] = {}
+        self._members_listeners: list[MembershipListener[H]] = []
+        #: When set (by a clustered server), the module functions ``sendWebSocketMessage``
+        #: and ``closeAllConnections`` act through it on every node instead of on this list alone.
+        self.broadcaster: Optional[Broadcaster] = None
 
     def ensure(self, name: str, callback: Optional[Callback] = None) -> None:
         """Create the list of ``name`` if missing; set its callback when one is given."""
@@ -64,15 +88,21 @@ class ConnectionRegistry(Generic[H]):
         """Append ``handler`` to the list of ``name``."""
         with self.wsConnLock:
             self.wsConnectionLists.setdefault(name, []).append(handler)
+            listeners = list(self._members_listeners)
+        for listener in listeners:
+            listener.connection_added(name, handler)
 
     def remove(self, name: str, handler: H) -> bool:
         """Remove ``handler`` from the list of ``name``; False if it was not there."""
         with self.wsConnLock:
             handlers = self.wsConnectionLists.get(name, [])
-            if handler in handlers:
-                handlers.remove(handler)
-                return True
-            return False
+            if handler not in handlers:
+                return False
+            handlers.remove(handler)
+            listeners = list(self._members_listeners)
+        for listener in listeners:
+            listener.connection_removed(name, handler)
+        return True
 
     def contains(self, name: str, handler: H) -> bool:
         """True if ``handler`` is registered under ``name``."""
@@ -101,10 +131,25 @@ class ConnectionRegistry(Generic[H]):
     def take_all(self) -> list[H]:
         """Empty every list and return what they held."""
         with self.wsConnLock:
-            everything = [h for handlers in self.wsConnectionLists.values() for h in handlers]
+            everything = [(name, h) for name, handlers in self.wsConnectionLists.items() for h in handlers]
             for handlers in self.wsConnectionLists.values():
                 handlers.clear()
-            return everything
+            listeners = list(self._members_listeners)
+        for listener in listeners:
+            for name, handler in everything:
+                listener.connection_removed(name, handler)
+        return [handler for _, handler in everything]
+
+    def add_membership_listener(self, listener: MembershipListener[H]) -> None:
+        """Have ``listener`` told of every handler that joins or leaves a list (a clustered server's presence)."""
+        with self.wsConnLock:
+            self._members_listeners.append(listener)
+
+    def remove_membership_listener(self, listener: MembershipListener[H]) -> None:
+        """Stop telling ``listener``."""
+        with self.wsConnLock:
+            if listener in self._members_listeners:
+                self._members_listeners.remove(listener)
 
     def add_closing_listener(self, name: str, listener: ClosingListener[H]) -> None:
         """Have ``listener.connection_closing(handler, code, reason)`` called when a connection of ``name`` starts to close.

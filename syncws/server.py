@@ -41,12 +41,14 @@ import socketserver
 import ssl
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from .admission import AuthCheck, Endpoint, Routes, end_tls, handshake, refuse, start_tls
+from .cluster import RedisCluster
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
+from .node import ClusterNode
 from .registry import ConnectionRegistry
 
 __all__ = ["WebSocketServer", "AuthCheck"]
@@ -225,6 +227,11 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             ``ping_timeout``. None turns it off.
         send_timeout: a send that makes no progress this long aborts the connection.
         close_timeout: how long to wait for a peer's close frame.
+        cluster: a :class:`~syncws.RedisCluster`, or its Redis URL, to make
+            this server a node of that cluster (docs/cluster.md): its
+            connections are published, the registry's sends and
+            ``closeAllConnections`` reach every node, and a RequestHandler
+            reaches peers on any node. None (the default): one process, no Redis.
     """
 
     # Rebind a port at once after stop(), while its closed connections are in TIME_WAIT.
@@ -252,6 +259,7 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
         ping_timeout: Optional[float] = 20.0,
         send_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
+        cluster: Union[RedisCluster, str, None] = None,
     ) -> None:
         super().__init__((host, port), _ConnectionThread)
         self.host = host
@@ -271,6 +279,9 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
         self.send_timeout = send_timeout
         self.close_timeout = close_timeout
         self.thread: Optional[threading.Thread] = None
+        #: The cluster this server is a node of, or None.
+        self.cluster: Optional[RedisCluster] = RedisCluster(cluster) if isinstance(cluster, str) else cluster
+        self.node: Optional[ClusterNode] = ClusterNode(self, self.cluster) if self.cluster is not None else None
 
         #: The endpoints and static resources (with a lock of their own).
         self.routes = Routes()
@@ -353,6 +364,8 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             if self._serving:
                 return self
             self._serving = True
+        if self.node is not None:
+            self.node.start()
         self.thread = threading.Thread(target=self._serve, name="syncws-server", daemon=True)
         self.thread.start()
         logger.info("serving on %s", self.url)
@@ -370,6 +383,8 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             if self._serving or self._stopped:
                 raise RuntimeError("server already started or stopped")
             self._serving = True
+        if self.node is not None:
+            self.node.start()
         self.thread = threading.current_thread()
         logger.info("serving on %s", self.url)
         try:
@@ -396,6 +411,8 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             self._stopped = True  # from now on, handshakes are refused with 503
             connections = list(self._handlers)
             stop_callbacks = list(self._stop_callbacks)
+        if self.node is not None:
+            self.node.stop()  # the rest of the cluster stops counting on this node at once
         # First what callers see: every connection starts its closing handshake
         # and every call waiting on this server fails now, not after the
         # accept loop's next poll or the peers' answers.

@@ -1,0 +1,241 @@
+"""Servers as one cluster on a real redis-server: presence, sends to every node, and what survives failures."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import websocket
+
+import syncws
+from syncws.cluster import ClusterConnection, RedisCluster, decode_envelope, encode_envelope
+
+from .helpers import wait_for
+from .redis_server import RedisServer, needs_redis
+
+pytestmark = [pytest.mark.timeout(60), needs_redis]
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the module's tests; each test uses a cluster name of its own."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    """A cluster name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+class Node:
+    """A clustered server with a /wsData endpoint and its own registry."""
+
+    def __init__(self, url: str, name: str, **options: Any) -> None:
+        self.cluster = RedisCluster(url, name=name, ttl=1.0)
+        self.server = syncws.WebSocketServer(port=0, registry=syncws.ConnectionRegistry(), cluster=self.cluster, **options)
+        self.server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData")
+        self.server.start()
+
+    def connect(self) -> websocket.WebSocket:
+        return websocket.create_connection(self.server.url + "/wsData", timeout=5)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer, cluster_name: str) -> Iterator[list[Node]]:
+    """Two clustered servers on one Redis, stopped afterwards."""
+    made = [Node(redis_server.url, cluster_name) for _ in range(2)]
+    yield made
+    for node in made:
+        node.stop()
+
+
+def _names(records: list[ClusterConnection]) -> list[str]:
+    return [r.node for r in records]
+
+
+def test_envelope_round_trip() -> None:
+    """A cluster envelope carries its kind, header and binary payload unchanged; anything else is refused."""
+    kind, header, payload = decode_envelope(encode_envelope(2, {"name": "wsData"}, b"\x00\xff" * 10))
+    assert (kind, header, bytes(payload)) == (2, {"name": "wsData"}, b"\x00\xff" * 10)
+    for junk in (b"", b"SWC1", b"XXXX\x01\x00\x00\x00\x02{}", encode_envelope(1, {})[:-1]):
+        with pytest.raises(ValueError):
+            decode_envelope(junk)
+
+
+def test_connections_on_every_node_newest_last(nodes: list[Node]) -> None:
+    """cluster.connections() lists the connections of every node, newest last, from any node."""
+    a, b = nodes
+    first = a.connect()
+    assert wait_for(lambda: len(b.cluster.connections("wsData")) == 1)
+    second = b.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 2)
+    records = a.cluster.connections("wsData")
+    assert _names(records) == [a.cluster.node_id, b.cluster.node_id]
+    assert records[0].remote_address[0] == "127.0.0.1" and records[0].opened_at <= records[1].opened_at
+    assert a.cluster.connections("other") == []
+    first.close()
+    second.close()
+
+
+def test_closed_connection_disappears_at_once(nodes: list[Node]) -> None:
+    """A connection that closes leaves the cluster's presence as soon as its node has seen it close."""
+    a, b = nodes
+    ws = a.connect()
+    assert wait_for(lambda: len(b.cluster.connections("wsData")) == 1)
+    ws.close()
+    assert wait_for(lambda: b.cluster.connections("wsData") == [], timeout=0.9)  # well within the 1 s ttl
+
+
+def test_stopped_node_disappears_at_once(nodes: list[Node]) -> None:
+    """A node's stop() removes it and its connections from presence at once, not after ttl."""
+    a, b = nodes
+    ws = a.connect()
+    assert wait_for(lambda: len(b.cluster.connections("wsData")) == 1)
+    a.stop()
+    assert b.cluster.connections("wsData") == [] and not b.cluster.node_alive(a.cluster.node_id)
+    ws.close()
+
+
+def test_send_reaches_every_connection_once(nodes: list[Node], redis_server: RedisServer, cluster_name: str) -> None:
+    """cluster.send from a process without a server reaches every connection on every node exactly once, text and binary alike."""
+    a, b = nodes
+    clients = [a.connect(), a.connect(), b.connect()]
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 3)
+    outsider = RedisCluster(redis_server.url, name=cluster_name)
+    outsider.send("wsData", "text")
+    outsider.send("wsData", b"\x00\x01binary")
+    outsider.send("wsData", {"cmd": "note"})
+    outsider.send("wsData", "last")
+    for ws in clients:
+        got = [ws.recv() for _ in range(4)]
+        assert got == ["text", b"\x00\x01binary", '{"cmd": "note"}', "last"]
+        ws.settimeout(0.3)
+        with pytest.raises(websocket.WebSocketTimeoutException):
+            ws.recv()  # nothing twice
+        ws.close()
+
+
+def test_registry_functions_act_on_every_node(nodes: list[Node]) -> None:
+    """On a clustered server's registry, sendWebSocketMessage and closeAllConnections reach every node's connections."""
+    a, b = nodes
+    on_a, on_b = a.connect(), b.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 2)
+    syncws.sendWebSocketMessage("wsData", "to all", registry=a.server.registry)
+    assert on_a.recv() == "to all" and on_b.recv() == "to all"
+    syncws.closeAllConnections(registry=b.server.registry)
+    for ws in (on_a, on_b):
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
+    assert wait_for(lambda: a.cluster.connections("wsData") == [])
+
+
+def test_sends_keep_their_order(nodes: list[Node]) -> None:
+    """200 messages that one thread sends through the cluster reach a connection on another node in order."""
+    a, b = nodes
+    ws = b.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 1)
+    for i in range(200):
+        a.cluster.send("wsData", str(i))
+    assert [ws.recv() for _ in range(200)] == [str(i) for i in range(200)]
+    ws.close()
+
+
+def test_redis_restart_keeps_local_traffic_and_republishes(nodes: list[Node], redis_server: RedisServer) -> None:
+    """While Redis restarts, local connections keep working; afterwards presence is republished and sends flow again."""
+    a, b = nodes
+    ws = a.connect()
+    handler = syncws.RequestHandler("wsData", a.server)
+    assert wait_for(lambda: len(b.cluster.connections("wsData")) == 1)
+    redis_server.stop()
+    try:
+        with pytest.raises(syncws.ClusterError):
+            b.cluster.connections("wsData")
+        local = a.server.registry.newest("wsData")
+        assert local is not None
+        local.write_message("local while Redis is down")
+        assert ws.recv() == "local while Redis is down"
+    finally:
+        redis_server.start()
+    assert wait_for(lambda: len(b.cluster.connections("wsData")) == 1, timeout=15)
+    for attempt in itertools.count():  # the subscriber may still be resubscribing: bounded retries
+        b.cluster.send("wsData", f"after restart {attempt}")
+        ws.settimeout(1)
+        try:
+            assert ws.recv().startswith("after restart")
+            break
+        except websocket.WebSocketTimeoutException:
+            assert attempt < 10
+    del handler
+    ws.close()
+
+
+def test_cluster_given_as_a_url() -> None:
+    """WebSocketServer(cluster=URL) makes its own RedisCluster named "syncws", without reaching Redis until started."""
+    server = syncws.WebSocketServer(port=0, registry=syncws.ConnectionRegistry(), cluster="redis://127.0.0.1:1/0")
+    assert isinstance(server.cluster, RedisCluster) and server.cluster.name == "syncws"
+    server.server_close()
+
+
+def test_missing_redis_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the redis package, RedisCluster raises an ImportError that says to install syncws[redis]."""
+    monkeypatch.setitem(__import__("sys").modules, "redis", None)
+    with pytest.raises(ImportError, match=r"syncws\[redis\]"):
+        RedisCluster("redis://127.0.0.1:1/0")
+
+
+def test_keys_and_channels_are_namespaced(nodes: list[Node], redis_server: RedisServer, cluster_name: str) -> None:
+    """Every key a cluster writes starts with syncws:<name>:, and a cluster of another name sees none of its connections."""
+    import redis
+
+    a, _ = nodes
+    ws = a.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 1)
+    keys = [k.decode() for k in redis.Redis.from_url(redis_server.url).keys("*")]
+    assert keys and all(k.startswith("syncws:") for k in keys)
+    assert any(k.startswith(f"syncws:{cluster_name}:") for k in keys)
+    assert RedisCluster(redis_server.url, name=cluster_name + "-other").connections("wsData") == []
+    ws.close()
+
+
+def test_subscriber_survives_junk_on_the_channel(nodes: list[Node], redis_server: RedisServer, cluster_name: str) -> None:
+    """Junk published on the cluster's channel is logged and dropped; the next send still arrives."""
+    import redis
+
+    a, _ = nodes
+    ws = a.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 1)
+    redis.Redis.from_url(redis_server.url).publish(f"syncws:{cluster_name}:all", b"junk")
+    a.cluster.send("wsData", "fine")
+    assert ws.recv() == "fine"
+    ws.close()
+
+
+def test_deliveries_happen_on_the_subscriber_thread(nodes: list[Node]) -> None:
+    """A cluster send reaches on_message-free clients through the node's subscriber thread, named syncws-cluster-sub."""
+    names: queue.Queue[str] = queue.Queue()
+    a, _ = nodes
+    original = a.server.node.deliver  # type: ignore[union-attr]
+
+    def recording(name: str, message: Any) -> None:
+        names.put(threading.current_thread().name)
+        original(name, message)
+
+    a.server.node.deliver = recording  # type: ignore[union-attr,method-assign]
+    a.cluster._node = a.server.node  # the cluster holds the node object, whose attribute we replaced
+    ws = a.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 1)
+    a.cluster.send("wsData", "x")
+    assert names.get(timeout=5) == "syncws-cluster-sub"
+    assert ws.recv() == "x"
+    ws.close()
