@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import secrets
 import struct
 import threading
 import time
@@ -45,6 +46,22 @@ from .exceptions import SyncWSError
 __all__ = ["RedisCluster", "ClusterConnection", "ClusterError", "LocalNode"]
 
 logger = logging.getLogger(__name__)
+
+# Every live node's connection records in one round trip: node, id, record, node, id, record, ...
+# (KEYS[1]: the nodes set; ARGV: now in ms, the prefix of the conns hashes). Our own script; it
+# reads only this cluster's keys and runs nothing it reads.
+_PRESENCE_SCRIPT = """
+local out = {}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
+  local table = redis.call('HGETALL', ARGV[2] .. node)
+  for i = 1, #table, 2 do
+    out[#out + 1] = node
+    out[#out + 1] = table[i]
+    out[#out + 1] = table[i + 1]
+  end
+end
+return out
+"""
 
 _ENVELOPE = struct.Struct("!4sBI")  # magic, kind, header length; then the JSON header, then the payload
 _MAGIC = b"SWC1"
@@ -134,8 +151,9 @@ class RedisCluster:
         redis_options.setdefault("socket_timeout", max(ttl, 1.0))
         redis_options.setdefault("socket_connect_timeout", max(ttl, 1.0))
         self._redis = redis.Redis.from_url(url, **redis_options)
+        self._presence = self._redis.register_script(_PRESENCE_SCRIPT)
         self._prefix = f"syncws:{name}:"
-        # Synchronize access to _records, _changes, _node, _node_info, _started and _ids.
+        # Synchronize access to _records, _changes, _node, _node_info, _started, _ids and _token.
         self._lock = threading.Lock()
         self._records: dict[str, ClusterConnection] = {}  # this node's open connections, by id
         # Presence changes not yet written: id -> record, or None for a removal. Only the
@@ -149,6 +167,7 @@ class RedisCluster:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ids = 0  # connection ids handed out (under _lock)
+        self._token: Optional[str] = None  # the link secret, once read (under _lock)
 
     # ------------------------------------------------------------------ keys
 
@@ -205,6 +224,26 @@ class RedisCluster:
         except self._errors as exc:
             logger.info("cluster %s: could not remove node %s from Redis (%s); it expires within %s s", self.name, self.node_id, exc, self.ttl)
 
+    def token(self) -> str:
+        """The cluster's secret for node links: made once per cluster and kept in Redis (``syncws:<name>:token``).
+
+        Whoever can read the cluster's keys in Redis is a member; the token
+        keeps everyone else off the nodes' link endpoints. Raises ClusterError
+        when Redis cannot be reached.
+        """
+        with self._lock:
+            if self._token is not None:
+                return self._token
+        try:
+            self._redis.set(self.key("token"), secrets.token_urlsafe(32), nx=True)
+            raw = self._redis.get(self.key("token"))
+        except self._errors as exc:
+            raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
+        token = raw.decode() if isinstance(raw, bytes) else str(raw)
+        with self._lock:
+            self._token = token
+        return token
+
     # ------------------------------------------------------------------ presence
 
     def new_connection_id(self) -> str:
@@ -233,24 +272,19 @@ class RedisCluster:
         Raises ClusterError when Redis cannot be reached.
         """
         try:
-            now_ms = int(time.time() * 1000)
-            nodes = [n.decode() if isinstance(n, bytes) else str(n) for n in self._redis.zrangebyscore(self.key("nodes"), now_ms, "+inf")]
-            pipe = self._redis.pipeline()
-            for node in nodes:
-                pipe.hgetall(self.key("conns", node))
-            tables = pipe.execute()
+            flat = self._presence(keys=[self.key("nodes")], args=[int(time.time() * 1000), self.key("conns", "")])
         except self._errors as exc:
             raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
         found = []
-        for node, table in zip(nodes, tables):
-            for conn_id, text in table.items():
-                try:
-                    record = ClusterConnection.from_json(node, conn_id.decode(), text)
-                except (ValueError, KeyError, TypeError):
-                    logger.warning("cluster %s: unreadable presence record %r of node %s ignored", self.name, conn_id, node)
-                    continue
-                if record.name == name:
-                    found.append(record)
+        for i in range(0, len(flat) - 2, 3):
+            node, conn_id, text = flat[i].decode(), flat[i + 1].decode(), flat[i + 2]
+            try:
+                record = ClusterConnection.from_json(node, conn_id, text)
+            except (ValueError, KeyError, TypeError):
+                logger.warning("cluster %s: unreadable presence record %r of node %s ignored", self.name, conn_id, node)
+                continue
+            if record.name == name:
+                found.append(record)
         found.sort(key=lambda r: (r.opened_at, r.id))
         return found
 

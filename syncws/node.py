@@ -16,21 +16,42 @@ up to the server's ``send_timeout``. The rest is safe from any thread.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from typing import Optional, Protocol, Union
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional, Protocol, Union
 
+from . import callformat
+from .auth import bearer_token
 from .cluster import ClusterConnection, RedisCluster
+from .connection import Message
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
 from .handlers import BaseWebSocketHandler, deliver
+from .reassembly import Progress
 from .registry import ConnectionRegistry
 
-__all__ = ["ClusterNode", "NODE_LINK_PATH"]
+__all__ = ["ClusterNode", "NodeLinkHandler", "Forwarder", "NODE_LINK_PATH", "LINK_FIELD"]
 
 logger = logging.getLogger(__name__)
 
 #: The path of the endpoint that other nodes call this node's peers through.
 NODE_LINK_PATH = "/_syncws/node"
+#: The request field that names the connection a call on a node link is for, and
+#: the reply field that carries what only a link says (progress, a closed peer).
+CONN_FIELD = "_syncwsConn"
+TIMEOUT_FIELD = "_syncwsTimeout"
+LINK_FIELD = "_syncwsLink"
+_LINK_PART_SIZE = 1 << 20  # parts of a binary reply sent back over a link
+
+
+class Forwarder(Protocol):
+    """What answers calls forwarded to this node: the RequestHandler of a name (its doRequest)."""
+
+    def doRequest(
+        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
+    ) -> dict[str, Any]: ...
 
 
 class NodeServer(Protocol):
@@ -42,6 +63,8 @@ class NodeServer(Protocol):
     @property
     def url(self) -> str: ...
 
+    def add_handler(self, path: str, handler_class: type[BaseWebSocketHandler], *, auth: Any = None, **kwargs: Any) -> None: ...
+
 
 class ClusterNode:
     """This server's side of a cluster (see the module docstring)."""
@@ -49,13 +72,17 @@ class ClusterNode:
     def __init__(self, server: NodeServer, cluster: RedisCluster) -> None:
         self.server = server
         self.cluster = cluster
-        # Synchronize access to _ids and _handlers.
+        # Synchronize access to _ids, _handlers and _forwarders.
         self._lock = threading.Lock()
         self._ids: dict[BaseWebSocketHandler, str] = {}  # this server's registered handlers, by handler
         self._handlers: dict[str, BaseWebSocketHandler] = {}  # and by connection id
+        self._forwarders: dict[str, Forwarder] = {}  # the RequestHandler of each name, for forwarded calls
+        #: Runs forwarded calls (``syncws-node-call-N``): each waits for a local peer's reply.
+        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="syncws-node-call")
 
     def start(self) -> None:
         """Join the cluster: presence, sends, and the registry's module functions (the thread that starts the server)."""
+        self.server.add_handler(NODE_LINK_PATH, NodeLinkHandler, auth=bearer_token(self.cluster.token()), node=self)
         registry = self.server.registry
         registry.add_membership_listener(self)
         registry.broadcaster = self.cluster
@@ -69,6 +96,17 @@ class ClusterNode:
         if registry.broadcaster is self.cluster:
             registry.broadcaster = None
         self.cluster.stop()
+        self.executor.shutdown(wait=False)
+
+    def add_forwarder(self, name: str, forwarder: Forwarder) -> None:
+        """Answer calls that other nodes forward to this node's connections of ``name`` with ``forwarder``."""
+        with self._lock:
+            self._forwarders[name] = forwarder
+
+    def forwarder(self, name: str) -> Optional[Forwarder]:
+        """The forwarder of ``name``, or None."""
+        with self._lock:
+            return self._forwarders.get(name)
 
     # ------------------------------------------------------------------ presence
 
@@ -116,3 +154,94 @@ class ClusterNode:
         for handler in handlers:
             handler.registry.remove(handler.name, handler)
             handler.close(code, reason)
+
+
+class NodeLinkHandler(BaseWebSocketHandler):
+    """The server side of a node link: another node (or a process without a server) calls this node's peers through it.
+
+    Each request names the connection it is for (``_syncwsConn``) and the
+    caller's timeout; it is answered on a worker thread of the node's pool by
+    the name's RequestHandler, and its reply goes back on the link under the
+    caller's callId: JSON as it came, binary data in parts with their CRC-32,
+    progress as it comes, and a peer that went away as a ``_syncwsLink``
+    field that the caller turns back into ConnectionClosed.
+    """
+
+    def initialize(self, node: Optional[ClusterNode] = None, **kwargs: Any) -> None:  # type: ignore[override]
+        """Take the node whose peers are called (connection thread)."""
+        super().initialize(**kwargs)
+        if node is None:
+            raise ValueError("NodeLinkHandler needs node=")
+        self.node = node
+
+    def open(self) -> None:
+        """A link is not a peer: it joins no registry list (connection thread)."""
+
+    def on_close(self) -> None:
+        """Nothing to leave (connection thread)."""
+
+    def on_message(self, message: Message) -> None:
+        """Hand a forwarded call to the node's pool (connection thread)."""
+        try:
+            request = callformat.parse_request(message)
+        except callformat.RefusedRequest as exc:
+            self._reply(error_reply(exc.cmd, exc.call_id, 400, str(exc)))
+            return
+        self.node.executor.submit(self._forward, request)
+
+    def _forward(self, request: dict[str, Any]) -> None:
+        """Run one forwarded call against a local peer and send its outcome back (a node-call thread)."""
+        call_id = request.pop("callId", None)
+        conn_id = request.pop(CONN_FIELD, None)
+        timeout = request.pop(TIMEOUT_FIELD, None)
+        cmd = request.get("cmd")
+        handler = self.node.handler(conn_id) if isinstance(conn_id, str) else None
+        forwarder = self.node.forwarder(handler.name) if handler is not None else None
+        if handler is None or forwarder is None:
+            why = f"no connection {conn_id!r} on this node" if handler is None else f"no RequestHandler for {handler.name!r} on this node"
+            self._reply({**error_reply(cmd, call_id, 503, why), LINK_FIELD: {"notConnected": why}})
+            return
+
+        def progress(received: int, total: int) -> None:
+            self._reply({"callId": call_id, LINK_FIELD: {"progress": [received, total]}})
+
+        try:
+            reply = forwarder.doRequest(request, timeout=timeout, conn=handler, progress=progress)
+        except RequestError as exc:
+            self._reply({**exc.response, "callId": call_id})
+        except ConnectionClosed as exc:
+            self._reply({**error_reply(cmd, call_id, 502, str(exc)), LINK_FIELD: {"closed": [exc.code, exc.reason]}})
+        except RequestTimeout as exc:
+            self._reply({**error_reply(cmd, call_id, 504, str(exc)), LINK_FIELD: {"timeout": True}})
+        except (NotConnected, SyncWSError) as exc:
+            self._reply({**error_reply(cmd, call_id, 503, str(exc)), LINK_FIELD: {"notConnected": str(exc)}})
+        except Exception as exc:  # a bug must not leave the caller waiting
+            logger.exception("forwarded call %r failed", cmd)
+            self._reply(error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
+        else:
+            self._send_reply(reply, call_id)
+
+    def _send_reply(self, reply: dict[str, Any], call_id: Any) -> None:
+        data = reply.get("data")
+        binary = callformat.as_binary(data) if data is not None and not isinstance(data, (str, int, float, list, dict, bool)) else None
+        if binary is None:
+            self._reply({**reply, "callId": call_id})
+            return
+        header, parts = callformat.encode_binary_reply(reply.get("cmd"), call_id, *binary, _LINK_PART_SIZE)
+        try:
+            self.write_message(header)
+            for part_header, chunk in parts:
+                self.connection.send_parts(part_header, chunk)
+        except SyncWSError as exc:
+            logger.info("node link %r closed while sending a reply: %s", self, exc)
+
+    def _reply(self, reply: dict[str, Any]) -> None:
+        try:
+            self.write_message(json.dumps(reply))
+        except SyncWSError as exc:
+            logger.info("node link %r closed while sending a reply: %s", self, exc)
+
+
+def error_reply(cmd: Any, call_id: Any, status: int, error: str) -> dict[str, Any]:
+    """An error reply dict (see callformat.error_reply)."""
+    return callformat.error_reply(cmd, call_id, status, error)

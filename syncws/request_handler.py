@@ -19,10 +19,13 @@ import time
 from typing import Any, Optional, Union
 
 from . import callformat, lograte, timeouts
+from .cluster import ClusterConnection, ClusterError, RedisCluster
 from .connection import Message
-from .exceptions import ConnectionClosed, NotConnected, RequestError, SendTimeout
+from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestError, RequestTimeout, SendTimeout
 from .future import CallFuture
 from .handlers import BaseWebSocketHandler, websocketState
+from .node import CONN_FIELD, LINK_FIELD, TIMEOUT_FIELD, ClusterNode
+from .node_link import NodeLink
 from .reassembly import Progress, Transfer, describe
 from .registry import ConnectionRegistry
 from .server import WebSocketServer
@@ -32,6 +35,11 @@ __all__ = ["RequestHandler", "Progress"]
 logger = logging.getLogger(__name__)
 
 _PRUNE_EVERY = 60.0
+
+#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
+Channel = Union[BaseWebSocketHandler, NodeLink]
+#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
+Target = Union[BaseWebSocketHandler, ClusterConnection]
 
 
 class _PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
@@ -45,7 +53,7 @@ class _PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
 
     __slots__ = ("conn", "created", "progress", "transfer", "waiting")
 
-    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, progress: Optional[Progress], waiting: bool) -> None:
+    def __init__(self, call_id: int, cmd: Any, conn: Channel, progress: Optional[Progress], waiting: bool) -> None:
         super().__init__(call_id, cmd)
         self.conn = conn
         self.progress = progress
@@ -86,13 +94,27 @@ class RequestHandler:
         log_interval: junk from a peer (replies that are not replies) is
             logged at most once per this many seconds per connection; the next
             line says how many were suppressed.
+        cluster: reach the peers of ``name`` on every node of this cluster
+            (taken from ``server`` when it is a node; given alone, from a
+            process that runs no server). See docs/cluster.md.
     """
 
     def __init__(
-        self, name: str, server: Optional[WebSocketServer] = None, max_reply_size: int = 4 << 30, log_interval: float = lograte.DEFAULT_INTERVAL
+        self,
+        name: str,
+        server: Optional[WebSocketServer] = None,
+        max_reply_size: int = 4 << 30,
+        log_interval: float = lograte.DEFAULT_INTERVAL,
+        *,
+        cluster: Optional[RedisCluster] = None,
     ) -> None:
         self.name = name
         self._server = server
+        self._cluster: Optional[RedisCluster] = cluster if cluster is not None else (server.cluster if server is not None else None)
+        self._node: Optional[ClusterNode] = server.node if server is not None else None
+        # Synchronize access to _links (opening a link happens outside it).
+        self._links_lock = threading.Lock()
+        self._links: dict[str, NodeLink] = {}
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
@@ -105,12 +127,12 @@ class RequestHandler:
         self.registry.add_closing_listener(name, self)
         if server is not None:
             server.add_stop_callback(self.close_pending_requests)
+        if self._node is not None:
+            self._node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
 
     # ------------------------------------------------------------------ caller side
 
-    def doRequest(
-        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
-    ) -> dict[str, Any]:
+    def doRequest(self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[Target] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
         """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
 
         Args:
@@ -119,8 +141,10 @@ class RequestHandler:
                 (None or ``math.inf``: forever). For a reply in binary parts it
                 bounds the wait for each next part, so a long transfer that
                 keeps moving does not time out.
-            conn: the connection to ask; default: the newest one of the name
-                (accepted by this handler's server, when it has one).
+            conn: the connection to ask: a handler of this server, or (in a
+                cluster) a record from ``cluster.connections()``; default: the
+                newest one of the name (accepted by this handler's server, or,
+                in a cluster, on any node).
             progress: ``progress(received, total)`` for binary replies, called
                 on the connection's thread after each part.
 
@@ -136,10 +160,14 @@ class RequestHandler:
         """
         callformat.check_request(msg)
         timeout = timeouts.check_timeout(timeout)
-        call = self._register(msg, conn, progress, waiting=True)
+        call, extra = self._register(msg, conn, progress, waiting=True)
         try:
             try:
-                call.conn.write_message(callformat.encode_request(msg, call.call_id))
+                if extra:  # a link to another node: say which connection, and how long the caller waits
+                    extra[TIMEOUT_FIELD] = timeout
+                    call.conn.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
+                else:
+                    call.conn.write_message(callformat.encode_request(msg, call.call_id))
             except (ConnectionClosed, SendTimeout) as exc:
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
             return callformat.check_reply_status(call.outcome(timeout))
@@ -154,21 +182,92 @@ class RequestHandler:
         Raises as :meth:`doRequest` does before it sends.
         """
         callformat.check_request(msg)
-        call = self._register(msg, conn, progress, waiting=False)
+        if conn is not None and not isinstance(conn, BaseWebSocketHandler):
+            raise TypeError("prepare_request takes a handler of this server; a call across nodes goes through doRequest")
+        call, _ = self._register(msg, conn, progress, waiting=False)
+        assert isinstance(call.conn, BaseWebSocketHandler)
         return call.call_id, call.conn
 
-    def _register(self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler], progress: Optional[Progress], waiting: bool) -> _PendingCall:
-        # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
-        if conn is not None and self._server is not None and conn.server is not self._server:
-            raise NotConnected(f"{conn!r} was not accepted by this RequestHandler's server")
-        handler = conn if conn is not None else self.registry.newest(self.name, server=self._server)
-        if handler is None or handler.connection.closed:
-            raise NotConnected(f"{self.name} not connected. Please start the remote service.")
+    def _register(self, msg: dict[str, Any], conn: Optional[Target], progress: Optional[Progress], waiting: bool) -> tuple[_PendingCall, dict[str, Any]]:
+        """Choose the channel, register the call; the call and the fields a link request carries ({} for a local one)."""
+        channel, extra = self._channel(conn)
         self._maybe_prune()
         with self.callbackLock:
             call_id = next(self._call_ids)
-            call = self._calls[call_id] = _PendingCall(call_id, msg.get("cmd"), handler, progress, waiting)
-        return call
+            # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
+            call = self._calls[call_id] = _PendingCall(call_id, msg.get("cmd"), channel, progress, waiting)
+        return call, extra
+
+    def _channel(self, conn: Optional[Target]) -> tuple[Channel, dict[str, Any]]:
+        """Where a call to ``conn`` (default: the newest connection of the name) goes; NotConnected when nowhere."""
+        if isinstance(conn, BaseWebSocketHandler):
+            if self._server is not None and conn.server is not self._server:
+                raise NotConnected(f"{conn!r} was not accepted by this RequestHandler's server")
+            return self._open_handler(conn), {}
+        if conn is None and self._cluster is None:
+            return self._open_handler(self.registry.newest(self.name, server=self._server)), {}
+        record = conn if conn is not None else self._newest_in_cluster()
+        if self._node is not None and record.node == self._node.cluster.node_id:
+            return self._open_handler(self._node.handler(record.id)), {}
+        return self._link(record.node), {CONN_FIELD: record.id}
+
+    def _open_handler(self, handler: Optional[BaseWebSocketHandler]) -> BaseWebSocketHandler:
+        if handler is None or handler.connection.closed:
+            raise NotConnected(f"{self.name} not connected. Please start the remote service.")
+        return handler
+
+    def _newest_in_cluster(self) -> ClusterConnection:
+        assert self._cluster is not None
+        try:
+            records = self._cluster.connections(self.name)
+        except ClusterError:
+            # Redis is away: this node's own connections still serve (docs/cluster.md).
+            records = self._cluster.local_connections(self.name)
+        if not records:
+            raise NotConnected(f"{self.name} not connected on any node of cluster {self._cluster.name!r}. Please start the remote service.")
+        return records[-1]
+
+    def _link(self, node: str) -> NodeLink:
+        """The open link to ``node``, opened now if there is none (caller thread; I/O outside the locks)."""
+        with self._links_lock:
+            link = self._links.get(node)
+        if link is not None and not link.connection.closed:
+            return link
+        cluster = self._cluster
+        assert cluster is not None
+        url = cluster.node_info(node).get("url")
+        if not url or not cluster.node_alive(node):
+            raise NotConnected(f"node {node} of cluster {cluster.name!r} is gone")
+        try:
+            link = NodeLink(node, url, cluster.token(), self, cluster.ttl)
+        except (NotConnected, HandshakeError) as exc:
+            raise NotConnected(f"cannot reach node {node} of cluster {cluster.name!r} at {url}: {exc}") from exc
+        with self._links_lock:
+            current = self._links.get(node)
+            if current is not None and not current.connection.closed:
+                spare, link = link, current  # another thread opened one first: use it, close ours
+            else:
+                spare, self._links[node] = None, link
+        if spare is not None:
+            spare.close()
+        return link
+
+    def link_closed(self, link: NodeLink) -> None:
+        """A link to another node dropped: forget it and fail its calls at once (its link thread)."""
+        with self._links_lock:
+            if self._links.get(link.node) is link:
+                del self._links[link.node]
+        with self.callbackLock:
+            calls = [c for c in self._calls.values() if c.conn is link]
+        for call in calls:
+            call.fail(ConnectionClosed(1006, "", f"node {link.node} went away while waiting for {call.cmd!r} (callId {call.call_id})"))
+
+    def close_links(self) -> None:
+        """Close this handler's links to other nodes (their calls fail with ConnectionClosed). Safe from any thread."""
+        with self._links_lock:
+            links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.close()
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
@@ -197,7 +296,7 @@ class RequestHandler:
 
     # ------------------------------------------------------------------ connection side
 
-    def callback(self, client: BaseWebSocketHandler, message: Message) -> None:
+    def callback(self, client: Channel, message: Message) -> None:
         """Take a reply or reply part from a peer (connection thread). Never raises.
 
         A reply is matched by its callId and by the connection it came on; one
@@ -214,7 +313,7 @@ class RequestHandler:
         except Exception:  # a bug here must not kill the connection thread
             logger.exception("%s: failed to handle a reply", self.name)
 
-    def _find(self, client: BaseWebSocketHandler, call_id: int) -> Optional[_PendingCall]:
+    def _find(self, client: Channel, call_id: int) -> Optional[_PendingCall]:
         """The call ``call_id`` sent on ``client``, or None (logged at debug level)."""
         with self.callbackLock:
             call = self._calls.get(call_id)
@@ -223,7 +322,7 @@ class RequestHandler:
             return None
         return call
 
-    def _on_text(self, client: BaseWebSocketHandler, message: str) -> None:
+    def _on_text(self, client: Channel, message: str) -> None:
         try:
             reply = callformat.parse_reply(message)
         except ValueError as exc:
@@ -242,10 +341,34 @@ class RequestHandler:
         call = self._find(client, call_id)
         if call is None:
             return
-        if call.transfer is not None:
+        if LINK_FIELD in reply and isinstance(client, NodeLink):
+            self._on_link_note(call, reply)
+        elif call.transfer is not None:
             call.fail(RequestError(502, "damaged binary reply: a reply came in the middle of its parts", reply))
         elif callformat.is_binary_header(reply):
             self._start_transfer(call, reply)
+        else:
+            call.set_result(reply)
+
+    def _on_link_note(self, call: _PendingCall, reply: dict[str, Any]) -> None:
+        """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
+        note = reply[LINK_FIELD]
+        if not isinstance(note, dict):
+            call.set_result(reply)
+        elif "progress" in note:
+            received, total = note["progress"]
+            if call.progress is not None:
+                try:
+                    call.progress(int(received), int(total))
+                except Exception:
+                    logger.exception("progress callback of call %d failed", call.call_id)
+        elif "closed" in note:
+            code, reason = note["closed"]
+            call.fail(ConnectionClosed(int(code), str(reason), str(reply.get("error", "the peer went away"))))
+        elif "timeout" in note:
+            call.fail(RequestTimeout(call.call_id, call.cmd, None))
+        elif "notConnected" in note:
+            call.fail(NotConnected(str(note["notConnected"])))
         else:
             call.set_result(reply)
 
@@ -262,7 +385,7 @@ class RequestHandler:
             call.transfer = transfer  # before the future finishes: see _PendingCall.fail
             call.set_result(transfer)
 
-    def _on_binary(self, client: BaseWebSocketHandler, message: bytes) -> None:
+    def _on_binary(self, client: Channel, message: bytes) -> None:
         part = callformat.decode_part_header(message)
         if part is None:
             self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
