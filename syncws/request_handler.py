@@ -132,7 +132,9 @@ class RequestHandler:
 
     # ------------------------------------------------------------------ caller side
 
-    def doRequest(self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[Target] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+    def doRequest(
+        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[Target] = None, progress: Optional[Progress] = None
+    ) -> dict[str, Any]:
         """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
 
         Args:
