@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import callformat
 from .auth import bearer_token
 from .client import ClientConnection, connect
+from .cluster import ClusterError, RedisCluster
 from .demo import DEMO_PEER_COMMANDS
 from .endpoints import BroadcastHandler, CallGatewayHandler, EchoHandler, RelayHandler
 from .exceptions import SyncWSError
@@ -142,12 +143,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _error("serve", str(exc))
         return 2
     auth = bearer_token(args.token) if args.token else None
+    try:
+        cluster = RedisCluster(args.cluster, name=args.cluster_name, ttl=args.cluster_ttl) if args.cluster else None
+    except (ImportError, ValueError) as exc:
+        _error("serve", f"--cluster: {exc}")
+        return 2
     # From here on Ctrl-C (or SIGTERM) stops the server cleanly, whenever it comes.
     signals = _StopSignals()
     try:
         try:
             server = WebSocketServer(
-                args.host, args.port, registry=ConnectionRegistry(), max_message_size=args.max_message_size, ssl_context=context, auth=auth
+                args.host,
+                args.port,
+                registry=ConnectionRegistry(),
+                max_message_size=args.max_message_size,
+                ssl_context=context,
+                auth=auth,
+                cluster=cluster,
             )
         except (OSError, OverflowError, ValueError) as exc:
             _error("serve", f"cannot listen on {args.host}:{args.port}: {_reason(exc)}")
@@ -159,10 +171,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=requests.callback)
         server.add_handler("/call", CallGatewayHandler, name="call", request_handler=requests)
         server.add_static("/syncws.js", javascript_client(), "text/javascript; charset=utf-8")
-        server.start()
+        try:
+            server.start()
+        except ClusterError as exc:
+            server.server_close()
+            _error("serve", str(exc))
+            return 2
         try:
             paths = ", ".join(f"{server.url}{p}" for p in SERVE_ENDPOINTS)
-            print(f"syncws serving {paths} and {server.url.replace('ws', 'http', 1)}/syncws.js (Ctrl-C stops)", flush=True)
+            node = f", node {cluster.node_id} of cluster {cluster.name!r}" if cluster is not None else ""
+            print(f"syncws serving {paths} and {server.url.replace('ws', 'http', 1)}/syncws.js{node} (Ctrl-C stops)", flush=True)
             signum = signals.wait()
             logger.info("stopping on %s", signal.Signals(signum).name if signum is not None else "request")
         finally:
@@ -423,6 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="TLS certificate chain (PEM): serve wss://")
     serve.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     serve.add_argument("--token", help="require this bearer token (header, or ?token= in the URL)")
+    serve.add_argument(
+        "--cluster",
+        metavar="URL",
+        help="make this server a node of a cluster on this Redis (redis://host:port/db; needs syncws[redis]): "
+        "/broadcast reaches every node's /broadcast clients, /call reaches a peer on any node",
+    )
+    serve.add_argument("--cluster-name", default="syncws", help="the cluster's name (default syncws)")
+    serve.add_argument("--cluster-ttl", type=float, default=3.0, help="seconds after which a silent node counts as gone (default 3)")
     serve.set_defaults(func=_cmd_serve)
 
     call = sub.add_parser(

@@ -34,7 +34,6 @@ Threads:
 
 from __future__ import annotations
 
-import itertools
 import logging
 import socket
 import socketserver
@@ -45,6 +44,7 @@ from typing import Any, Callable, Optional, Union
 
 from .admission import AuthCheck, Endpoint, Routes, end_tls, handshake, refuse, start_tls
 from .cluster import RedisCluster
+from .conn_threads import ConnectionThreads
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
@@ -124,85 +124,7 @@ class _ConnectionThread(socketserver.BaseRequestHandler):
                 logger.exception("on_close of %r failed", handler)
 
 
-class _ConnectionThreads(socketserver.BaseServer):
-    """socketserver.ThreadingMixIn's part, done for a websocket server: a named thread per accepted
-    socket, and at most ``max_handshakes`` sockets in their handshake at once.
-
-    Its state lives under the server's ``_lock`` (see WebSocketServer.__init__).
-    """
-
-    _lock: threading.Lock
-    _stopped: bool
-    max_handshakes: int
-    # Under _lock: the threads alive, and the socket of each thread still in its handshake
-    # (so that stop() can cut those short instead of waiting out handshake_timeout).
-    _conn_threads: set[threading.Thread]
-    _handshakes: dict[threading.Thread, socket.socket]
-    _handshakes_refused: int
-
-    def _init_threads(self) -> None:
-        self._conn_threads = set()
-        self._handshakes = {}
-        self._handshakes_refused = 0
-        self._ids = itertools.count(1)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Start a named thread for a new connection, or close it at once when too many handshake (accept thread)."""
-        thread = threading.Thread(
-            target=self._connection_thread,
-            args=(request, client_address),
-            name=f"syncws-conn-{next(self._ids)}",
-            daemon=True,
-        )
-        with self._lock:
-            stopping = self._stopped
-            refused = len(self._handshakes) >= self.max_handshakes
-            if refused:
-                self._handshakes_refused += 1
-                first_refusal = self._handshakes_refused == 1
-            elif not stopping:
-                self._handshakes[thread] = request
-                self._conn_threads.add(thread)
-        if refused and not stopping:
-            # Logged once per burst, not per socket: a flood must not flood the log too.
-            log = logger.warning if first_refusal else logger.debug
-            log("%d handshakes in progress: closing the new connection from %s unanswered", self.max_handshakes, client_address)
-        if refused or stopping:
-            self.shutdown_request(request)
-            return
-        thread.start()
-
-    def _connection_thread(self, request: socket.socket, client_address: Any) -> None:
-        """What socketserver.ThreadingMixIn's thread does, plus the bookkeeping (connection thread)."""
-        try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-        finally:
-            self.shutdown_request(request)
-            with self._lock:
-                self._conn_threads.discard(threading.current_thread())
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log an unexpected error of a connection thread once, without socketserver's traceback print."""
-        logger.exception("unexpected error on the connection from %s", client_address)
-
-    def _handshake_ended(self) -> None:
-        """Forget this thread's handshake, whatever its outcome (connection thread)."""
-        with self._lock:
-            self._handshakes.pop(threading.current_thread(), None)
-            if len(self._handshakes) < self.max_handshakes:
-                self._handshakes_refused = 0
-
-    def _track_handshake(self, sock: socket.socket) -> None:
-        """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping (connection thread)."""
-        with self._lock:
-            if self._stopped:
-                raise ConnectionAbortedError("server is stopping")
-            self._handshakes[threading.current_thread()] = sock
-
-
-class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
+class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
     """A websocket server on its own thread, with named endpoints.
 
     Args:
@@ -364,12 +286,22 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             if self._serving:
                 return self
             self._serving = True
-        if self.node is not None:
-            self.node.start()
+        self._start_node()
         self.thread = threading.Thread(target=self._serve, name="syncws-server", daemon=True)
         self.thread.start()
         logger.info("serving on %s", self.url)
         return self
+
+    def _start_node(self) -> None:
+        """Join the cluster, if any; ClusterError (and not serving) when Redis cannot be reached."""
+        if self.node is None:
+            return
+        try:
+            self.node.start()
+        except Exception:
+            with self._lock:
+                self._serving = False
+            raise
 
     def _serve(self) -> None:
         try:
@@ -383,8 +315,7 @@ class WebSocketServer(_ConnectionThreads, socketserver.TCPServer):
             if self._serving or self._stopped:
                 raise RuntimeError("server already started or stopped")
             self._serving = True
-        if self.node is not None:
-            self.node.start()
+        self._start_node()
         self.thread = threading.current_thread()
         logger.info("serving on %s", self.url)
         try:
