@@ -26,7 +26,6 @@ type) with a reason fit for a log line or an error reply.
 from __future__ import annotations
 
 import json
-import math
 import re
 import struct
 import sys
@@ -35,6 +34,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple, Optional, Union
 
+from . import timeouts
 from .exceptions import RequestError
 
 __all__ = [
@@ -412,20 +412,14 @@ DEFAULT_GATEWAY_TIMEOUT = 60.0
 def gateway_timeout(value: Any) -> Optional[float]:
     """A gateway request's ``timeout`` as doRequest takes it: seconds, or None to wait forever.
 
-    Any non-negative number is valid; ``null``, infinity and numbers too large
-    for a lock's wait (above ``threading.TIMEOUT_MAX``) mean "wait forever".
-    Raises ValueError for NaN, a negative number or anything not a number.
+    As :func:`syncws.timeouts.check_timeout` (``null``, infinity and numbers
+    beyond any wait mean "forever"), except that anything refused, a
+    non-number included, raises ValueError: the gateway answers it with 400.
     """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"timeout must be a number of seconds or null, not {value!r}")
-    if isinstance(value, int) and abs(value) > threading.TIMEOUT_MAX:
-        value = math.inf if value > 0 else -math.inf  # an int too large for float() must not raise OverflowError
-    seconds = float(value)
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"timeout must be a non-negative number of seconds, not {value!r}")
-    return None if seconds > threading.TIMEOUT_MAX else seconds
+    try:
+        return timeouts.check_timeout(value)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def encode_gateway_request(cmd: str, fields: dict[str, Any], timeout: Optional[float]) -> str:

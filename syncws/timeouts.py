@@ -35,7 +35,9 @@ def check_timeout(timeout: Optional[float], name: str = "timeout") -> Optional[f
         raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
     try:
         seconds = float(timeout)
-    except OverflowError:  # an int too large for a float: forever
+    except OverflowError:  # an int too large for a float: forever, unless it is negative
+        if timeout < 0:
+            raise ValueError(f"{name} must not be negative") from None
         return None
     if math.isnan(seconds):
         raise ValueError(f"{name} must not be NaN")
