@@ -220,11 +220,16 @@ class RequestHandler:
 
     def _newest_in_cluster(self) -> ClusterConnection:
         assert self._cluster is not None
+        # This node's own connections count even when Redis is away or has not had
+        # them republished yet after a restart (docs/cluster.md).
+        local = self._cluster.local_connections(self.name)
         try:
             records = self._cluster.connections(self.name)
         except ClusterError:
-            # Redis is away: this node's own connections still serve (docs/cluster.md).
-            records = self._cluster.local_connections(self.name)
+            records = []
+        if local:
+            seen = {r.id for r in records}
+            records = sorted(records + [r for r in local if r.id not in seen], key=lambda r: (r.opened_at, r.id))
         if not records:
             raise NotConnected(f"{self.name} not connected on any node of cluster {self._cluster.name!r}. Please start the remote service.")
         return records[-1]
