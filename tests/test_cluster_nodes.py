@@ -213,8 +213,7 @@ def test_connections_follow_connects_and_disconnects(three: list[NodeProcess], r
     opened = []
     for node in (three[2], three[0], three[1]):
         opened.append(websocket.create_connection(node.url + "/wsData", timeout=5))
-        count = len(opened)
-        assert wait_for(lambda: len(cluster.connections("wsData")) == count)
+        assert wait_for(lambda: len(cluster.connections("wsData")) == len(opened))
     assert [r.node for r in cluster.connections("wsData")] == [three[2].node_id, three[0].node_id, three[1].node_id]
     opened.pop(1).close()
     assert wait_for(lambda: [r.node for r in cluster.connections("wsData")] == [three[2].node_id, three[1].node_id])
