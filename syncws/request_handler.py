@@ -19,15 +19,16 @@ import time
 from typing import Any, Optional, Union
 
 from . import callformat, lograte, timeouts
-from .cluster import ClusterConnection, ClusterError, RedisCluster
+from .cluster import ClusterConnection, RedisCluster
 from .connection import Message
-from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestError, RequestTimeout, SendTimeout
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
 from .future import CallFuture
 from .handlers import BaseWebSocketHandler, websocketState
-from .node import CONN_FIELD, LINK_FIELD, TIMEOUT_FIELD, ClusterNode
+from .node import CONN_FIELD, LINK_FIELD, TIMEOUT_FIELD
 from .node_link import NodeLink
 from .reassembly import Progress, Transfer, describe
 from .registry import ConnectionRegistry
+from .routing import ClusterRoutes
 from .server import WebSocketServer
 
 __all__ = ["RequestHandler", "Progress"]
@@ -74,6 +75,41 @@ class _PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
         result = self.result(timeout)
         return result if isinstance(result, dict) else result.collect(timeout)
 
+    def apply_link_note(self, reply: dict[str, Any]) -> None:
+        """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
+        note = reply[LINK_FIELD]
+        if not isinstance(note, dict):
+            self.set_result(reply)
+        elif "progress" in note:
+            received, total = note["progress"]
+            if self.progress is not None:
+                try:
+                    self.progress(int(received), int(total))
+                except Exception:
+                    logger.exception("progress callback of call %d failed", self.call_id)
+        elif "closed" in note:
+            code, reason = note["closed"]
+            self.fail(ConnectionClosed(int(code), str(reason), str(reply.get("error", "the peer went away"))))
+        elif "timeout" in note:
+            self.fail(RequestTimeout(self.call_id, self.cmd, None))
+        elif "notConnected" in note:
+            self.fail(NotConnected(str(note["notConnected"])))
+        else:
+            self.set_result(reply)
+
+    def start_transfer(self, header: dict[str, Any], max_reply_size: int) -> None:
+        """Take a binary reply's header: allocate the result, finish with its Transfer; else a 502 (reader thread)."""
+        try:
+            callformat.check_binary_header(header, max_reply_size)
+            transfer = Transfer(header, self.call_id, self.cmd, self.progress)  # checks an array's layout now, before its bytes come
+        except MemoryError:
+            self.fail(RequestError(502, f"invalid binary reply: cannot allocate the {header.get('size')} bytes it announces", header))
+        except Exception as exc:  # OverflowError from "shape": [Infinity], and whatever else: never a hang
+            self.fail(RequestError(502, f"invalid binary reply: {describe(exc)}", header))
+        else:
+            self.transfer = transfer  # before the future finishes: see _PendingCall.fail
+            self.set_result(transfer)
+
 
 class RequestHandler:
     """Sends requests to the peers of one endpoint name and matches their replies.
@@ -110,11 +146,10 @@ class RequestHandler:
     ) -> None:
         self.name = name
         self._server = server
-        self._cluster: Optional[RedisCluster] = cluster if cluster is not None else (server.cluster if server is not None else None)
-        self._node: Optional[ClusterNode] = server.node if server is not None else None
-        # Synchronize access to _links (opening a link happens outside it).
-        self._links_lock = threading.Lock()
-        self._links: dict[str, NodeLink] = {}
+        cluster = cluster if cluster is not None else (server.cluster if server is not None else None)
+        node = server.node if server is not None else None
+        #: Where calls go in a cluster (None: this process's connections only).
+        self.routes: Optional[ClusterRoutes] = ClusterRoutes(name, cluster, node, self) if cluster is not None else None
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
@@ -127,8 +162,8 @@ class RequestHandler:
         self.registry.add_closing_listener(name, self)
         if server is not None:
             server.add_stop_callback(self.close_pending_requests)
-        if self._node is not None:
-            self._node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
+        if node is not None:
+            node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
 
     # ------------------------------------------------------------------ caller side
 
@@ -157,8 +192,7 @@ class RequestHandler:
         that is not a dict with a str ``cmd`` or a NaN or negative ``timeout``,
         and NotConnected (no peer, or ``conn`` belongs to another server); then
         RequestTimeout, ConnectionClosed (the peer went away, at once) and
-        RequestError (the peer's status was not 200; 502 for a binary reply
-        that could not be taken).
+        RequestError (a status other than 200; 502: a binary reply not taken).
         """
         callformat.check_request(msg)
         timeout = timeouts.check_timeout(timeout)
@@ -206,64 +240,25 @@ class RequestHandler:
             if self._server is not None and conn.server is not self._server:
                 raise NotConnected(f"{conn!r} was not accepted by this RequestHandler's server")
             return self._open_handler(conn), {}
-        if conn is None and self._cluster is None:
+        routes = self.routes
+        if routes is None:
+            if conn is not None:
+                raise NotConnected(f"{conn!r} is a cluster connection, and this RequestHandler has no cluster")
             return self._open_handler(self.registry.newest(self.name, server=self._server)), {}
-        record = conn if conn is not None else self._newest_in_cluster()
-        if self._node is not None and record.node == self._node.cluster.node_id:
-            return self._open_handler(self._node.handler(record.id)), {}
-        return self._link(record.node), {CONN_FIELD: record.id}
+        record = conn if conn is not None else routes.newest()
+        if routes.is_local(record):
+            return self._open_handler(routes.local_handler(record)), {}
+        return routes.link(record.node), {CONN_FIELD: record.id}
 
     def _open_handler(self, handler: Optional[BaseWebSocketHandler]) -> BaseWebSocketHandler:
         if handler is None or handler.connection.closed:
             raise NotConnected(f"{self.name} not connected. Please start the remote service.")
         return handler
 
-    def _newest_in_cluster(self) -> ClusterConnection:
-        assert self._cluster is not None
-        # This node's own connections count even when Redis is away or has not had
-        # them republished yet after a restart (docs/cluster.md).
-        local = self._cluster.local_connections(self.name)
-        try:
-            records = self._cluster.connections(self.name)
-        except ClusterError:
-            records = []
-        if local:
-            seen = {r.id for r in records}
-            records = sorted(records + [r for r in local if r.id not in seen], key=lambda r: (r.opened_at, r.id))
-        if not records:
-            raise NotConnected(f"{self.name} not connected on any node of cluster {self._cluster.name!r}. Please start the remote service.")
-        return records[-1]
-
-    def _link(self, node: str) -> NodeLink:
-        """The open link to ``node``, opened now if there is none (caller thread; I/O outside the locks)."""
-        with self._links_lock:
-            link = self._links.get(node)
-        if link is not None and not link.connection.closed:
-            return link
-        cluster = self._cluster
-        assert cluster is not None
-        url = cluster.node_info(node).get("url")
-        if not url or not cluster.node_alive(node):
-            raise NotConnected(f"node {node} of cluster {cluster.name!r} is gone")
-        try:
-            link = NodeLink(node, url, cluster.token(), self, cluster.ttl)
-        except (NotConnected, HandshakeError) as exc:
-            raise NotConnected(f"cannot reach node {node} of cluster {cluster.name!r} at {url}: {exc}") from exc
-        with self._links_lock:
-            current = self._links.get(node)
-            if current is not None and not current.connection.closed:
-                spare, link = link, current  # another thread opened one first: use it, close ours
-            else:
-                spare, self._links[node] = None, link
-        if spare is not None:
-            spare.close()
-        return link
-
     def link_closed(self, link: NodeLink) -> None:
         """A link to another node dropped: forget it and fail its calls at once (its link thread)."""
-        with self._links_lock:
-            if self._links.get(link.node) is link:
-                del self._links[link.node]
+        if self.routes is not None:
+            self.routes.forget(link)
         with self.callbackLock:
             calls = [c for c in self._calls.values() if c.conn is link]
         for call in calls:
@@ -271,10 +266,8 @@ class RequestHandler:
 
     def close_links(self) -> None:
         """Close this handler's links to other nodes (their calls fail with ConnectionClosed). Safe from any thread."""
-        with self._links_lock:
-            links, self._links = list(self._links.values()), {}
-        for link in links:
-            link.close()
+        if self.routes is not None:
+            self.routes.close_links()
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
@@ -349,48 +342,13 @@ class RequestHandler:
         if call is None:
             return
         if LINK_FIELD in reply and isinstance(client, NodeLink):
-            self._on_link_note(call, reply)
+            call.apply_link_note(reply)
         elif call.transfer is not None:
             call.fail(RequestError(502, "damaged binary reply: a reply came in the middle of its parts", reply))
         elif callformat.is_binary_header(reply):
-            self._start_transfer(call, reply)
+            call.start_transfer(reply, self.max_reply_size)
         else:
             call.set_result(reply)
-
-    def _on_link_note(self, call: _PendingCall, reply: dict[str, Any]) -> None:
-        """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
-        note = reply[LINK_FIELD]
-        if not isinstance(note, dict):
-            call.set_result(reply)
-        elif "progress" in note:
-            received, total = note["progress"]
-            if call.progress is not None:
-                try:
-                    call.progress(int(received), int(total))
-                except Exception:
-                    logger.exception("progress callback of call %d failed", call.call_id)
-        elif "closed" in note:
-            code, reason = note["closed"]
-            call.fail(ConnectionClosed(int(code), str(reason), str(reply.get("error", "the peer went away"))))
-        elif "timeout" in note:
-            call.fail(RequestTimeout(call.call_id, call.cmd, None))
-        elif "notConnected" in note:
-            call.fail(NotConnected(str(note["notConnected"])))
-        else:
-            call.set_result(reply)
-
-    def _start_transfer(self, call: _PendingCall, header: dict[str, Any]) -> None:
-        """Take a binary reply's header: allocate its result and hand the caller its Transfer (connection thread)."""
-        try:
-            callformat.check_binary_header(header, self.max_reply_size)
-            transfer = Transfer(header, call.call_id, call.cmd, call.progress)  # checks an array's layout now, before its bytes come
-        except MemoryError:
-            call.fail(RequestError(502, f"invalid binary reply: cannot allocate the {header.get('size')} bytes it announces", header))
-        except Exception as exc:  # OverflowError from "shape": [Infinity], and whatever else: never a hang
-            call.fail(RequestError(502, f"invalid binary reply: {describe(exc)}", header))
-        else:
-            call.transfer = transfer  # before the future finishes: see _PendingCall.fail
-            call.set_result(transfer)
 
     def _on_binary(self, client: Channel, message: bytes) -> None:
         part = callformat.decode_part_header(message)
