@@ -7,11 +7,9 @@ A :class:`RedisCluster` makes the process a *node* of a named cluster::
 
 What Redis carries (every key and channel starts with ``syncws:<name>:``):
 
-* **presence**: the sorted set ``nodes`` (node id, scored by when its
-  heartbeat runs out), the hash ``node:<id>`` (the node's link URL) and the
-  hash ``conns:<id>`` (one JSON record per open connection). A node renews
-  them every ``ttl / 3`` seconds; a node that dies vanishes within ``ttl``; a
-  connection that closes is removed at once.
+* **presence** (:mod:`syncws.presence`): each node's connections, renewed
+  with heartbeats every ``ttl / 3`` seconds; a node that dies vanishes
+  within ``ttl``; a connection that closes is removed at once.
 * **sends**: one pub/sub message per ``cluster.send(name, msg)`` on the
   channel ``all``, which every node delivers to its own connections of that
   name, so each connection gets it once. Binary goes as it is, never base64.
@@ -33,15 +31,15 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import secrets
 import struct
 import threading
 import time
 import uuid
-from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 from .exceptions import SyncWSError
+from .presence import Backoff, ClusterConnection, Presence
 
 __all__ = ["RedisCluster", "ClusterConnection", "ClusterError", "LocalNode"]
 
@@ -78,25 +76,6 @@ def _redis_module() -> Any:
 
 class ClusterError(SyncWSError):
     """The cluster could not do what was asked (Redis unreachable, a node gone)."""
-
-
-class ClusterConnection(NamedTuple):
-    """One open connection somewhere in the cluster, as its node published it."""
-
-    node: str  #: the id of the node that holds it
-    id: str  #: unique in the cluster: ``<node>-<n>``
-    name: str  #: the endpoint name it is registered under
-    remote_address: tuple[str, int]  #: the peer's address as its node saw it
-    opened_at: float  #: when it opened (``time.time()`` on its node)
-
-    def to_json(self) -> str:
-        return json.dumps({"name": self.name, "address": list(self.remote_address), "opened": self.opened_at})
-
-    @classmethod
-    def from_json(cls, node: str, conn_id: str, text: Union[str, bytes]) -> ClusterConnection:
-        record = json.loads(text)
-        host, port = record["address"]
-        return cls(node, conn_id, str(record["name"]), (str(host), int(port)), float(record["opened"]))
 
 
 class LocalNode(Protocol):
@@ -151,18 +130,13 @@ class RedisCluster:
         redis_options.setdefault("socket_timeout", max(ttl, 1.0))
         redis_options.setdefault("socket_connect_timeout", max(ttl, 1.0))
         self._redis = redis.Redis.from_url(url, **redis_options)
-        self._presence = self._redis.register_script(_PRESENCE_SCRIPT)
+        self._presence_script = self._redis.register_script(_PRESENCE_SCRIPT)
         self._prefix = f"syncws:{name}:"
-        # Synchronize access to _records, _changes, _node, _node_info, _started, _ids and _token.
+        # Synchronize access to _node, _started, _ids and _token.
         self._lock = threading.Lock()
-        self._records: dict[str, ClusterConnection] = {}  # this node's open connections, by id
-        # Presence changes not yet written: id -> record, or None for a removal. Only the
-        # beat thread writes presence to Redis, so that a republish never races an update
-        # and no connection thread ever waits for Redis.
-        self._changes: dict[str, Optional[ClusterConnection]] = {}
-        self._wake = threading.Event()  # set when there are _changes, or to stop
+        #: This node's connections and heartbeat, written by the beat thread alone.
+        self.presence = Presence(self._redis, self.key, self.node_id, ttl, self._errors, name)
         self._node: Optional[LocalNode] = None
-        self._node_info: dict[str, str] = {}
         self._started = False
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -183,7 +157,7 @@ class RedisCluster:
             if self._node is not None and self._node is not node:
                 raise ValueError("a RedisCluster serves one server; make one per server")
             self._node = node
-            self._node_info = dict(info or {})
+        self.presence.set_info(info or {})
 
     def start(self) -> RedisCluster:
         """Publish this node and start its threads; returns at once. Idempotent; safe from any thread."""
@@ -194,7 +168,7 @@ class RedisCluster:
             serving = self._node is not None
         self._stopping.clear()
         if serving:  # a process without a server has no presence and receives no sends
-            self._spawn("syncws-cluster-beat", self._beat_loop)
+            self._spawn("syncws-cluster-beat", lambda: self.presence.run(self._stopping))
             self._spawn("syncws-cluster-sub", self._subscribe_loop)
         return self
 
@@ -209,18 +183,15 @@ class RedisCluster:
             if not self._started:
                 return
             self._started = False
-            self._records.clear()
+        self.presence.clear()
         self._stopping.set()
-        self._wake.set()
+        self.presence.wake.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(self.ttl + 2)
         self._threads.clear()
         try:
-            pipe = self._redis.pipeline()
-            pipe.zrem(self.key("nodes"), self.node_id)
-            pipe.delete(self.key("conns", self.node_id), self.key("node", self.node_id))
-            pipe.execute()
+            self.presence.remove()
         except self._errors as exc:
             logger.info("cluster %s: could not remove node %s from Redis (%s); it expires within %s s", self.name, self.node_id, exc, self.ttl)
 
@@ -254,17 +225,11 @@ class RedisCluster:
 
     def connection_opened(self, record: ClusterConnection) -> None:
         """Publish a connection of this node; returns at once, the beat thread writes it (any thread)."""
-        with self._lock:
-            self._records[record.id] = record
-            self._changes[record.id] = record
-        self._wake.set()
+        self.presence.opened(record)
 
     def connection_closed(self, conn_id: str) -> None:
         """Withdraw a connection of this node; returns at once, the beat thread removes it (any thread)."""
-        with self._lock:
-            self._records.pop(conn_id, None)
-            self._changes[conn_id] = None
-        self._wake.set()
+        self.presence.closed(conn_id)
 
     def connections(self, name: str) -> list[ClusterConnection]:
         """Every open connection of ``name`` on every live node, newest last.
@@ -272,7 +237,7 @@ class RedisCluster:
         Raises ClusterError when Redis cannot be reached.
         """
         try:
-            flat = self._presence(keys=[self.key("nodes")], args=[int(time.time() * 1000), self.key("conns", "")])
+            flat = self._presence_script(keys=[self.key("nodes")], args=[int(time.time() * 1000), self.key("conns", "")])
         except self._errors as exc:
             raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
         found = []
@@ -290,9 +255,7 @@ class RedisCluster:
 
     def local_connections(self, name: Optional[str] = None) -> list[ClusterConnection]:
         """This node's own open connections (of ``name``, when given), newest last; no Redis needed."""
-        with self._lock:
-            records = [r for r in self._records.values() if name is None or r.name == name]
-        return sorted(records, key=lambda r: (r.opened_at, r.id))
+        return self.presence.local(name)
 
     def node_info(self, node: str) -> dict[str, str]:
         """What ``node`` published about itself (its link URL), or {} when it is gone."""
@@ -309,77 +272,6 @@ class RedisCluster:
         except self._errors:
             return False
         return score is not None and score > time.time() * 1000
-
-    def _beat_loop(self) -> None:
-        """Renew this node's presence every ttl/3; republish all of it after Redis came back (beat thread)."""
-        interval = self.ttl / 3
-        published = False
-        backoff = _Backoff()
-        next_beat = 0.0
-        while not self._stopping.is_set():
-            wait = interval
-            try:
-                if time.monotonic() >= next_beat or not published:
-                    # A Redis that restarted empty (or an expired node) shows as a missing node key.
-                    if not self._beat(republish=not published):
-                        self._beat(republish=True)
-                    published = True
-                    next_beat = time.monotonic() + interval
-                self._write_changes()
-                backoff.reset()
-                wait = max(0.0, next_beat - time.monotonic())
-            except self._errors as exc:
-                if published:
-                    logger.warning("cluster %s: Redis at %s is unreachable (%s); retrying", self.name, self.url, exc)
-                published = False
-                wait = backoff.next()
-            self._wake.wait(wait)
-            self._wake.clear()
-
-    def _write_changes(self) -> None:
-        """Write the presence changes made since the last call (beat thread)."""
-        with self._lock:
-            changes, self._changes = self._changes, {}
-        if not changes:
-            return
-        key = self.key("conns", self.node_id)
-        pipe = self._redis.pipeline()
-        for conn_id, record in changes.items():
-            if record is None:
-                pipe.hdel(key, conn_id)
-            else:
-                pipe.hset(key, conn_id, record.to_json())
-        pipe.pexpire(key, int(self.ttl * 1000))
-        try:
-            pipe.execute()
-        except self._errors:
-            with self._lock:  # keep them for the next try, unless newer changes superseded them
-                self._changes = {**changes, **self._changes}
-            raise
-
-    def _beat(self, republish: bool) -> bool:
-        """Renew presence (all of it when ``republish``); False when the node's key had vanished."""
-        expires_ms = int((time.time() + self.ttl) * 1000)
-        ttl_ms = int(self.ttl * 1000)
-        with self._lock:
-            records = list(self._records.values()) if republish else []
-            if republish:
-                self._changes.clear()  # the snapshot holds them
-            info = {"node": self.node_id, **self._node_info}
-        pipe = self._redis.pipeline()
-        if republish:
-            pipe.delete(self.key("conns", self.node_id))
-            if records:
-                pipe.hset(self.key("conns", self.node_id), mapping={r.id: r.to_json() for r in records})
-            pipe.delete(self.key("node", self.node_id))
-            pipe.hset(self.key("node", self.node_id), mapping=info)
-        pipe.zadd(self.key("nodes"), {self.node_id: expires_ms})
-        pipe.pexpire(self.key("conns", self.node_id), ttl_ms)
-        pipe.pexpire(self.key("node", self.node_id), ttl_ms)
-        # Nodes whose heartbeat ran out long ago leave the set (their keys expired by themselves).
-        pipe.zremrangebyscore(self.key("nodes"), 0, int((time.time() - 10 * self.ttl) * 1000))
-        results = pipe.execute()
-        return bool(results[-2])  # PEXPIRE of the node key: 0 when the key is gone
 
     # ------------------------------------------------------------------ sends
 
@@ -412,7 +304,7 @@ class RedisCluster:
 
     def _subscribe_loop(self) -> None:
         """Read the cluster's channel and deliver to this node's connections (subscriber thread)."""
-        backoff = _Backoff()
+        backoff = Backoff()
         while not self._stopping.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
@@ -451,19 +343,3 @@ class RedisCluster:
 
     def __repr__(self) -> str:
         return f"<RedisCluster {self.name!r} node {self.node_id} on {self.url}>"
-
-
-class _Backoff:
-    """Capped exponential backoff with full jitter: 0.1 s doubling up to 5 s."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap, self.current = first, cap, first
-
-    def next(self) -> float:
-        wait = random.uniform(self.current / 2, self.current)
-        self.current = min(self.cap, self.current * 2)
-        return wait
-
-    def reset(self) -> None:
-        self.current = self.first
-
