@@ -26,7 +26,6 @@ import argparse
 import json
 import logging
 import signal
-import socket
 import ssl
 import sys
 import threading
@@ -46,6 +45,7 @@ from .progress import ProgressBar
 from .registry import ConnectionRegistry
 from .request_handler import RequestHandler
 from .server import WebSocketServer
+from .signals import StopSignals
 from .static import javascript_client
 
 __all__ = ["main", "build_parser", "SERVE_ENDPOINTS"]
@@ -56,52 +56,19 @@ logger = logging.getLogger(__name__)
 SERVE_ENDPOINTS = ("/echo", "/broadcast", "/relay", "/wsData", "/call")
 
 
-class _StopSignals:
-    """SIGINT and SIGTERM, caught from construction until :meth:`restore`; :meth:`wait` blocks until one comes.
+def _described(sub: Any, name: str) -> argparse.ArgumentParser:
+    """The subcommand ``name``, whose --help shows its description and epilog (_HELP) as written."""
+    summary, description, epilog = _HELP[name]
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter, description=description, epilog=epilog
+    )
+    return parser
 
-    The handlers only note the signal and write a byte to a socket pair, so no
-    KeyboardInterrupt can break into starting or stopping a server at an
-    awkward moment: a signal at any time after construction leads :meth:`wait`
-    to return. A signal ignored on entry stays ignored. Signals can only be
-    caught on the main thread; elsewhere none is caught and only :meth:`wake`
-    ends :meth:`wait`.
-    """
 
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        self._writer.setblocking(False)
-        self.received: Optional[int] = None
-        self._previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(signum) is signal.SIG_IGN:
-                    continue  # e.g. SIGINT of a command a script started with '&': it stays ignored
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-        self.wake()
-
-    def wake(self) -> None:
-        """End a :meth:`wait` now or the next one (any thread, and signal handlers)."""
-        try:
-            self._writer.send(b"\0")
-        except OSError:
-            pass  # the buffer is full of wake-ups already, or restore() closed it
-
-    def wait(self) -> Optional[int]:
-        """Block until a signal or :meth:`wake`; the first signal caught so far, if any."""
-        self._reader.recv(1)
-        return self.received
-
-    def restore(self) -> None:
-        """Put the previous handlers back: from now on a second Ctrl-C interrupts as usual."""
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-        self._reader.close()
-        self._writer.close()
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that connects to a server: its token and the CA to trust."""
+    parser.add_argument("--token", help="bearer token to send (for serve --token)")
+    parser.add_argument("--cafile", help="CA certificate (PEM) to trust for wss:// (for serve --certfile)")
 
 
 def _error(command: str, message: str) -> None:
@@ -149,7 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _error("serve", f"--cluster: {exc}")
         return 2
     # From here on Ctrl-C (or SIGTERM) stops the server cleanly, whenever it comes.
-    signals = _StopSignals()
+    signals = StopSignals()
     try:
         try:
             server = WebSocketServer(
@@ -323,7 +290,7 @@ def _cmd_peer(args: argparse.Namespace) -> int:
 
     sslopt = {"ca_certs": args.cafile} if args.cafile else None
     # From here on Ctrl-C (or SIGTERM) stops the peer cleanly, whenever it comes.
-    signals = _StopSignals()
+    signals = StopSignals()
     try:
         try:
             service = demo_peer_service(args.url, token=args.token, sslopt=sslopt)
@@ -421,6 +388,24 @@ example, with `syncws serve --port 8888` running:
 )
 
 
+#: Each described subcommand's one-line help, description and epilog.
+_HELP = {
+    "serve": ("run a server with echo, broadcast, relay, request and gateway endpoints", "Run a server until Ctrl-C (SIGINT) or SIGTERM.", SERVE_EPILOG),
+    "call": (
+        "make one request of a served peer, or send one message to an endpoint",
+        "Make one request of a peer connected to a `syncws serve`, through its /call gateway;\n"
+        "or, with --message, send one message to any endpoint and print the first message back.",
+        CALL_EPILOG,
+    ),
+    "peer": (
+        "the demo's RemoteService peer: connect it to serve's /wsData to answer `call` (demo starts its own)",
+        "Run the demo's RemoteService peer, connected to a server's /wsData endpoint, until\n"
+        "Ctrl-C (SIGINT) or SIGTERM; it reconnects when the connection drops.",
+        PEER_EPILOG,
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``syncws`` command."""
     parser = argparse.ArgumentParser(prog="syncws", description="Synchronous, thread-based websockets.")
@@ -428,13 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    serve = sub.add_parser(
-        "serve",
-        help="run a server with echo, broadcast, relay, request and gateway endpoints",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run a server until Ctrl-C (SIGINT) or SIGTERM.",
-        epilog=SERVE_EPILOG,
-    )
+    serve = _described(sub, "serve")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     serve.add_argument("--port", type=int, default=8888, help="port (default 8888; 0 picks a free one)")
     serve.add_argument("--max-message-size", type=int, default=64 * 1024 * 1024, help="bytes (default 64 MiB)")
@@ -451,14 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cluster-ttl", type=float, default=3.0, help="seconds after which a silent node counts as gone (default 3)")
     serve.set_defaults(func=_cmd_serve)
 
-    call = sub.add_parser(
-        "call",
-        help="make one request of a served peer, or send one message to an endpoint",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Make one request of a peer connected to a `syncws serve`, through its /call gateway;\n"
-        "or, with --message, send one message to any endpoint and print the first message back.",
-        epilog=CALL_EPILOG,
-    )
+    call = _described(sub, "call")
     call.add_argument("url", help="the server (ws://host:port) for a request, or an endpoint URL for --message")
     call.add_argument("cmd", nargs="?", help="the request's cmd")
     call.add_argument("fields", nargs="*", metavar="key=value", help="request fields; values are JSON if they parse, else strings")
@@ -466,8 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (default 30)")
     call.add_argument("--output", help="write a bytes result to this file")
     call.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
-    call.add_argument("--token", help="bearer token to send")
-    call.add_argument("--cafile", help="CA certificate (PEM) to trust for wss://")
+    _add_client_options(call)
     call.set_defaults(func=_cmd_call)
 
     demo = sub.add_parser("demo", help="the main job: a server, a peer process and worker threads making requests")
@@ -475,17 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=8, help="worker threads (default 8)")
     demo.set_defaults(func=_cmd_demo)
 
-    peer = sub.add_parser(
-        "peer",
-        help="the demo's RemoteService peer: connect it to serve's /wsData to answer `call` (demo starts its own)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the demo's RemoteService peer, connected to a server's /wsData endpoint, until\n"
-        "Ctrl-C (SIGINT) or SIGTERM; it reconnects when the connection drops.",
-        epilog=PEER_EPILOG,
-    )
+    peer = _described(sub, "peer")
     peer.add_argument("url", help="endpoint URL, e.g. ws://127.0.0.1:8888/wsData")
-    peer.add_argument("--token", help="bearer token to send (for serve --token)")
-    peer.add_argument("--cafile", help="CA certificate (PEM) to trust for wss:// (for serve --certfile)")
+    _add_client_options(peer)
     peer.add_argument("--connect-timeout", type=float, default=30.0, help="seconds to wait for the first connection (default 30); then exit 1")
     peer.set_defaults(func=_cmd_peer)
 

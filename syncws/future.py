@@ -65,20 +65,17 @@ class CallFuture(Generic[T]):
 
     def set_result(self, result: T) -> bool:
         """Finish with ``result`` and wake the waiter; False (and nothing changes) if already finished. Any thread."""
-        with self._condition:
-            if self._state is _FINISHED:
-                return False
-            self._result = result
-            self._state = _FINISHED
-            self._condition.notify_all()
-        return True
+        return self._finish(result, None)
 
     def set_exception(self, exception: BaseException) -> bool:
         """Finish with ``exception`` (raised by :meth:`result`); False if already finished. Any thread."""
+        return self._finish(None, exception)
+
+    def _finish(self, result: Optional[T], exception: Optional[BaseException]) -> bool:
         with self._condition:
             if self._state is _FINISHED:
                 return False
-            self._exception = exception
+            self._result, self._exception = result, exception
             self._state = _FINISHED
             self._condition.notify_all()
         return True
