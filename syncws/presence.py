@@ -55,12 +55,8 @@ class Presence:
     """
 
     def __init__(self, redis: Any, key: Callable[..., str], node_id: str, ttl: float, errors: tuple[type[BaseException], ...], name: str) -> None:
-        self.redis = redis
-        self.key = key
-        self.node_id = node_id
-        self.ttl = ttl
-        self.errors = errors
-        self.name = name
+        self.redis, self.key, self.errors = redis, key, errors  # the cluster's Redis, key maker and connection errors
+        self.node_id, self.ttl, self.name = node_id, ttl, name
         # Synchronize access to _records, _changes and _info.
         self._lock = threading.Lock()
         self._records: dict[str, ClusterConnection] = {}  # this node's open connections, by id
