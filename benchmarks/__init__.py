@@ -11,6 +11,9 @@ Modules:
 - ``report``: the implementations, workloads and figures, and the table;
 - ``peers``: the child processes (servers, request servers, peers),
   ``python -m benchmarks.peers ROLE ...``;
+- ``cluster``: the cluster group (``--cluster``): nodes on a redis-server of
+  its own, requests and a broadcast across them; ``cluster_peers`` its
+  child processes;
 - ``many_clients``: many connections in one thread, for fan-out and idle;
 - ``common``: what the others share (raw framing, the call table of the
   implementations without one, process figures);

@@ -25,6 +25,10 @@ class ManyClients:
         self.socks: list[socket.socket] = []
         self.state: dict[int, dict[str, Any]] = {}
         self.sel = selectors.DefaultSelector()
+        self.add(port, path, n)
+
+    def add(self, port: int, path: str, n: int) -> None:
+        """Open ``n`` more connections to ``path`` on ``port`` (another server's, for a cluster); all close on failure."""
         try:
             for _ in range(n):
                 s = self._open(port, path)

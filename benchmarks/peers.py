@@ -20,6 +20,9 @@ can never outlive the benchmark by more than its time limit):
         from worker threads and prints the figures as one JSON line.
     reqpeer IMPL URL
         The remote service answering {"cmd": "echo"} and {"cmd": "blob"}.
+    cluster-node, cluster-caller, cluster-peer ...
+        The cluster group's nodes, caller without a server and peer: see
+        benchmarks.cluster_peers.
 """
 
 from __future__ import annotations
@@ -178,6 +181,12 @@ def main(argv: list[str]) -> int:
             role_reqserver(argv[1], argv[2], json.loads(argv[3]) if len(argv) > 3 else {})
         elif role == "reqpeer":
             role_reqpeer(argv[1], argv[2])
+        elif role.startswith("cluster-"):
+            from .cluster_peers import ROLES
+
+            if role not in ROLES:
+                raise SystemExit(f"unknown role {role!r}")
+            ROLES[role](*argv[1:])
         else:
             raise SystemExit(f"unknown role {role!r}")
     except BaseException:  # report and leave at once, whatever threads remain

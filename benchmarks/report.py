@@ -19,6 +19,19 @@ ALIASES = {
     "bulk_down": "bulk",
 }
 
+# The cluster group (benchmarks/cluster.py, ``--cluster``): its own workloads, each measured on
+# the rows listed here, in this order. ``raw`` and ``syncws`` are the single-process references
+# measured in the same run.
+CLUSTER_IMPLS = ["redis", "same_node", "cross_node", "no_server", "three_nodes"]
+CLUSTER_WORKLOADS = ["redis_rtt", "cluster_latency", "cluster_throughput", "cluster_large", "cluster_fanout"]
+CLUSTER_ROWS = {
+    "redis_rtt": ["redis"],
+    "cluster_latency": ["raw", "syncws", "same_node", "cross_node", "no_server"],
+    "cluster_throughput": ["raw", "syncws", "same_node", "cross_node", "no_server"],
+    "cluster_large": ["raw", "syncws", "same_node", "cross_node", "no_server"],
+    "cluster_fanout": ["raw", "syncws", "three_nodes"],
+}
+
 # (key, label, unit, better) -- better is "lower" or "higher"
 FIGURES = {
     "echo": [("p50_us", "p50", "us", "lower"), ("p99_us", "p99", "us", "lower")],
@@ -32,6 +45,15 @@ FIGURES = {
     ],
     "fanout": [("p50_ms", "last client, p50", "ms", "lower")],
     "idle": [("KiB_per_conn", "RSS per conn", "KiB", "lower"), ("threads_per_conn", "threads per conn", "", "lower")],
+    "redis_rtt": [
+        ("ping_us", "PING p50", "us", "lower"),
+        ("lookup_us", "connections() p50", "us", "lower"),
+        ("lookup_fan_us", "connections() p50, fan-out clients open", "us", "lower"),
+    ],
+    "cluster_latency": [("p50_us", "p50", "us", "lower"), ("p99_us", "p99", "us", "lower")],
+    "cluster_throughput": [("rps", "throughput", "req/s", "higher")],
+    "cluster_large": [("MBps", "speed", "MB/s", "higher")],
+    "cluster_fanout": [("p50_ms", "last client, p50", "ms", "lower")],
 }
 # where the workload is impossible or not meant to run
 NA = {("websocket_server", "bulk"): "n/a: websocket-server 0.6.4 has no binary frames"}
@@ -42,12 +64,35 @@ NOTES = {
     ("tornado_seed", "large_reply"): "binary frame",
     ("syncws_inline", "req_latency"): "peer command inline",
     ("syncws_inline", "req_throughput"): "peer command inline",
+    ("redis", "redis_rtt"): "redis-py from the benchmark process",
+    ("syncws", "cluster_latency"): "one process, no cluster",
+    ("syncws", "cluster_throughput"): "one process, no cluster",
+    ("syncws", "cluster_large"): "one process, no cluster",
+    ("same_node", "cluster_latency"): "caller on the peer's node A",
+    ("same_node", "cluster_throughput"): "caller on the peer's node A",
+    ("same_node", "cluster_large"): "caller on the peer's node A",
+    ("cross_node", "cluster_latency"): "caller on node B, peer on node A",
+    ("cross_node", "cluster_throughput"): "caller on node B, peer on node A",
+    ("cross_node", "cluster_large"): "caller on node B, peer on node A",
+    ("no_server", "cluster_latency"): "caller in a process without a server",
+    ("no_server", "cluster_throughput"): "caller in a process without a server",
+    ("no_server", "cluster_large"): "caller in a process without a server",
+    ("raw", "cluster_fanout"): "one server",
+    ("syncws", "cluster_fanout"): "one server, no cluster",
+    ("three_nodes", "cluster_fanout"): "RedisCluster.send, clients spread over 3 nodes",
 }
+
+
+def listed(impl: str, wl: str) -> bool:
+    """Whether the table has a row for ``impl`` on workload ``wl`` (measured or n/a)."""
+    if wl in CLUSTER_ROWS:
+        return impl in CLUSTER_ROWS[wl]
+    return impl not in CLUSTER_IMPLS and wl in ONLY_FOR.get(impl, {wl})
 
 
 def runs(impl: str, wl: str) -> bool:
     """Whether workload ``wl`` is measured on ``impl`` (not n/a, not meant for another)."""
-    return wl in ONLY_FOR.get(impl, {wl}) and (impl, wl) not in NA
+    return listed(impl, wl) and (impl, wl) not in NA
 
 
 def fmt(v: Optional[float]) -> str:
@@ -76,13 +121,13 @@ def summarize(results: dict[tuple[str, str], dict[str, Any]], impls: list[str], 
             if raw_vals:
                 raw_med = statistics.median(raw_vals)
             for impl in impls:
-                if wl not in ONLY_FOR.get(impl, {wl}):
+                if not listed(impl, wl):
                     continue
                 res = results.get((impl, wl), {})
                 row = {"workload": wl, "figure": key, "label": label, "unit": unit, "better": better, "impl": impl, "note": NOTES.get((impl, wl), "")}
                 vals = res.get("values", {}).get(key)
-                if (impl, wl) in NA:
-                    row.update(status="n/a", note=NA[(impl, wl)])
+                if (impl, wl) in NA or res.get("na"):
+                    row.update(status="n/a", note=NA.get((impl, wl)) or res["na"])
                 elif vals:
                     med = statistics.median(vals)
                     row.update(
@@ -96,8 +141,8 @@ def summarize(results: dict[tuple[str, str], dict[str, Any]], impls: list[str], 
     return rows
 
 
-def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """The report: a heading, the versions, and the table of ``rows``."""
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], extra: Optional[list[str]] = None) -> str:
+    """The report: a heading, the versions, the table of ``rows`` and the ``extra`` lines (the cluster's targets)."""
     out = ["# syncws benchmark (%s mode, %d repetitions)" % (meta["mode"], meta["reps"]), ""]
     out.append(
         "Python %s on %s, %d CPUs; %s"
@@ -124,6 +169,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             out.append("| {} | {} | {} | error | | | | {} |".format(r["workload"], fig, r["impl"], err))
     out.append("")
     out.append("x raw = median / raw median. Wall time {:.1f} s.".format(meta["wall_s"]))
+    if extra:
+        out.append("")
+        out.extend(extra)
     return "\n".join(out)
 
 

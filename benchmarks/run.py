@@ -1,7 +1,7 @@
 """Benchmark syncws against a raw-TCP floor and other websocket stacks.
 
 Usage (from the repository root):
-    python -m benchmarks [--quick] [--reps N] [--only raw,syncws]
+    python -m benchmarks [--quick] [--cluster] [--reps N] [--only raw,syncws]
                          [--workloads echo,bulk] [--json PATH]
     python -m syncws bench ...           (runs this module's main(argv))
 
@@ -33,6 +33,15 @@ Workloads (figures):
     idle            1,000 idle connections: server RSS and threads per
                     connection
 
+The cluster group (``--cluster``; ``--quick`` runs it too, with small counts;
+benchmarks/cluster.py): three nodes on a redis-server of its own, requests
+from the peer's node, from another node and from a process without a
+server, against raw and one-process syncws in the same run (rows
+same_node, cross_node, no_server), the Redis round trip (redis), and a
+broadcast to 1,000 clients spread over the nodes (three_nodes):
+    redis_rtt, cluster_latency, cluster_throughput, cluster_large,
+    cluster_fanout
+
 Every server side runs in a child process of its own (python -m
 benchmarks.peers); clients run in this process (echo, bulk, fan-out, idle) or
 in a peer process (request workloads). Runs are interleaved: for each
@@ -57,14 +66,18 @@ from typing import Any, Optional
 from .common import BenchError, MiB, implementation, pct, raise_nofile
 from .many_clients import ManyClients
 from .peers import command, package_parent
-from .report import ALIASES, IMPLS, WORKLOADS, fmt, markdown, runs, summarize, versions
+from .report import ALIASES, CLUSTER_IMPLS, CLUSTER_WORKLOADS, IMPLS, WORKLOADS, fmt, markdown, runs, summarize, versions
 
 FULL = dict(reps=5, echo_n=2000, echo_size=100, bulk_size=16 * MiB, bulk_count=4,
             lat_n=2000, thr_threads=16, thr_n=500, large_size=64 * MiB,
-            fan_clients=500, fan_rounds=20, fan_size=1024, idle_n=1000, settle=0.4)
+            fan_clients=500, fan_rounds=20, fan_size=1024, idle_n=1000, settle=0.4,
+            cl_rtt_n=2000, cl_lat_n=2000, cl_thr_threads=16, cl_thr_n=500, cl_large_size=64 * MiB,
+            cl_fan_clients=1000, cl_fan_rounds=10)
 QUICK = dict(reps=2, echo_n=300, echo_size=100, bulk_size=4 * MiB, bulk_count=2,
              lat_n=300, thr_threads=16, thr_n=100, large_size=4 * MiB,
-             fan_clients=100, fan_rounds=5, fan_size=1024, idle_n=200, settle=0.1)
+             fan_clients=100, fan_rounds=5, fan_size=1024, idle_n=200, settle=0.1,
+             cl_rtt_n=200, cl_lat_n=200, cl_thr_threads=16, cl_thr_n=50, cl_large_size=4 * MiB,
+             cl_fan_clients=60, cl_fan_rounds=3)
 RUN_TIMEOUT = 180.0  # seconds, any single run
 
 
@@ -344,24 +357,32 @@ def parse_list(value: str, allowed: list[str], aliases: Optional[dict[str, str]]
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table; 0 when every figure was produced."""
     ap = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small counts, 2 repetitions, < 1 minute")
+    ap.add_argument("--quick", action="store_true", help="small counts, 2 repetitions, every workload (the cluster's too)")
+    ap.add_argument("--cluster", action="store_true", help="the cluster group only: three nodes on a redis-server of its own (benchmarks/cluster.py)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 5, quick 2)")
-    ap.add_argument("--only", default="", help="implementations, comma-separated: " + ",".join(IMPLS))
-    ap.add_argument("--workloads", default="", help="workloads, comma-separated: " + ",".join(WORKLOADS))
+    ap.add_argument("--only", default="", help="implementations, comma-separated: " + ",".join(IMPLS + CLUSTER_IMPLS))
+    ap.add_argument("--workloads", default="", help="workloads, comma-separated: " + ",".join(WORKLOADS + CLUSTER_WORKLOADS))
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args(argv)
 
     cfg = dict(QUICK if args.quick else FULL)
     if args.reps is not None:
         cfg["reps"] = max(1, args.reps)
-    impls = parse_list(args.only, IMPLS, what="implementation")
-    workloads = parse_list(args.workloads, WORKLOADS, ALIASES, what="workload")
+    impls = parse_list(args.only, IMPLS + CLUSTER_IMPLS, what="implementation")
+    if args.workloads:
+        workloads = parse_list(args.workloads, WORKLOADS + CLUSTER_WORKLOADS, ALIASES, what="workload")
+    elif args.cluster:
+        workloads = list(CLUSTER_WORKLOADS)
+    else:  # the full run is the main group; --quick covers both
+        workloads = WORKLOADS + (CLUSTER_WORKLOADS if args.quick else [])
     raise_nofile()
 
     t_start = time.monotonic()
     results: dict[tuple[str, str], dict[str, Any]] = {}
     for rep in range(cfg["reps"]):
         for wl in workloads:
+            if wl in CLUSTER_WORKLOADS:
+                continue  # the cluster group runs after, in an environment of its own
             for impl in impls:
                 if not runs(impl, wl):
                     continue
@@ -377,12 +398,21 @@ def main(argv: list[str] | None = None) -> int:
                     status = f"ERROR {type(e).__name__}: {str(e)[:300]}"
                 print("[%d/%d] %-14s %-16s %5.1fs  %s" % (rep + 1, cfg["reps"], wl, impl, time.monotonic() - t, status), file=sys.stderr, flush=True)
 
+    checks: list[dict[str, Any]] = []
+    extra: list[str] = []
+    if any(wl in CLUSTER_WORKLOADS for wl in workloads):
+        from . import cluster  # imports this module: loaded only when needed
+
+        cluster.run_group(cfg, impls, [wl for wl in workloads if wl in CLUSTER_WORKLOADS], results)
+        checks = cluster.targets(results)
+        extra = cluster.target_lines(checks)
+
     meta = {"mode": "quick" if args.quick else "full", "reps": cfg["reps"], "config": cfg,
             "python": platform.python_version(), "platform": platform.platform(),
             "cpus": os.cpu_count() or 0, "versions": versions(),
-            "wall_s": time.monotonic() - t_start, "impls": impls, "workloads": workloads}
+            "wall_s": time.monotonic() - t_start, "impls": impls, "workloads": workloads, "targets": checks}
     rows = summarize(results, impls, workloads)
-    print(markdown(rows, meta))
+    print(markdown(rows, meta, extra))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": rows}, f, indent=1)

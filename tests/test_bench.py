@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,19 +24,30 @@ FIGURES = {
     "large_reply": (("MBps", "peak_MiB", "peak_over_payload"), (*EVERY, "tornado_seed_b64")),
     "fanout": (("p50_ms",), EVERY),
     "idle": (("KiB_per_conn", "threads_per_conn"), EVERY),
+    # the cluster group: three nodes on a redis-server of the benchmark's own
+    "redis_rtt": (("ping_us", "lookup_us", "lookup_fan_us"), ("redis",)),
+    "cluster_latency": (("p50_us", "p99_us"), ("raw", "syncws", "same_node", "cross_node", "no_server")),
+    "cluster_throughput": (("rps",), ("raw", "syncws", "same_node", "cross_node", "no_server")),
+    "cluster_large": (("MBps",), ("raw", "syncws", "same_node", "cross_node", "no_server")),
+    "cluster_fanout": (("p50_ms",), ("raw", "syncws", "three_nodes")),
 }
+CLUSTER_ONLY = {"redis", "same_node", "cross_node", "no_server", "three_nodes"}
+HAS_REDIS = shutil.which("redis-server") is not None
 
 
 @pytest.mark.timeout(300)
 def test_quick_mode_produces_every_figure(tmp_path: Path) -> None:
-    """``python -m benchmarks --quick`` runs every workload on every implementation and reports each figure."""
+    """``python -m benchmarks --quick`` runs every workload on every implementation and reports each figure.
+
+    The cluster rows are n/a, with a note, where redis-server is not installed.
+    """
     out = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--json", str(out)], cwd=str(ROOT), capture_output=True, text=True, timeout=280)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     rows = report["results"]
     workloads = set(report["meta"]["workloads"])
-    assert workloads == {"echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle"}
+    assert workloads == set(FIGURES)
     assert {r["workload"] for r in rows} == workloads
     for row in rows:
         assert row["status"] in ("ok", "n/a"), row
@@ -43,7 +55,13 @@ def test_quick_mode_produces_every_figure(tmp_path: Path) -> None:
             assert row["median"] is not None and row["median"] >= 0, row
     expected = {(wl, key, impl) for wl, (keys, impls) in FIGURES.items() for key in keys for impl in impls}
     assert {(r["workload"], r["figure"], r["impl"]) for r in rows} == expected
-    assert [r for r in rows if r["status"] == "n/a"] == [r for r in rows if (r["impl"], r["workload"]) == ("websocket_server", "bulk")]
+    expected_na = [r for r in rows if (r["impl"], r["workload"]) == ("websocket_server", "bulk") or (not HAS_REDIS and r["impl"] in CLUSTER_ONLY)]
+    assert [r for r in rows if r["status"] == "n/a"] == expected_na
+    if not HAS_REDIS:
+        assert all("redis-server" in r["note"] for r in rows if r["impl"] in CLUSTER_ONLY)
+    targets = report["meta"]["targets"]
+    assert [t["target"].split(" ")[1] for t in targets] == (["p50", "large"] if HAS_REDIS else [])
+    assert ("Target: cross-node" in result.stdout) == HAS_REDIS
     syncws_rows = [r for r in rows if r["impl"] == "syncws"]
     assert syncws_rows and all(r["status"] == "ok" for r in syncws_rows)
     assert "| workload |" in result.stdout
