@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import io
-import ipaddress
 import logging
 import queue
 import socket
@@ -23,7 +21,7 @@ from websockets.sync.client import connect as websockets_connect
 import syncws
 from syncws.compat import WebsocketServer, websocket_server
 
-from .helpers import EchoHandler
+from .helpers import EchoHandler, self_signed
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -386,34 +384,6 @@ def test_tls_with_key_and_cert_files(tmp_path: Path) -> None:
         server.shutdown_gracefully()
     with pytest.raises(ValueError):
         WebsocketServer(port=0, cert=str(cert_path))
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, written to ``folder``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 # What syncws.WebSocketServer has of websocket-server's names, each shown to work below; every other name is absent.

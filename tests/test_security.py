@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import gc
-import ipaddress
 import logging
 import os
 import queue
@@ -21,7 +19,7 @@ from websockets.sync.client import connect as websockets_connect
 
 import syncws
 
-from .helpers import EchoHandler, RawClient, make_server, stop_with_a_handshake_in_progress
+from .helpers import EchoHandler, RawClient, make_server, self_signed, stop_with_a_handshake_in_progress
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -187,31 +185,7 @@ def test_idle_sockets_beyond_max_handshakes_are_closed_at_once(caplog: pytest.Lo
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """A self-signed certificate for 127.0.0.1, made at test time."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    folder = tmp_path_factory.mktemp("tls")
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    yield cert_path, key_path
+    yield self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
