@@ -29,6 +29,7 @@ method is safe from any thread.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -37,8 +38,9 @@ import threading
 import time
 import uuid
 from typing import Any, Callable, Optional, Protocol, Union
+from urllib.parse import urlsplit, urlunsplit
 
-from .exceptions import SyncWSError
+from .exceptions import ClusterError
 from .presence import Backoff, ClusterConnection, Presence
 
 __all__ = ["RedisCluster", "ClusterConnection", "ClusterError", "LocalNode"]
@@ -72,10 +74,6 @@ def _redis_module() -> Any:
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError("syncws.RedisCluster needs the redis package: pip install 'syncws[redis]'") from None
     return redis
-
-
-class ClusterError(SyncWSError):
-    """The cluster could not do what was asked (Redis unreachable, a node gone)."""
 
 
 class LocalNode(Protocol):
@@ -115,21 +113,42 @@ class RedisCluster:
             ``rediss://`` for TLS (credentials and TLS as redis-py takes them).
         name: the cluster's name; every key and channel is namespaced by it.
         ttl: seconds after which a silent node counts as gone.
+        link_sslopt: for nodes that serve ``wss://``: websocket-client's
+            ``sslopt`` for the links between nodes (e.g. ``{"ca_certs": path}``).
+        advertise: the URL (``ws://host:port``) at which other nodes reach this
+            node's server; default: the server's own ``url`` (its listen
+            address, which for ``0.0.0.0`` only this host can use).
+        max_send_size: the largest message :meth:`send` takes (ValueError
+            beyond): Redis drops a subscriber whose output buffer passes 32 MiB.
         redis_options: passed to ``redis.Redis.from_url``.
     """
 
-    def __init__(self, url: str, name: str = "syncws", *, ttl: float = 3.0, **redis_options: Any) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str = "syncws",
+        *,
+        ttl: float = 3.0,
+        link_sslopt: Optional[dict[str, Any]] = None,
+        advertise: Optional[str] = None,
+        max_send_size: int = 16 * 1024 * 1024,
+        **redis_options: Any,
+    ) -> None:
         if ttl <= 0:
             raise ValueError("ttl must be positive")
         redis = _redis_module()
-        self.url = url
+        #: The Redis URL with any password hidden: what log lines and errors show.
+        self.url = redact(url)
         self.name = name
         self.ttl = ttl
         self.node_id = uuid.uuid4().hex[:12]
+        self.link_sslopt = link_sslopt
+        self.advertise = advertise.rstrip("/") if advertise else None
+        self.max_send_size = max_send_size
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
         redis_options.setdefault("socket_timeout", max(ttl, 1.0))
         redis_options.setdefault("socket_connect_timeout", max(ttl, 1.0))
-        self._redis = redis.Redis.from_url(url, **redis_options)
+        self._redis = redis.Redis.from_url(url, **redis_options)  # the URL with its credentials goes to redis-py alone
         self._presence_script = self._redis.register_script(_PRESENCE_SCRIPT)
         self._prefix = f"syncws:{name}:"
         # Synchronize access to _node, _started, _ids and _token.
@@ -195,25 +214,39 @@ class RedisCluster:
         except self._errors as exc:
             logger.info("cluster %s: could not remove node %s from Redis (%s); it expires within %s s", self.name, self.node_id, exc, self.ttl)
 
-    def token(self) -> str:
+    def token(self, refresh: bool = False) -> str:
         """The cluster's secret for node links: made once per cluster and kept in Redis (``syncws:<name>:token``).
 
         Whoever can read the cluster's keys in Redis is a member; the token
-        keeps everyone else off the nodes' link endpoints. Raises ClusterError
-        when Redis cannot be reached.
+        keeps everyone else off the nodes' link endpoints. It is read once and
+        kept; ``refresh`` reads it again (a link refused with 401 does, after a
+        Redis restart). Nodes put the token they know back into a Redis that
+        restarted empty, with their presence. Raises ClusterError when Redis
+        cannot be reached.
         """
         with self._lock:
-            if self._token is not None:
+            if self._token is not None and not refresh:
                 return self._token
+            known = self._token
         try:
-            self._redis.set(self.key("token"), secrets.token_urlsafe(32), nx=True)
+            self._redis.set(self.key("token"), known or secrets.token_urlsafe(32), nx=True)
             raw = self._redis.get(self.key("token"))
         except self._errors as exc:
             raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
         token = raw.decode() if isinstance(raw, bytes) else str(raw)
         with self._lock:
             self._token = token
+        self.presence.token = token
         return token
+
+    def check_token(self, given: str) -> bool:
+        """True when ``given`` is the cluster's token (read again from Redis once before saying no)."""
+        if hmac.compare_digest(given.encode(), self.token().encode()):
+            return True
+        try:
+            return hmac.compare_digest(given.encode(), self.token(refresh=True).encode())
+        except ClusterError:
+            return False
 
     # ------------------------------------------------------------------ presence
 
@@ -285,11 +318,14 @@ class RedisCluster:
         if isinstance(message, (dict, list)):
             message = json.dumps(message)
         if isinstance(message, str):
-            envelope = encode_envelope(_TEXT, {"name": name}, message.encode("utf-8"))
+            kind, payload = _TEXT, message.encode("utf-8")
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            envelope = encode_envelope(_BINARY, {"name": name}, bytes(message))
+            kind, payload = _BINARY, bytes(message)
         else:
             raise TypeError(f"cannot send a {type(message).__name__}: send takes str, bytes-like, or a dict or list (JSON text)")
+        if len(payload) > self.max_send_size:
+            raise ValueError(f"a cluster send carries at most max_send_size={self.max_send_size} bytes, not {len(payload)}: Redis would drop its subscribers")
+        envelope = encode_envelope(kind, {"name": name}, payload)
         self._publish(envelope)
 
     def close_all(self, code: int = 1001, reason: str = "closing all connections") -> None:
@@ -343,3 +379,15 @@ class RedisCluster:
 
     def __repr__(self) -> str:
         return f"<RedisCluster {self.name!r} node {self.node_id} on {self.url}>"
+
+
+def redact(url: str) -> str:
+    """``url`` with its password (and user) replaced by ``***``, for log lines and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -11,7 +11,8 @@ and most also derive from the built-in exception a caller would catch anyway::
     ├── ConnectionClosed         also a ConnectionError: the connection went away
     ├── SendTimeout              also a TimeoutError: the peer stopped reading
     ├── RequestTimeout           also a TimeoutError: no reply in time
-    └── RequestError             the peer answered with an error status
+    ├── RequestError             the peer answered with an error status
+    └── ClusterError             the cluster's Redis cannot be reached, or a node is gone
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "SendTimeout",
     "RequestTimeout",
     "RequestError",
+    "ClusterError",
 ]
 
 
@@ -115,3 +117,7 @@ class RequestError(SyncWSError):
         self.status = status
         self.error = error
         self.response = response
+
+
+class ClusterError(SyncWSError):
+    """The cluster could not do what was asked: its Redis cannot be reached, or a node is gone."""

@@ -19,8 +19,9 @@ import logging
 from typing import Any, Callable, Optional, Protocol
 
 from .connection import Connection, Message, Outgoing
-from .exceptions import ConnectionClosed, NotConnected, SendTimeout
+from .exceptions import ClusterError, ConnectionClosed, NotConnected, SendTimeout
 from .handshake import Request
+from .lograte import RateLimitedLog
 from .registry import Callback, ConnectionRegistry
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+# One line per interval per registry while a cluster's Redis is away, not one per send.
+_cluster_down_log = RateLimitedLog(logger)
 
 ConnNotify = Callable[[str, str], Any]
 
@@ -195,8 +198,12 @@ def sendWebSocketMessage(
     every connection goes to every connection of the name on every node.
     """
     if conn is None and registry.broadcaster is not None:
-        registry.broadcaster.send(wsName, msg)
-        return
+        try:
+            registry.broadcaster.send(wsName, msg)
+            return
+        except ClusterError as exc:
+            # Redis is away: this process's own connections still get it (docs/cluster.md).
+            _cluster_down_log.log(registry, logging.WARNING, "sending to this node's connections of %r only: %s", wsName, exc)
     if conn is not None:
         if not registry.contains(wsName, conn):
             raise NotConnected(f"connection {conn!r} is not registered under {wsName!r}")
@@ -225,8 +232,11 @@ def closeAllConnections(registry: ConnectionRegistry[BaseWebSocketHandler] = web
     On the registry of a clustered server, every node closes its connections.
     """
     if registry.broadcaster is not None:
-        registry.broadcaster.close_all(1001, "closing all connections")
-        return
+        try:
+            registry.broadcaster.close_all(1001, "closing all connections")
+            return
+        except ClusterError as exc:
+            _cluster_down_log.log(registry, logging.WARNING, "closing this node's connections only: %s", exc)
     for handler in registry.take_all():
         handler.close(1001, "closing all connections")
 

@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol, Union
 
 from . import callformat
-from .auth import bearer_token
 from .cluster import ClusterConnection, RedisCluster
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
 from .handlers import BaseWebSocketHandler, deliver
+from .handshake import Request
 from .reassembly import Progress
 from .registry import ConnectionRegistry
 
@@ -82,11 +82,12 @@ class ClusterNode:
 
     def start(self) -> None:
         """Join the cluster: presence, sends, and the registry's module functions (the thread that starts the server)."""
-        self.server.add_handler(NODE_LINK_PATH, NodeLinkHandler, auth=bearer_token(self.cluster.token()), node=self)
+        self.cluster.token()  # made now if this is the cluster's first node (ClusterError when Redis is away)
+        self.server.add_handler(NODE_LINK_PATH, NodeLinkHandler, auth=self._link_auth, node=self)
         registry = self.server.registry
         registry.add_membership_listener(self)
         registry.broadcaster = self.cluster
-        self.cluster.attach(self, {"url": self.server.url + NODE_LINK_PATH})
+        self.cluster.attach(self, {"url": (self.cluster.advertise or self.server.url) + NODE_LINK_PATH})
         self.cluster.start()
 
     def stop(self) -> None:
@@ -97,6 +98,11 @@ class ClusterNode:
             registry.broadcaster = None
         self.cluster.stop()
         self.executor.shutdown(wait=False)
+
+    def _link_auth(self, request: Request) -> bool:
+        """Admit a node link that carries the cluster's token (connection thread, before the upgrade)."""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and self.cluster.check_token(value.strip())
 
     def add_forwarder(self, name: str, forwarder: Forwarder) -> None:
         """Answer calls that other nodes forward to this node's connections of ``name`` with ``forwarder``."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from .client import ClientConnection, connect
 from .connection import Message, Outgoing
@@ -46,13 +46,14 @@ class NodeLink:
 
     server: Optional[object] = None  # a link belongs to no server of this process
 
-    def __init__(self, node: str, url: str, token: str, owner: LinkOwner, ttl: float) -> None:
+    def __init__(self, node: str, url: str, token: str, owner: LinkOwner, ttl: float, sslopt: Optional[dict[str, Any]] = None) -> None:
         self.node = node
         self.url = url
         self.owner = owner
         self.connection: ClientConnection = connect(
             url,
             header=[f"Authorization: Bearer {token}"],
+            sslopt=sslopt,
             ping_interval=max(ttl / 2, 0.5),
             ping_timeout=max(ttl / 2, 0.5),
             max_message_size=None,  # replies come in parts of 1 MiB; the caller's max_reply_size bounds them

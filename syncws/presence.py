@@ -63,6 +63,8 @@ class Presence:
         # Changes not yet written: id -> record, or None for a removal.
         self._changes: dict[str, Optional[ClusterConnection]] = {}
         self._info: dict[str, str] = {}
+        #: The cluster's link token, once known: put back into a Redis that restarted empty.
+        self.token: Optional[str] = None
         #: Set when there are changes to write, or to stop the beat thread.
         self.wake = threading.Event()
 
@@ -160,6 +162,8 @@ class Presence:
                 pipe.hset(self.key("conns", self.node_id), mapping={r.id: r.to_json() for r in records})
             pipe.delete(self.key("node", self.node_id))
             pipe.hset(self.key("node", self.node_id), mapping=info)
+            if self.token is not None:
+                pipe.set(self.key("token"), self.token, nx=True)
         pipe.zadd(self.key("nodes"), {self.node_id: expires_ms})
         pipe.pexpire(self.key("conns", self.node_id), ttl_ms)
         pipe.pexpire(self.key("node", self.node_id), ttl_ms)

@@ -220,7 +220,8 @@ class RequestHandler:
         callformat.check_request(msg)
         if conn is not None and not isinstance(conn, BaseWebSocketHandler):
             raise TypeError("prepare_request takes a handler of this server; a call across nodes goes through doRequest")
-        call, _ = self._register(msg, conn, progress, waiting=False)
+        # Only this server's connections: a call across nodes needs doRequest to wait on it.
+        call, _ = self._register(msg, conn or self._open_handler(self.registry.newest(self.name, server=self._server)), progress, waiting=False)
         assert isinstance(call.conn, BaseWebSocketHandler)
         return call.call_id, call.conn
 

@@ -80,8 +80,14 @@ class ClusterRoutes:
         if not url or not self.cluster.node_alive(node):
             raise NotConnected(f"node {node} of cluster {self.cluster.name!r} is gone")
         try:
-            link = NodeLink(node, url, self.cluster.token(), self.owner, self.cluster.ttl)
-        except (NotConnected, HandshakeError) as exc:
+            try:
+                link = NodeLink(node, url, self.cluster.token(), self.owner, self.cluster.ttl, self.cluster.link_sslopt)
+            except HandshakeError as exc:
+                if exc.status != 401:
+                    raise
+                # The token changed (a Redis that restarted empty got a new one): read it again, once.
+                link = NodeLink(node, url, self.cluster.token(refresh=True), self.owner, self.cluster.ttl, self.cluster.link_sslopt)
+        except (NotConnected, HandshakeError, ClusterError) as exc:
             raise NotConnected(f"cannot reach node {node} of cluster {self.cluster.name!r} at {url}: {exc}") from exc
         with self._lock:
             current = self._links.get(node)

@@ -25,19 +25,22 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1, with no persistence; ``restart()`` keeps its port."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: Optional[str] = None) -> None:
         self.port = free_port()
+        self.password = password
         self.dir = tempfile.TemporaryDirectory(prefix="syncws-redis-")
         self.process: Optional[subprocess.Popen[bytes]] = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        credentials = f":{self.password}@" if self.password else ""
+        return f"redis://{credentials}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir.name],
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir.name]
+            + (["--requirepass", self.password] if self.password else []),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -46,7 +49,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
                     probe.sendall(b"PING\r\n")
-                    if probe.recv(16).startswith(b"+PONG"):
+                    if probe.recv(64)[:1] in (b"+", b"-"):  # PONG, or NOAUTH when a password is set: it is up
                         return self
             except OSError:
                 if self.process.poll() is not None:

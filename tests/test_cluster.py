@@ -239,3 +239,90 @@ def test_deliveries_happen_on_the_subscriber_thread(nodes: list[Node]) -> None:
     assert names.get(timeout=5) == "syncws-cluster-sub"
     assert ws.recv() == "x"
     ws.close()
+
+
+def test_password_in_the_url_and_hidden_from_messages(cluster_name: str) -> None:
+    """A password in the Redis URL reaches redis-py; a wrong one gives ClusterError, and neither appears in errors or repr."""
+    server = RedisServer(password="s3cret-pw").start()
+    try:
+        good = Node(server.url, cluster_name)
+        try:
+            ws = good.connect()
+            assert wait_for(lambda: len(good.cluster.connections("wsData")) == 1)
+            ws.close()
+            assert "s3cret-pw" not in repr(good.cluster) and "***@" in good.cluster.url
+        finally:
+            good.stop()
+        wrong = RedisCluster(server.url.replace("s3cret-pw", "wrong-pw"), name=cluster_name)
+        with pytest.raises(Exception) as refused:
+            wrong.connections("wsData")
+        assert "wrong-pw" not in str(refused.value)
+    finally:
+        server.close()
+
+
+def test_send_refuses_a_message_redis_would_drop(nodes: list[Node]) -> None:
+    """cluster.send refuses a message over max_send_size with ValueError, before anything is published."""
+    a, _ = nodes
+    with pytest.raises(ValueError, match="max_send_size"):
+        a.cluster.send("wsData", bytes(a.cluster.max_send_size + 1))
+
+
+def test_broadcast_reaches_local_connections_while_redis_is_down(nodes: list[Node], redis_server: RedisServer) -> None:
+    """With Redis away, sendWebSocketMessage on a clustered registry still reaches this node's connections, and logs no traceback."""
+    a, _ = nodes
+    ws = a.connect()
+    assert wait_for(lambda: len(a.cluster.connections("wsData")) == 1)
+    redis_server.stop()
+    try:
+        syncws.sendWebSocketMessage("wsData", "local only", registry=a.server.registry)
+        assert ws.recv() == "local only"
+    finally:
+        redis_server.start()
+    ws.close()
+
+
+def test_token_survives_a_redis_restart(redis_server: RedisServer, cluster_name: str) -> None:
+    """After Redis restarts empty, the nodes from before put the cluster's token back, so a node that joins then shares it."""
+    old = Node(redis_server.url, cluster_name)
+    try:
+        redis_server.restart()
+        assert wait_for(lambda: old.cluster.node_alive(old.cluster.node_id), timeout=10)  # republished, with its token
+        new = Node(redis_server.url, cluster_name)
+        try:
+            assert new.cluster.token() == old.cluster.token()
+        finally:
+            new.stop()
+    finally:
+        old.stop()
+
+
+def test_links_over_tls(redis_server: RedisServer, cluster_name: str, tmp_path: Any) -> None:
+    """Nodes that serve wss:// call each other's peers over TLS links with link_sslopt, and advertise the URL they are reached at."""
+    import ssl
+
+    from .helpers import self_signed
+
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    servers, handlers = [], []
+    for _ in range(2):
+        cluster = RedisCluster(redis_server.url, name=cluster_name, ttl=1.0, link_sslopt={"ca_certs": str(cert)})
+        server = syncws.WebSocketServer(port=0, registry=syncws.ConnectionRegistry(), cluster=cluster, ssl_context=context)
+        handler = syncws.RequestHandler("wsData", server)
+        server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+        servers.append(server.start())
+        handlers.append(handler)
+    peer = syncws.RemoteService(servers[0].url + "/wsData", sslopt={"ca_certs": str(cert)})
+    peer.register("where", lambda msg: "node A over TLS")
+    try:
+        peer.start(timeout=10)
+        assert wait_for(lambda: len(handlers[1].routes.cluster.connections("wsData")) == 1)  # type: ignore[union-attr]
+        assert servers[0].cluster.node_info(servers[0].cluster.node_id)["url"].startswith("wss://")  # type: ignore[union-attr]
+        assert handlers[1].doRequest({"cmd": "where"}, timeout=10)["data"] == "node A over TLS"
+        handlers[1].close_links()
+    finally:
+        peer.stop()
+        for server in servers:
+            server.stop()
