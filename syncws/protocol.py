@@ -6,7 +6,9 @@ fragmentation, UTF-8 of text messages (checked as it arrives), control
 frames, the closing handshake and its codes, and the message size limit.
 It never touches a socket and never waits; :class:`syncws.connection.Connection`
 is the pump that feeds it what the socket gives and writes what it returns.
-So every rule is tested on plain bytes (tests/test_protocol.py).
+So every rule is tested on plain bytes (tests/test_protocol.py). The receiving
+half, the frame parser, is :class:`syncws.reader.FrameReader` (``protocol.reader``);
+this class keeps the state of the connection and builds the frames it sends.
 
 Receiving (one reader thread at a time)::
 
@@ -29,22 +31,15 @@ with :meth:`Protocol.send_pong` and :meth:`Protocol.send_close`, and
 
 from __future__ import annotations
 
-import codecs
 import enum
-import io
 import os
-from typing import NamedTuple, Optional, Union
+from typing import Optional, Union
 
 from . import frames
-from .exceptions import ConnectionClosed, PayloadTooBig, ProtocolError
+from .exceptions import ConnectionClosed
+from .reader import Close, CloseCode, Event, FrameReader, Message, Ping, Pong
 
 __all__ = ["Protocol", "State", "CloseCode", "Ping", "Pong", "Close", "Event", "Message"]
-
-Message = Union[str, bytes]
-
-_LARGE_PAYLOAD = 64 * 1024  # an unfragmented binary payload this large may be read straight into its bytes
-_EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
 class State(enum.IntEnum):
@@ -53,105 +48,6 @@ class State(enum.IntEnum):
     OPEN = 1  #: messages flow both ways
     CLOSING = 2  #: a close frame went out or came in; the closing handshake is under way
     CLOSED = 3  #: both close frames were exchanged, or the connection was lost
-
-
-class CloseCode(enum.IntEnum):
-    """Close codes (RFC 6455 section 7.4.1 and the IANA registry)."""
-
-    NORMAL_CLOSURE = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    NO_STATUS_RCVD = 1005  #: never sent: a close frame came without a code
-    ABNORMAL_CLOSURE = 1006  #: never sent: the connection ended without a close frame
-    INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    MANDATORY_EXTENSION = 1010
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_GATEWAY = 1014
-
-
-class Ping(NamedTuple):
-    """A ping arrived; answer it with :meth:`Protocol.send_pong`."""
-
-    payload: bytes
-
-
-class Pong(NamedTuple):
-    """A pong arrived."""
-
-    payload: bytes
-
-
-class Close(NamedTuple):
-    """The peer's close frame arrived (``code`` 1005 when it had none).
-
-    Unless ours went out first, the pump answers with :meth:`Protocol.send_close`
-    and the same code (section 5.5.1).
-    """
-
-    code: int
-    reason: str
-
-
-Event = Union[str, bytes, Ping, Pong, Close]
-
-
-class _NeedData(Exception):
-    """Raised inside the parser when the buffer ends before what it needs; nothing half-taken is lost."""
-
-
-class _DataFrame:
-    """A data frame whose header was taken and whose payload is being read."""
-
-    __slots__ = ("fin", "holder", "key", "length", "offset", "unmasked")
-
-    def __init__(self, fin: bool, length: int, key: Optional[bytes]) -> None:
-        self.fin = fin
-        self.length = length
-        self.key = key
-        self.offset = 0  # payload bytes read so far
-        self.unmasked = 0  # of those, how many are unmasked (large payloads only)
-        self.holder: Optional[io.BytesIO] = None  # a large payload's bytes, as they are read
-
-
-class _PartialMessage:
-    """A text message, or a message in several frames, as it arrives.
-
-    Every frame's payload is appended to one buffer, so a message in progress
-    holds its payload so far and a constant, however many fragments it came
-    in (a list of fragments would cost some 90 bytes per fragment, even an
-    empty one). Text is checked as it arrives, so that an invalid byte fails
-    the message at once (close 1007), not when the whole of it is in.
-    """
-
-    __slots__ = ("data", "decoder")
-
-    def __init__(self, opcode: int) -> None:
-        self.data = bytearray()
-        self.decoder = _utf8_decoder() if opcode == frames.OP_TEXT else None
-
-    def add(self, chunk: Union[bytes, bytearray]) -> None:
-        decoder = self.decoder
-        # An ASCII stretch is valid UTF-8 unless it ends a character left open before it.
-        if decoder is not None and not (chunk.isascii() and not decoder.getstate()[0]):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError:
-                raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
-        self.data += chunk
-
-    def result(self) -> Message:
-        if self.decoder is None:
-            return bytes(self.data)
-        try:
-            self.decoder.decode(b"", True)
-        except UnicodeDecodeError:
-            raise ProtocolError("text message ends inside a UTF-8 character", CloseCode.INVALID_DATA) from None
-        return self.data.decode("utf-8")
 
 
 class Protocol:
@@ -174,7 +70,6 @@ class Protocol:
 
     def __init__(self, is_client: bool, max_message_size: Optional[int] = None) -> None:
         self.is_client = is_client
-        self.max_message_size = max_message_size
         #: OPEN, CLOSING or CLOSED. Written under the pump's send lock (see the send_* methods).
         self.state = State.OPEN
         #: The close code and reason once known: the peer's close frame, or ours when we fail
@@ -183,21 +78,23 @@ class Protocol:
         self.close_reason = ""
         self.close_sent = False  # our close frame went out (written under the send lock)
         self.close_received = False  # the peer's close frame came in (reader only)
-        # The reader's state, touched by the reader thread only.
-        self._buffer = bytearray()
-        self._frame: Optional[_DataFrame] = None  # a data frame being read
-        self._message: Optional[_PartialMessage] = None  # a message being put together
-        self._eof = False
+        #: The frame parser, the receiving half: the reader thread's. The pump calls it
+        #: directly; the receiving methods below hand each call on to it.
+        self.reader = FrameReader(is_client, max_message_size, self._close_received)
+
+    @property
+    def max_message_size(self) -> Optional[int]:
+        """The largest message accepted (None: no limit)."""
+        return self.reader.max_message_size
 
     # ------------------------------------------------------------------ receiving (reader thread)
 
     def receive_data(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Add bytes that came off the socket."""
-        self._buffer += data
+        self.reader.receive_data(data)
 
     def receive_eof(self) -> None:
         """The socket ended: the connection is closed (1006 unless a close frame came first)."""
-        self._eof = True
         if self.close_code is None:
             self.close_code, self.close_reason = CloseCode.ABNORMAL_CLOSURE, ""
         self.state = State.CLOSED
@@ -205,7 +102,7 @@ class Protocol:
     @property
     def buffered(self) -> int:
         """How many received bytes are not parsed yet."""
-        return len(self._buffer)
+        return self.reader.buffered
 
     def next_event(self) -> Optional[Event]:
         """The next event, or None when more bytes are needed. Raises ProtocolError for a broken rule.
@@ -214,261 +111,29 @@ class Protocol:
         Ping, Pong and Close. Data that arrives after our close frame is
         dropped (section 1.4). After a ProtocolError, call :meth:`fail`.
         """
-        try:
-            while True:
-                if self._frame is None and self._message is None:
-                    message = self._small_message()
-                    if message is not None:
-                        return message
-                frame = self._frame or self._next_frame()
-                if not isinstance(frame, _DataFrame):
-                    return frame  # a control event
-                payload = self._read_payload(frame)
-                self._frame = None
-                if not frame.fin:
-                    continue
-                message = self._finish_message(payload)
-                if not self.close_sent:
-                    return message
-        except _NeedData:
-            return None
+        return self.reader.next_event()
 
     def payload_buffer(self) -> Optional[memoryview]:
-        """A writable view where the next bytes of a large payload belong, or None.
-
-        While a large unfragmented binary payload is being read and nothing of
-        it is buffered, the pump may read from the socket straight into this
-        view (one copy less) and then call :meth:`payload_received`. The view
-        must be released before the next call to :meth:`next_event`.
-        """
-        frame = self._frame
-        if frame is None or frame.holder is None or self._buffer:
-            return None
-        return frame.holder.getbuffer()[frame.offset :]
+        """A writable view where the next bytes of a large payload belong, or None (see :meth:`FrameReader.payload_buffer`)."""
+        return self.reader.payload_buffer()
 
     def payload_received(self, count: int) -> None:
         """``count`` bytes were written into the view of :meth:`payload_buffer`."""
-        assert self._frame is not None
-        self._frame.offset += count
-
-    def _small_message(self) -> Optional[Message]:
-        """The next message if it is one small whole frame already buffered, else None (nothing taken).
-
-        A shortcut past the general path for what most traffic is; it accepts
-        only frames that path would accept too (FIN set, no RSV bits, text or
-        binary, the right mask bit, under 126 bytes) and leaves all else to it.
-        """
-        buf = self._buffer
-        if len(buf) < 2 or self.close_sent:
-            return None
-        b1, b2 = buf[0], buf[1]
-        length = b2 & 0x7F
-        if (b1 != 0x81 and b1 != 0x82) or length > 125 or bool(b2 & 0x80) == self.is_client:
-            return None
-        if self.max_message_size is not None and length > self.max_message_size:
-            return None
-        payload: Union[bytes, bytearray]
-        if self.is_client:
-            if len(buf) < 2 + length:
-                return None
-            payload = buf[2 : 2 + length]
-            del buf[: 2 + length]
-        else:
-            if len(buf) < 6 + length:
-                return None
-            payload = frames.masked(buf[6 : 6 + length], bytes(buf[2:6]))
-            del buf[: 6 + length]
-        if b1 == 0x82:
-            return bytes(payload)
-        try:
-            return payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
-
-    def _next_frame(self) -> Union[_DataFrame, Ping, Pong, Close]:
-        """Take the next frame header: a data frame to read the payload of, or a whole control frame's event."""
-        partial = self._message
-        fin, opcode, length, key = self._take_header(len(partial.data) if partial is not None else 0)
-        if opcode >= 8:
-            return self._control(opcode, bytes(self._take_payload(length, key)))
-        if opcode == frames.OP_CONTINUATION:
-            if partial is None:
-                self._skip_buffered(length)
-                raise ProtocolError("continuation frame without a message to continue")
-        elif partial is not None:
-            self._skip_buffered(length)
-            raise ProtocolError("new data frame inside a fragmented message")
-        elif opcode == frames.OP_TEXT or not fin:
-            # Text is checked as it arrives; a message in parts is put together in one buffer.
-            self._message = _PartialMessage(opcode)
-        self._frame = _DataFrame(fin, length, key)
-        return self._frame
-
-    def _control(self, opcode: int, payload: bytes) -> Union[Ping, Pong, Close]:
-        if opcode == frames.OP_PING:
-            return Ping(payload)
-        if opcode == frames.OP_PONG:
-            return Pong(payload)
-        code, reason = frames.parse_close(payload)
-        self.close_received = True
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        return Close(code, reason)
-
-    def _take_header(self, message_size: Optional[int]) -> tuple[bool, int, int, Optional[bytes]]:
-        """Take a checked frame header off the buffer: ``(fin, opcode, payload length, mask key or None)``.
-
-        ``message_size`` is the size of the message so far, for the size
-        limit; None skips the limit (frames that are only being dropped).
-
-        Nothing is taken until the whole header is buffered (and, for a control
-        frame, its payload too), so that the parser can stop anywhere.
-        """
-        buf = self._need(2)
-        header = frames.parse_header(buf[0], buf[1])
-        try:
-            frames.check_header(header, expect_masked=not self.is_client)
-        except ProtocolError:
-            self._skip_buffered_frame(header)
-            raise
-        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
-        size = 2 + extra + (4 if header.masked else 0)
-        buf = self._need(size)
-        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
-        if length >> 63:
-            raise ProtocolError("64-bit payload length with the high bit set")
-        if header.opcode >= 8:
-            buf = self._need(size + length)
-        key = bytes(buf[size - 4 : size]) if header.masked else None
-        del buf[:size]
-        limit = self.max_message_size
-        if limit is not None and message_size is not None and header.opcode < 8 and message_size + length > limit:
-            # Decided from the header alone: the payload is never read.
-            raise PayloadTooBig(message_size + length, limit)
-        return header.fin, header.opcode, length, key
-
-    def _read_payload(self, frame: _DataFrame) -> Union[bytes, bytearray, None]:
-        """A data frame's payload: returned when it is a whole binary message, else added to the message."""
-        message = self._message
-        if message is None:
-            if frame.holder is None and (frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer)):
-                return self._take_payload(frame.length, frame.key)
-            return self._read_large(frame)
-        buf = self._buffer
-        while frame.offset < frame.length:
-            if not buf:
-                raise _NeedData()
-            chunk = buf[: frame.length - frame.offset]
-            del buf[: len(chunk)]
-            if frame.key is not None:
-                frames.apply_mask(chunk, frames.key_at(frame.key, frame.offset))
-            message.add(chunk)
-            frame.offset += len(chunk)
-        return None
-
-    def _read_large(self, frame: _DataFrame) -> bytes:
-        """Put a large payload together in the ``bytes`` object that is returned.
-
-        Fresh memory costs a page fault per 4 KiB on first touch, more than the
-        copying itself, so a large message must not pass through a second big
-        buffer. ``io.BytesIO`` over a zeroed ``bytes`` lends a writable view of
-        that very object (``getbuffer``; see :meth:`payload_buffer`), and once
-        the view is released its ``getvalue()`` hands the object out without
-        copying (CPython; where it copies instead, the result is the same, only
-        slower). Each stretch is unmasked in place as soon as it is in, while
-        it is still in the CPU cache.
-        """
-        length, key = frame.length, frame.key
-        if frame.holder is None:
-            try:
-                frame.holder = io.BytesIO(bytes(length))
-            except (MemoryError, OverflowError):
-                # Only without a max_message_size: a claimed length no memory can hold.
-                raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", CloseCode.MESSAGE_TOO_BIG) from None
-        buf = self._buffer
-        with frame.holder.getbuffer() as view:
-            have = min(len(buf), length - frame.offset)
-            if have:
-                view[frame.offset : frame.offset + have] = buf[:have]
-                del buf[:have]
-                frame.offset += have
-            if key is not None and frame.offset > frame.unmasked:
-                frames.apply_mask(view[frame.unmasked : frame.offset], frames.key_at(key, frame.unmasked))
-                frame.unmasked = frame.offset
-        if frame.offset < length:
-            raise _NeedData()
-        return frame.holder.getvalue()
-
-    def _finish_message(self, payload: Union[bytes, bytearray, None]) -> Message:
-        message, self._message = self._message, None
-        if message is None:
-            assert payload is not None
-            return payload if type(payload) is bytes else bytes(payload)
-        return message.result()
-
-    def _need(self, n: int) -> bytearray:
-        if len(self._buffer) < n:
-            raise _NeedData()
-        return self._buffer
-
-    def _take_payload(self, length: int, key: Optional[bytes]) -> bytearray:
-        buf = self._need(length)
-        payload = buf[:length]
-        del buf[:length]
-        if key is not None:
-            frames.apply_mask(payload, key)
-        return payload
-
-    def _skip_buffered_frame(self, header: frames.FrameHeader) -> None:
-        """Drop a refused frame (header not yet taken) if all of it is buffered already.
-
-        Failing a connection, we still want to read the peer's close frame that
-        follows, and that needs the stream in step. What is not buffered is not
-        waited for: a hostile peer may never send it.
-        """
-        buf = self._buffer
-        extra = _EXTENDED_LENGTH.get(header.length_code, 0)
-        if len(buf) < 2 + extra:
-            return
-        length = header.length_code if not extra else int.from_bytes(buf[2 : 2 + extra], "big")
-        total = 2 + extra + (4 if header.masked else 0) + length
-        if len(buf) >= total:
-            del buf[:total]
-
-    def _skip_buffered(self, length: int) -> None:
-        """Drop a refused frame's payload if all of it is buffered already (see _skip_buffered_frame)."""
-        if len(self._buffer) >= length:
-            del self._buffer[:length]
+        self.reader.payload_received(count)
 
     def discard_until_close(self) -> Optional[bool]:
-        """After failing the connection: drop frames until the peer's close frame.
-
-        True once it came, None when more bytes are needed; raises
-        ProtocolError when the stream cannot be parsed (then only dropping
-        raw bytes is left, see :meth:`discard_buffer`).
-        """
-        buf = self._buffer
-        try:
-            while True:
-                frame = self._frame  # a frame whose payload is being dropped
-                if frame is not None:
-                    dropped = min(frame.length - frame.offset, len(buf))
-                    del buf[:dropped]
-                    frame.offset += dropped
-                    if frame.offset < frame.length:
-                        raise _NeedData()
-                    self._frame = None
-                _, opcode, length, key = self._take_header(None)  # dropped: no size limit
-                if opcode == frames.OP_CLOSE:
-                    self._control(opcode, bytes(self._take_payload(length, key)))
-                    return True
-                self._frame = _DataFrame(True, length, None)
-        except _NeedData:
-            return None
+        """After failing the connection: drop frames until the peer's close frame (see :meth:`FrameReader.discard_until_close`)."""
+        return self.reader.discard_until_close()
 
     def discard_buffer(self) -> None:
         """Drop whatever is buffered."""
-        self._buffer.clear()
+        self.reader.discard_buffer()
+
+    def _close_received(self, code: int, reason: str) -> None:
+        """The reader parsed the peer's close frame (reader thread)."""
+        self.close_received = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
 
     # ------------------------------------------------------------------ sending (under the send lock)
 
@@ -501,6 +166,7 @@ class Protocol:
         if self.close_sent:
             raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason, "close frame already sent")
         self.close_sent = True
+        self.reader.drop_messages = True
         self.state = State.CLOSED if self.close_received else State.CLOSING
         return frames.encode_frame(frames.OP_CLOSE, frames.encode_close(code, reason), mask_key=self.mask_key())
 
@@ -508,7 +174,7 @@ class Protocol:
         """Fail the connection (section 7.1.7) after a broken rule: the close frame to send, or None when ours went out already."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        self._frame = self._message = None
+        self.reader.reset()
         return None if self.close_sent else self.send_close(code, reason)
 
     def closed(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> None:
