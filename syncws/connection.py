@@ -2,9 +2,13 @@
 
 :class:`Connection` reads the socket into :class:`~syncws.protocol.Protocol`
 (the protocol's rules, without I/O), writes the frames it returns, and keeps
-what only a pump can: the timeouts, keepalive, TLS and the send lock. The
-same class serves both sides: the server runs one per accepted socket on that
-socket's own thread, and :func:`syncws.connect` wraps the socket that
+what only a pump can: the send lock, keepalive and the closing handshake. It
+stands on three helpers, one per concern: :class:`~syncws.transport.Transport`
+(the socket: waits, timeouts, TLS), :class:`~syncws.closing.ClosingHandshake`
+(close frames, the close deadline, the closed flag) and
+:class:`~syncws.keepalive.Keepalive` (what the reader does with idle ticks).
+The same class serves both sides: the server runs one per accepted socket on
+that socket's own thread, and :func:`syncws.connect` wraps the socket that
 websocket-client opened and shook hands on.
 
 Threads:
@@ -24,21 +28,19 @@ stuck peer block its senders forever.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
-import select
 import socket
-import ssl
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Union
 
 from . import frames, timeouts
+from .closing import ClosingHandshake
 from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
+from .keepalive import Keepalive
 from .protocol import Close, CloseCode, Message, Ping, Pong, Protocol, State
+from .transport import Abort, ReadTimeout, Transport
 
 __all__ = ["Connection", "Message", "Outgoing", "encode_message", "DEFAULT_MAX_MESSAGE_SIZE"]
 
@@ -46,20 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: What ``send`` takes: str (text), a bytes-like object (binary), or a dict or list (JSON text).
 Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
-T = TypeVar("T")
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 
-_RECV_SIZE = 64 * 1024  # one read for many small frames; below malloc's mmap threshold
 _COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
-_MASK_SLICE = 256 * 1024  # masked sends go out in slices of this size
-
-
-class _Abort(Exception):
-    """Raised inside the read loop when the socket is gone (EOF, reset or aborted)."""
-
-
-class _Timeout(Exception):
-    """Raised inside the read loop, before a read that would block, once the caller's deadline passed."""
 
 
 def encode_message(message: Outgoing, binary: bool = False) -> tuple[int, Union[bytes, bytearray, memoryview]]:
@@ -105,13 +96,11 @@ class Connection:
             response): see :meth:`flush_preamble`.
         name: used in log lines.
 
-    Who touches what: ``protocol``'s receiving half, ``_deadline``,
-    ``_last_received`` and ``_ping_sent_at`` belong to the reader thread;
-    ``protocol``'s sending half, ``_preamble`` and ``_closing_deadline`` are
-    written under ``_send_lock``; ``_closed`` is an Event and
-    ``_closing_notified`` a one-shot lock, safe from anywhere. ``_tick`` is
-    shortened (never lengthened) by the thread that sends our close frame and
-    read by the reader: a stale value only makes it wake one tick later.
+    Who touches what: ``protocol.reader`` (the receiving half), the transport's
+    reads and deadline, and ``_keepalive`` belong to the reader thread;
+    ``protocol``'s sending half, the transport's writes and the closing
+    handshake's deadline are used under ``_send_lock``; ``_closed`` is an Event
+    and ``_closing_notified`` a one-shot lock, safe from anywhere.
     """
 
     def __init__(
@@ -135,20 +124,17 @@ class Connection:
         self.send_timeout = send_timeout
         self.close_timeout = close_timeout
         self.name = name
-        #: The protocol's rules and state. Its receiving half belongs to the reader
-        #: thread; its sending half and its state are used under the send lock.
+        #: The protocol's rules and state. Its receiving half (``protocol.reader``) belongs
+        #: to the reader thread; its sending half and its state are used under the send lock.
         self.protocol = Protocol(is_client, max_message_size)
         self.protocol.receive_data(initial_data)
+        self._reader = self.protocol.reader  # called directly on the hot path, one layer less
 
-        # Synchronize writes to the socket and the sending half of the protocol
-        # (close_sent, state): each frame goes out whole, and none after the
-        # close frame. _preamble is written (and emptied) only under it too.
+        # Synchronize writes to the socket (through the transport, which asserts it, and
+        # with them its pending preamble) and the sending half of the protocol
+        # (close_sent, state): each frame goes out whole, and none after the close frame.
+        # The closing handshake's deadline is written under it too.
         self._send_lock = threading.Lock()
-        self._preamble = preamble
-        # Written under the send lock just before protocol.close_sent turns True (see
-        # _start_closing); the reader reads it only after seeing that flag.
-        self._closing_deadline = 0.0
-        self._closed = threading.Event()
         # One-shot: taken by whichever thread first decides that the connection ends (see on_closing).
         self._closing_notified = threading.Lock()
         #: Called once, as ``on_closing(code, reason)``, when the connection starts to end:
@@ -156,18 +142,21 @@ class Connection:
         #: the thread that decided it, possibly holding the send lock: it must return at
         #: once and must not send. The server's handlers use it to release waiting calls.
         self.on_closing: Optional[Callable[[int, str], None]] = None
-        # The reader's own: touched by the reader thread only.
-        self._deadline: Optional[float] = None  # when the current recv(timeout) gives up
-        self._last_received = time.monotonic()
-        self._ping_sent_at: Optional[float] = None
         limits = [t for t in (ping_interval, send_timeout, close_timeout) if t]
-        self._tick = max(0.05, min([*limits, 10.0]) / 2)
-        # OpenSSL's objects are not safe for a read and a write at once from two
-        # threads (seen as spurious EAGAIN and dropped connections). On TLS the
-        # socket is made non-blocking and every SSL call runs under one lock,
-        # held only for the call itself: waiting happens in select(), unlocked.
-        self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
-        sock.settimeout(0.0 if self._tls_lock is not None else self._tick)
+        tick = max(0.05, min([*limits, 10.0]) / 2)
+        self._io = Transport(
+            sock,
+            tick=tick,
+            send_timeout=send_timeout,
+            write_lock=self._send_lock,
+            on_idle=lambda: self._keepalive.idle(),  # late-bound: the keepalive comes after the transport
+            on_broken=self.abort,
+            preamble=preamble,
+            name=name,
+        )
+        self._closing = ClosingHandshake(self.protocol, self._io, self._send_lock, close_timeout=close_timeout, notify=self._notify_closing)
+        self._closed = self._closing.closed  # an Event: set once the connection is closed for good
+        self._keepalive = Keepalive(self.protocol, self._closing, self.ping, interval=ping_interval, timeout=ping_timeout, name=name)
         frames.load_accelerator()
 
     # ------------------------------------------------------------------ state
@@ -215,28 +204,28 @@ class Connection:
         is raised and the connection stays usable. What arrived of a message
         is kept, and the next call goes on from there.
         """
-        self._deadline = timeouts.deadline(timeout)
-        protocol = self.protocol
+        self._io.deadline = timeouts.deadline(timeout)
+        next_event = self._reader.next_event
         try:
             while True:
-                event = protocol.next_event()
+                event = next_event()
                 if event is None:
                     self._read_more()
                 elif isinstance(event, (bytes, str)):
                     return event
                 elif self._on_control(event):
                     return None
-        except _Timeout:
+        except ReadTimeout:
             raise TimeoutError(f"no message within {timeout} s") from None
         except ProtocolError as exc:
-            self._deadline = None
+            self._io.deadline = None
             logger.info("%s: protocol error from peer: %s", self.name, exc)
-            self._fail(exc.code, exc.reason)
-        except (_Abort, OSError) as exc:
-            self._mark_closed(CloseCode.ABNORMAL_CLOSURE, "")
+            self._closing.fail(exc.code, exc.reason)
+        except (Abort, OSError) as exc:
+            self._closing.mark_closed(CloseCode.ABNORMAL_CLOSURE, "")
             logger.debug("%s: connection lost: %r", self.name, exc)
         finally:
-            self._deadline = None
+            self._io.deadline = None
         return None
 
     def __iter__(self) -> Iterator[Message]:
@@ -249,13 +238,14 @@ class Connection:
 
     def _read_more(self) -> None:
         """Give the protocol more bytes: straight into a large payload's own memory where it offers it."""
-        view = self.protocol.payload_buffer()
+        view = self._reader.payload_buffer()
         if view is None:
-            self.protocol.receive_data(self._recv_some())
-            return
-        with view:
-            count = self._recv_into(view)
-        self.protocol.payload_received(count)
+            self._reader.receive_data(self._io.recv_some())
+        else:
+            with view:
+                count = self._io.recv_into(view)
+            self._reader.payload_received(count)
+        self._keepalive.received()
 
     def _on_control(self, event: Union[Ping, Pong, Close]) -> bool:
         """Act on a control frame; return True when it ended the connection."""
@@ -265,132 +255,16 @@ class Connection:
                     return False  # we are closing; the peer's close frame will follow
                 frame = self.protocol.send_pong(event.payload)
                 try:
-                    self._send_all(frame)
+                    self._io.write(frame)
                 except (ConnectionClosed, SendTimeout):
                     pass  # aborted: the next read ends the loop
             return False
         if type(event) is Pong:
-            self._ping_sent_at = None
+            self._keepalive.pong()
             return False
         assert type(event) is Close
-        with self._send_lock:
-            answer = not self.protocol.close_sent
-            if answer:
-                # Section 5.5.1: echo the peer's code (an empty close for none).
-                frame = self._start_closing(None if event.code == CloseCode.NO_STATUS_RCVD else event.code, event.reason)
-        if answer:
-            self._notify_closing(event.code, event.reason)
-            self._write_close(frame)
-        self._mark_closed(event.code, event.reason)
+        self._closing.answer(event)
         return True
-
-    def _recv_some(self, size: int = _RECV_SIZE) -> bytes:
-        """Up to ``size`` bytes from the socket: at least one (reader thread)."""
-        data: bytes = self._recv(lambda: self.sock.recv(size))
-        return data
-
-    def _recv_into(self, view: memoryview) -> int:
-        """Read into ``view``; the count, at least one (reader thread)."""
-        count: int = self._recv(lambda: self.sock.recv_into(view))
-        return count
-
-    def _recv(self, call: Callable[[], T]) -> T:
-        """Run one socket read, waiting for data as long as it takes, with the idle checks every tick.
-
-        Raises _Abort at the end of the stream and _Timeout when a recv
-        deadline passes first; nothing is read in that case.
-        """
-        if self._tls_lock is not None:
-            result = self._tls_call(call, reading=True)
-        else:
-            while True:
-                if self._deadline is not None:
-                    self._wait_readable()
-                try:
-                    result = call()
-                    break
-                except socket.timeout:
-                    self._on_idle()
-        if not result:
-            raise _Abort("end of stream")
-        self._received()
-        return result
-
-    def _wait_readable(self) -> None:
-        """Wait, under a recv deadline, until the (plain) socket is readable; raise _Timeout once the deadline passes.
-
-        The keepalive and close checks still run every tick meanwhile.
-        """
-        assert self._deadline is not None
-        while True:
-            wait = min(self._deadline - time.monotonic(), self._tick)
-            try:
-                if select.select([self.sock], [], [], max(0.0, wait))[0]:
-                    return
-            except ValueError:  # the socket was closed under us
-                raise _Abort("closed") from None
-            if time.monotonic() >= self._deadline:
-                raise _Timeout()
-            self._on_idle()
-
-    def _tls_call(self, call: Callable[[], T], reading: bool) -> T:
-        """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
-
-        A reader that waits a tick without data runs the idle checks; a writer
-        that makes no progress for ``send_timeout`` raises socket.timeout,
-        which the send loop turns into SendTimeout.
-        """
-        assert self._tls_lock is not None
-        started = time.monotonic()
-        while True:
-            with self._tls_lock:
-                try:
-                    return call()
-                except ssl.SSLWantReadError:
-                    wait_read = True
-                except ssl.SSLWantWriteError:
-                    wait_read = False
-            sockets = [self.sock]
-            deadline = self._deadline if reading else None
-            wait = self._tick if deadline is None else max(0.0, min(self._tick, deadline - time.monotonic()))
-            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], wait)
-            if ready[0] or ready[1]:
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise _Timeout()
-            if reading:
-                self._on_idle()
-            elif self.send_timeout is not None and time.monotonic() - started >= self.send_timeout:
-                raise socket.timeout("TLS send made no progress")
-
-    def _received(self) -> None:
-        self._last_received = now = time.monotonic()
-        if self.protocol.close_sent and now >= self._closing_deadline:
-            # A peer that keeps sending after our close frame still gets close_timeout, no more.
-            raise _Abort("close timeout")
-
-    def _on_idle(self) -> None:
-        """Called by the reader when a read timed out: enforce the close and keepalive deadlines."""
-        if self._closed.is_set():
-            raise _Abort("closed")
-        now = time.monotonic()
-        if self.protocol.close_sent:
-            if now >= self._closing_deadline:
-                logger.debug("%s: no close frame from peer within %s s", self.name, self.close_timeout)
-                raise _Abort("close timeout")
-            return
-        if self.ping_interval is None:
-            return
-        if self._ping_sent_at is not None:
-            if self.ping_timeout is not None and now - self._ping_sent_at >= self.ping_timeout:
-                logger.info("%s: no answer to keepalive ping within %s s; dropping", self.name, self.ping_timeout)
-                raise _Abort("keepalive timeout")
-        elif now - self._last_received >= self.ping_interval:
-            self._ping_sent_at = now
-            try:
-                self.ping(os.urandom(4))
-            except (ConnectionClosed, OSError):
-                raise _Abort("ping failed") from None
 
     # ------------------------------------------------------------------ writing
 
@@ -408,7 +282,7 @@ class Connection:
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes). Safe from any thread."""
         with self._send_lock:
-            self._send_all(self.protocol.send_ping(payload))
+            self._io.write(self.protocol.send_ping(payload))
 
     def pong(self, payload: bytes = b"") -> None:
         """Send an unsolicited pong (at most 125 bytes; RFC 6455 5.5.3 allows it as a heartbeat). Safe from any thread."""
@@ -416,7 +290,7 @@ class Connection:
             raise ValueError("a pong payload holds at most 125 bytes")
         with self._send_lock:
             self.protocol.check_open("pong")
-            self._send_all(self.protocol.send_pong(payload))
+            self._io.write(self.protocol.send_pong(payload))
 
     def send_parts(self, *parts: Union[bytes, bytearray, memoryview]) -> None:
         """Send one binary message made of ``parts`` put end to end, without joining
@@ -436,35 +310,16 @@ class Connection:
             frame = header + data
             with self._send_lock:
                 self.protocol.check_open()
-                self._send_all(frame)
+                self._io.write(frame)
             return
         with self._send_lock:
             self.protocol.check_open()
-            self._send_all(header)
+            self._io.write(header)
             if mask_key is not None:
-                self._send_masked(parts, mask_key)
+                self._io.write_masked(parts, mask_key)
             else:
                 for part in parts:
-                    self._send_all(part)
-
-    def _send_masked(self, parts: tuple[Union[bytes, bytearray, memoryview], ...], mask_key: bytes) -> None:
-        """Mask and send a large payload a slice at a time. Requires the send lock.
-
-        Masking needs a copy. One small buffer, reused for every slice, stays
-        in the CPU cache; a copy of the whole payload would cost a page fault
-        per 4 KiB of fresh memory, which is slower than the masking itself.
-        """
-        assert self._send_lock.locked()
-        scratch = bytearray(_MASK_SLICE)
-        offset = 0
-        for part in parts:
-            view = memoryview(part).cast("B")
-            for start in range(0, len(view), _MASK_SLICE):
-                piece = view[start : start + _MASK_SLICE]
-                out = memoryview(scratch)[: len(piece)]
-                frames.mask_into(out, piece, frames.key_at(mask_key, offset))
-                self._send_all(out)
-                offset += len(piece)
+                    self._io.write(part)
 
     def flush_preamble(self) -> None:
         """Write the preamble now if no frame has carried it out yet. Safe from any thread.
@@ -474,31 +329,7 @@ class Connection:
         in between takes the 101 out ahead of itself, under the send lock.
         """
         with self._send_lock:
-            self._send_all(b"")
-
-    def _send_all(self, data: Union[bytes, bytearray, memoryview]) -> None:
-        """Write all of ``data`` (after the preamble, if still pending). Requires the send lock."""
-        assert self._send_lock.locked()
-        if self._preamble:
-            data = self._preamble + data
-            self._preamble = b""
-        view = memoryview(data)
-        last_progress = time.monotonic()
-        while view:
-            try:
-                tls = self._tls_lock is not None
-                sent = self._tls_call(functools.partial(self.sock.send, view), reading=False) if tls else self.sock.send(view)
-            except socket.timeout:
-                if self.send_timeout is not None and time.monotonic() - last_progress >= self.send_timeout:
-                    # Part of a frame may be out: the stream cannot be resumed.
-                    self.abort()
-                    raise SendTimeout(f"{self.name}: peer read nothing for {self.send_timeout} s") from None
-                continue
-            except OSError as exc:
-                self.abort()
-                raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
-            view = view[sent:]
-            last_progress = time.monotonic()
+            self._io.write(b"")
 
     # ------------------------------------------------------------------ closing
 
@@ -508,69 +339,19 @@ class Connection:
         The reader finishes it when the peer's close frame arrives, or drops the
         connection after ``close_timeout``. Calling it again does nothing.
         """
-        with self._send_lock:
-            if self.protocol.close_sent or self._closed.is_set():
-                return
-            frame = self._start_closing(code, reason)
-        self._notify_closing(code, reason)
-        self._write_close(frame)
+        self._closing.close(code, reason)
 
-    def _start_closing(self, code: Optional[int], reason: str) -> bytes:
-        """Our close frame, from the protocol, with the close deadline set first. Requires the send lock.
+    def abort(self) -> None:
+        """Drop the connection without a closing handshake. Safe from any thread.
 
-        The deadline is set before ``protocol.close_sent`` turns True, so that
-        the reader, which checks the deadline once it sees that flag, never
-        reads a stale one.
+        A reader blocked in :meth:`recv` wakes up and returns None.
         """
-        assert self._send_lock.locked()
-        self._closing_deadline = time.monotonic() + self.close_timeout
-        return self.protocol.send_close(code, reason)
+        self._closing.abort()
 
-    def _write_close(self, frame: bytes) -> None:
-        """Write our close frame and make the reader wake often enough to keep the close deadline."""
-        try:
-            # Wake the reader sooner, so that it keeps the close deadline.
-            self._tick = min(self._tick, max(self.close_timeout / 4, 0.05))
-            if self._tls_lock is None:
-                self.sock.settimeout(self._tick)
-            with self._send_lock:
-                self._send_all(frame)
-        except (ConnectionClosed, SendTimeout, OSError):
-            pass
-
-    def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (section 7.1.7): send our close frame, wait briefly for the peer's, drop it."""
-        with self._send_lock:
-            self._closing_deadline = time.monotonic() + self.close_timeout
-            frame = self.protocol.fail(code, reason)
-        self._notify_closing(code, reason)
-        if frame is not None:
-            self._write_close(frame)
-        self._drain_until_close()
-
-    def _drain_until_close(self) -> None:
-        # Discard what the peer still sends until its close frame, so that it
-        # reads our close frame instead of a reset (the suite checks this).
-        try:
-            while not self._closed.is_set() and not self.protocol.discard_until_close():
-                self.protocol.receive_data(self._recv_some())
-        except ProtocolError:
-            # The stream cannot be parsed past the error: drop raw bytes until
-            # the peer goes quiet, so that closing with unread input does not
-            # turn into a reset that would hide our close frame from the peer.
-            self._discard_until_quiet(0.2)
-        except (_Abort, OSError):
-            pass
-        self._mark_closed(self.close_code or CloseCode.ABNORMAL_CLOSURE, self.close_reason)
-
-    def _discard_until_quiet(self, quiet: float) -> None:
-        self.protocol.discard_buffer()
-        try:
-            while time.monotonic() < self._closing_deadline and select.select([self.sock], [], [], quiet)[0]:
-                if not (self._tls_call(lambda: self.sock.recv(_RECV_SIZE), reading=True) if self._tls_lock else self.sock.recv(_RECV_SIZE)):
-                    return
-        except (OSError, _Abort):  # socket.timeout included: the peer went quiet
-            pass
+    def release(self) -> None:
+        """Close the socket's file descriptor; the reader calls this when it is done."""
+        self._closed.set()
+        self._io.close()
 
     def _notify_closing(self, code: int, reason: str) -> None:
         """Call ``on_closing`` if no thread did yet (any thread; see on_closing)."""
@@ -580,34 +361,3 @@ class Connection:
             self.on_closing(code, reason)
         except Exception:
             logger.exception("%s: on_closing failed", self.name)
-
-    def _mark_closed(self, code: int, reason: str) -> None:
-        self.protocol.closed(code, reason)
-        self._notify_closing(self.protocol.close_code or code, self.protocol.close_reason)
-        if not self._closed.is_set():
-            self._closed.set()
-            self._shutdown_socket()
-
-    def abort(self) -> None:
-        """Drop the connection without a closing handshake. Safe from any thread.
-
-        A reader blocked in :meth:`recv` wakes up and returns None.
-        """
-        self.protocol.closed(CloseCode.ABNORMAL_CLOSURE, "")
-        self._notify_closing(self.protocol.close_code or CloseCode.ABNORMAL_CLOSURE, self.protocol.close_reason)
-        self._closed.set()
-        self._shutdown_socket()
-
-    def _shutdown_socket(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def release(self) -> None:
-        """Close the socket's file descriptor; the reader calls this when it is done."""
-        self._closed.set()
-        try:
-            self.sock.close()
-        except OSError:
-            pass

@@ -1,0 +1,252 @@
+"""The socket under one connection: reads that wait a tick at a time, whole writes, TLS made safe for two threads.
+
+:class:`Transport` knows bytes and sockets, nothing of websocket frames but
+how to mask a payload on its way out. :class:`syncws.connection.Connection`
+stands on it: it reads what the protocol asks for and writes the frames the
+protocol returns.
+
+Every wait lasts at most one *tick* (a few seconds). A read that waits a
+tick without data is not an error: the transport calls the connection's idle
+hook, which checks its keepalive and close deadlines. A write that makes no
+progress for ``send_timeout`` seconds is: the peer stopped reading, so the
+transport reports the stream broken and raises
+:class:`~syncws.exceptions.SendTimeout`, rather than letting one stuck peer
+block its senders forever.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from . import frames
+from .exceptions import ConnectionClosed, SendTimeout
+
+__all__ = ["Transport", "Abort", "ReadTimeout", "RECV_SIZE"]
+
+T = TypeVar("T")
+Buffer = Union[bytes, bytearray, memoryview]
+
+RECV_SIZE = 64 * 1024  # one read for many small frames; below malloc's mmap threshold
+_MASK_SLICE = 256 * 1024  # masked writes go out in slices of this size
+
+
+class Abort(Exception):
+    """Raised inside a read when the socket is gone (end of stream, closed under us), or by the idle hook to end the read."""
+
+
+class ReadTimeout(Exception):
+    """Raised by a read, before it reads anything, once the reader's :attr:`Transport.deadline` passed."""
+
+
+class Transport:
+    """One connected socket (plain or TLS), read by one thread and written by others.
+
+    Args:
+        sock: the connected socket; the transport sets its timeout (non-blocking on TLS).
+        tick: the longest single wait, after which a waiting reader runs ``on_idle``.
+        send_timeout: a write that makes no progress this long fails; None: wait.
+        write_lock: the lock that every writer holds around a write (the
+            connection's send lock); the write methods assert it.
+        on_idle: called by a reader that waited a tick without data; it may
+            raise :class:`Abort` to end the read.
+        on_broken: called when a write fails, before the exception is raised:
+            part of a frame may be out, so the stream cannot go on.
+        preamble: bytes to write ahead of the first write (the server's 101 response).
+        name: used in error messages.
+
+    Threads: the reads and :attr:`deadline` belong to one reader thread at a
+    time; the writes and ``_preamble`` to the holder of ``write_lock``;
+    :meth:`shorten_tick`, :meth:`shutdown` and :meth:`close` are safe from
+    any thread.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        tick: float,
+        send_timeout: Optional[float],
+        write_lock: threading.Lock,
+        on_idle: Callable[[], None],
+        on_broken: Callable[[], None],
+        preamble: bytes = b"",
+        name: str = "connection",
+    ) -> None:
+        self.sock, self.send_timeout, self.name = sock, send_timeout, name
+        self._write_lock = write_lock
+        self._on_idle, self._on_broken = on_idle, on_broken
+        self._preamble = preamble  # written (and emptied) under write_lock only
+        #: The reader's: when the current read gives up with ReadTimeout (None: never).
+        self.deadline: Optional[float] = None
+        #: Shortened (never lengthened) by any thread, read by the reader: a stale
+        #: value only makes it wake one tick later.
+        self.tick = tick
+        # OpenSSL's objects are not safe for a read and a write at once from two
+        # threads (seen as spurious EAGAIN and dropped connections). On TLS the
+        # socket is made non-blocking and every SSL call runs under this lock,
+        # held only for the call itself: waiting happens in select(), unlocked.
+        self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
+        sock.settimeout(0.0 if self._tls_lock is not None else tick)
+
+    def shorten_tick(self, tick: float) -> None:
+        """Make waits last at most ``tick`` seconds from now on. Safe from any thread."""
+        self.tick = min(self.tick, tick)
+        if self._tls_lock is None:
+            self.sock.settimeout(self.tick)
+
+    # ------------------------------------------------------------------ reading (reader thread)
+
+    def recv_some(self, size: int = RECV_SIZE) -> bytes:
+        """Up to ``size`` bytes from the socket: at least one."""
+        data: bytes = self._read(self.sock.recv, size)
+        return data
+
+    def recv_into(self, view: memoryview) -> int:
+        """Read into ``view``; the count, at least one."""
+        count: int = self._read(self.sock.recv_into, view)
+        return count
+
+    def _read(self, call: Callable[[Any], T], arg: Any) -> T:
+        """Run one socket read, waiting for data as long as it takes, with ``on_idle`` every tick.
+
+        Raises Abort at the end of the stream and ReadTimeout when
+        :attr:`deadline` passes first; nothing is read in that case.
+        """
+        if self._tls_lock is not None:
+            result = self._tls_call(call, arg, reading=True)
+        else:
+            while True:
+                if self.deadline is not None:
+                    self._wait_readable()
+                try:
+                    result = call(arg)
+                    break
+                except socket.timeout:
+                    self._on_idle()
+        if not result:
+            raise Abort("end of stream")
+        return result
+
+    def _wait_readable(self) -> None:
+        """Wait, under a deadline, until the (plain) socket is readable; raise ReadTimeout once the deadline passes.
+
+        The idle hook still runs every tick meanwhile.
+        """
+        assert self.deadline is not None
+        while True:
+            wait = min(self.deadline - time.monotonic(), self.tick)
+            try:
+                if select.select([self.sock], [], [], max(0.0, wait))[0]:
+                    return
+            except ValueError:  # the socket was closed under us
+                raise Abort("closed") from None
+            if time.monotonic() >= self.deadline:
+                raise ReadTimeout()
+            self._on_idle()
+
+    def _tls_call(self, call: Callable[[Any], T], arg: Any, reading: bool) -> T:
+        """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
+
+        A reader that waits a tick without data runs the idle hook; a writer
+        that makes no progress for ``send_timeout`` raises socket.timeout,
+        which the write loop turns into SendTimeout.
+        """
+        assert self._tls_lock is not None
+        started = time.monotonic()
+        while True:
+            with self._tls_lock:
+                try:
+                    return call(arg)
+                except ssl.SSLWantReadError:
+                    wait_read = True
+                except ssl.SSLWantWriteError:
+                    wait_read = False
+            sockets = [self.sock]
+            deadline = self.deadline if reading else None
+            wait = self.tick if deadline is None else max(0.0, min(self.tick, deadline - time.monotonic()))
+            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], wait)
+            if ready[0] or ready[1]:
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ReadTimeout()
+            if reading:
+                self._on_idle()
+            elif self.send_timeout is not None and time.monotonic() - started >= self.send_timeout:
+                raise socket.timeout("TLS send made no progress")
+
+    def discard_until_quiet(self, quiet: float, until: float) -> None:
+        """Read and drop bytes until the peer sends nothing for ``quiet`` seconds, the stream ends, or ``until`` (monotonic) passes."""
+        try:
+            while time.monotonic() < until and select.select([self.sock], [], [], quiet)[0]:
+                if not (self._tls_call(self.sock.recv, RECV_SIZE, reading=True) if self._tls_lock else self.sock.recv(RECV_SIZE)):
+                    return
+        except (OSError, Abort):  # socket.timeout included: the peer went quiet
+            pass
+
+    # ------------------------------------------------------------------ writing (under write_lock)
+
+    def write(self, data: Buffer) -> None:
+        """Write all of ``data`` (after the preamble, if still pending). Requires ``write_lock``.
+
+        Raises SendTimeout if the peer read nothing for ``send_timeout``, and
+        ConnectionClosed if the socket failed; ``on_broken`` runs first.
+        """
+        assert self._write_lock.locked()
+        if self._preamble:
+            data = self._preamble + data
+            self._preamble = b""
+        view = memoryview(data)
+        last_progress = time.monotonic()
+        while view:
+            try:
+                sent = self._tls_call(self.sock.send, view, reading=False) if self._tls_lock is not None else self.sock.send(view)
+            except socket.timeout:
+                if self.send_timeout is not None and time.monotonic() - last_progress >= self.send_timeout:
+                    self._on_broken()
+                    raise SendTimeout(f"{self.name}: peer read nothing for {self.send_timeout} s") from None
+                continue
+            except OSError as exc:
+                self._on_broken()
+                raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
+            view = view[sent:]
+            last_progress = time.monotonic()
+
+    def write_masked(self, parts: tuple[Buffer, ...], mask_key: bytes) -> None:
+        """Mask ``parts``, one payload end to end, with ``mask_key`` and write it a slice at a time. Requires ``write_lock``.
+
+        Masking needs a copy. One small buffer, reused for every slice, stays
+        in the CPU cache; a copy of the whole payload would cost a page fault
+        per 4 KiB of fresh memory, which is slower than the masking itself.
+        """
+        assert self._write_lock.locked()
+        scratch = bytearray(_MASK_SLICE)
+        offset = 0
+        for part in parts:
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), _MASK_SLICE):
+                piece = view[start : start + _MASK_SLICE]
+                out = memoryview(scratch)[: len(piece)]
+                frames.mask_into(out, piece, frames.key_at(mask_key, offset))
+                self.write(out)
+                offset += len(piece)
+
+    # ------------------------------------------------------------------ ending (any thread)
+
+    def shutdown(self) -> None:
+        """Shut the socket down both ways: a reader blocked on it wakes up."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close the socket's file descriptor."""
+        try:
+            self.sock.close()
+        except OSError:
+            pass
