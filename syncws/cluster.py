@@ -47,13 +47,13 @@ __all__ = ["RedisCluster", "ClusterConnection", "ClusterError", "LocalNode"]
 
 logger = logging.getLogger(__name__)
 
-# Every live node's connection records in one round trip: node, id, record, node, id, record, ...
-# (KEYS[1]: the nodes set; ARGV: now in ms, the prefix of the conns hashes). Our own script; it
-# reads only this cluster's keys and runs nothing it reads.
+# One name's connection records on every live node in one round trip: node, id, record, node, ...
+# (KEYS[1]: the nodes set; ARGV: now in ms, the prefix of the conns hashes, ":" and the name).
+# Our own script; it reads only this cluster's keys and runs nothing it reads.
 _PRESENCE_SCRIPT = """
 local out = {}
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')) do
-  local table = redis.call('HGETALL', ARGV[2] .. node)
+  local table = redis.call('HGETALL', ARGV[2] .. node .. ARGV[3])
   for i = 1, #table, 2 do
     out[#out + 1] = node
     out[#out + 1] = table[i]
@@ -270,7 +270,7 @@ class RedisCluster:
         Raises ClusterError when Redis cannot be reached.
         """
         try:
-            flat = self._presence_script(keys=[self.key("nodes")], args=[int(time.time() * 1000), self.key("conns", "")])
+            flat = self._presence_script(keys=[self.key("nodes")], args=[int(time.time() * 1000), self.key("conns", ""), ":" + name])
         except self._errors as exc:
             raise ClusterError(f"cluster {self.name}: Redis at {self.url} cannot be reached: {exc}") from exc
         found = []

@@ -10,8 +10,10 @@ no connection thread waits for Redis.
 
 Keys (``syncws:<cluster>:`` first): the sorted set ``nodes`` (each node
 scored by when its heartbeat runs out), the hash ``node:<id>`` (what the
-node says of itself: its link URL) and the hash ``conns:<id>`` (one JSON
-record per connection); the last two expire with the heartbeat.
+node says of itself: its link URL) and, per endpoint name, the hash
+``conns:<id>:<name>`` (one JSON record per connection of that name), so
+that looking up one name's connections costs what that name has, not what
+the whole cluster has. The node's keys expire with its heartbeat.
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ class Presence:
     def __init__(self, redis: Any, key: Callable[..., str], node_id: str, ttl: float, errors: tuple[type[BaseException], ...], name: str) -> None:
         self.redis, self.key, self.errors = redis, key, errors  # the cluster's Redis, key maker and connection errors
         self.node_id, self.ttl, self.name = node_id, ttl, name
-        # Synchronize access to _records, _changes and _info.
+        # Synchronize access to _records, _changes, _names and _info.
         self._lock = threading.Lock()
         self._records: dict[str, ClusterConnection] = {}  # this node's open connections, by id
-        # Changes not yet written: id -> record, or None for a removal.
-        self._changes: dict[str, Optional[ClusterConnection]] = {}
+        # Changes not yet written: id -> (name, record), the record None for a removal.
+        self._changes: dict[str, tuple[str, Optional[ClusterConnection]]] = {}
+        self._names: set[str] = set()  # every name this node has published (its conns keys)
         self._info: dict[str, str] = {}
         #: The cluster's link token, once known: put back into a Redis that restarted empty.
         self.token: Optional[str] = None
@@ -77,14 +80,16 @@ class Presence:
         """Publish a connection; returns at once (any thread)."""
         with self._lock:
             self._records[record.id] = record
-            self._changes[record.id] = record
+            self._changes[record.id] = (record.name, record)
+            self._names.add(record.name)
         self.wake.set()
 
     def closed(self, conn_id: str) -> None:
         """Withdraw a connection; returns at once (any thread)."""
         with self._lock:
-            self._records.pop(conn_id, None)
-            self._changes[conn_id] = None
+            record = self._records.pop(conn_id, None)
+            if record is not None:
+                self._changes[conn_id] = (record.name, None)
         self.wake.set()
 
     def local(self, name: Optional[str] = None) -> list[ClusterConnection]:
@@ -98,6 +103,10 @@ class Presence:
         with self._lock:
             self._records.clear()
             self._changes.clear()
+
+    def conns_key(self, name: str) -> str:
+        """The hash of this node's connections of ``name``."""
+        return self.key("conns", self.node_id, name)
 
     def run(self, stopping: threading.Event) -> None:
         """Renew this node's presence every ttl/3 until ``stopping``; republish all of it after Redis came back (beat thread)."""
@@ -131,14 +140,14 @@ class Presence:
             changes, self._changes = self._changes, {}
         if not changes:
             return
-        key = self.key("conns", self.node_id)
         pipe = self.redis.pipeline()
-        for conn_id, record in changes.items():
+        for conn_id, (name, record) in changes.items():
             if record is None:
-                pipe.hdel(key, conn_id)
+                pipe.hdel(self.conns_key(name), conn_id)
             else:
-                pipe.hset(key, conn_id, record.to_json())
-        pipe.pexpire(key, int(self.ttl * 1000))
+                pipe.hset(self.conns_key(name), conn_id, record.to_json())
+        for name in {name for name, _ in changes.values()}:
+            pipe.pexpire(self.conns_key(name), int(self.ttl * 1000))
         try:
             pipe.execute()
         except self.errors:
@@ -155,17 +164,20 @@ class Presence:
             if republish:
                 self._changes.clear()  # the snapshot holds them
             info = {"node": self.node_id, **self._info}
+            names = sorted(self._names)
         pipe = self.redis.pipeline()
         if republish:
-            pipe.delete(self.key("conns", self.node_id))
-            if records:
-                pipe.hset(self.key("conns", self.node_id), mapping={r.id: r.to_json() for r in records})
+            for name in names:
+                pipe.delete(self.conns_key(name))
+            for name in {r.name for r in records}:
+                pipe.hset(self.conns_key(name), mapping={r.id: r.to_json() for r in records if r.name == name})
             pipe.delete(self.key("node", self.node_id))
             pipe.hset(self.key("node", self.node_id), mapping=info)
             if self.token is not None:
                 pipe.set(self.key("token"), self.token, nx=True)
         pipe.zadd(self.key("nodes"), {self.node_id: expires_ms})
-        pipe.pexpire(self.key("conns", self.node_id), ttl_ms)
+        for name in names:
+            pipe.pexpire(self.conns_key(name), ttl_ms)
         pipe.pexpire(self.key("node", self.node_id), ttl_ms)
         # Nodes whose heartbeat ran out long ago leave the set (their keys expired by themselves).
         pipe.zremrangebyscore(self.key("nodes"), 0, int((time.time() - 10 * self.ttl) * 1000))
@@ -174,9 +186,11 @@ class Presence:
 
     def remove(self) -> None:
         """Remove this node and its connections from Redis now (the thread that stops it)."""
+        with self._lock:
+            names = list(self._names)
         pipe = self.redis.pipeline()
         pipe.zrem(self.key("nodes"), self.node_id)
-        pipe.delete(self.key("conns", self.node_id), self.key("node", self.node_id))
+        pipe.delete(self.key("node", self.node_id), *(self.conns_key(name) for name in names))
         pipe.execute()
 
 
