@@ -20,16 +20,14 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional, Protocol, Union
 
 from . import callformat
 from .cluster import ClusterConnection, RedisCluster
 from .connection import Message
-from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
+from .exceptions import ConnectionClosed, NotConnected, SyncWSError
 from .handlers import BaseWebSocketHandler, deliver
 from .handshake import Request
-from .reassembly import Progress
 from .registry import ConnectionRegistry
 
 __all__ = ["ClusterNode", "NodeLinkHandler", "Forwarder", "NODE_LINK_PATH", "LINK_FIELD"]
@@ -41,17 +39,13 @@ NODE_LINK_PATH = "/_syncws/node"
 #: The request field that names the connection a call on a node link is for, and
 #: the reply field that carries what only a link says (progress, a closed peer).
 CONN_FIELD = "_syncwsConn"
-TIMEOUT_FIELD = "_syncwsTimeout"
 LINK_FIELD = "_syncwsLink"
-_LINK_PART_SIZE = 1 << 20  # parts of a binary reply sent back over a link
 
 
 class Forwarder(Protocol):
-    """What answers calls forwarded to this node: the RequestHandler of a name (its doRequest)."""
+    """What answers calls forwarded to this node: the RequestHandler of a name (its relay)."""
 
-    def doRequest(
-        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
-    ) -> dict[str, Any]: ...
+    def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: Any, link_call_id: Any) -> None: ...
 
 
 class NodeServer(Protocol):
@@ -77,8 +71,6 @@ class ClusterNode:
         self._ids: dict[BaseWebSocketHandler, str] = {}  # this server's registered handlers, by handler
         self._handlers: dict[str, BaseWebSocketHandler] = {}  # and by connection id
         self._forwarders: dict[str, Forwarder] = {}  # the RequestHandler of each name, for forwarded calls
-        #: Runs forwarded calls (``syncws-node-call-N``): each waits for a local peer's reply.
-        self.executor = ThreadPoolExecutor(max_workers=64, thread_name_prefix="syncws-node-call")
 
     def start(self) -> None:
         """Join the cluster: presence, sends, and the registry's module functions (the thread that starts the server)."""
@@ -97,7 +89,6 @@ class ClusterNode:
         if registry.broadcaster is self.cluster:
             registry.broadcaster = None
         self.cluster.stop()
-        self.executor.shutdown(wait=False)
 
     def _link_auth(self, request: Request) -> bool:
         """Admit a node link that carries the cluster's token (connection thread, before the upgrade)."""
@@ -165,12 +156,14 @@ class ClusterNode:
 class NodeLinkHandler(BaseWebSocketHandler):
     """The server side of a node link: another node (or a process without a server) calls this node's peers through it.
 
-    Each request names the connection it is for (``_syncwsConn``) and the
-    caller's timeout; it is answered on a worker thread of the node's pool by
-    the name's RequestHandler, and its reply goes back on the link under the
-    caller's callId: JSON as it came, binary data in parts with their CRC-32,
-    progress as it comes, and a peer that went away as a ``_syncwsLink``
-    field that the caller turns back into ConnectionClosed.
+    Each request names the connection it is for (``_syncwsConn``). The
+    link's connection thread hands it to the name's RequestHandler
+    (:meth:`~syncws.request_handler.RequestHandler.relay`), which sends it to
+    the peer; the peer's connection thread relays each message of the reply
+    back on the link under the caller's callId as it arrives (JSON as it
+    came, binary parts with their CRC-32), and a peer that went away as a
+    ``_syncwsLink`` note that the caller turns back into ConnectionClosed.
+    No thread of this node waits for the reply.
     """
 
     def initialize(self, node: Optional[ClusterNode] = None, **kwargs: Any) -> None:  # type: ignore[override]
@@ -187,19 +180,14 @@ class NodeLinkHandler(BaseWebSocketHandler):
         """Nothing to leave (connection thread)."""
 
     def on_message(self, message: Message) -> None:
-        """Hand a forwarded call to the node's pool (connection thread)."""
+        """Send a forwarded call on to its local peer; the reply is relayed back as it comes (connection thread)."""
         try:
             request = callformat.parse_request(message)
         except callformat.RefusedRequest as exc:
             self._reply(error_reply(exc.cmd, exc.call_id, 400, str(exc)))
             return
-        self.node.executor.submit(self._forward, request)
-
-    def _forward(self, request: dict[str, Any]) -> None:
-        """Run one forwarded call against a local peer and send its outcome back (a node-call thread)."""
         call_id = request.pop("callId", None)
         conn_id = request.pop(CONN_FIELD, None)
-        timeout = request.pop(TIMEOUT_FIELD, None)
         cmd = request.get("cmd")
         handler = self.node.handler(conn_id) if isinstance(conn_id, str) else None
         forwarder = self.node.forwarder(handler.name) if handler is not None else None
@@ -207,39 +195,20 @@ class NodeLinkHandler(BaseWebSocketHandler):
             why = f"no connection {conn_id!r} on this node" if handler is None else f"no RequestHandler for {handler.name!r} on this node"
             self._reply({**error_reply(cmd, call_id, 503, why), LINK_FIELD: {"notConnected": why}})
             return
-
-        def progress(received: int, total: int) -> None:
-            self._reply({"callId": call_id, LINK_FIELD: {"progress": [received, total]}})
-
         try:
-            reply = forwarder.doRequest(request, timeout=timeout, conn=handler, progress=progress)
-        except RequestError as exc:
-            self._reply({**exc.response, "callId": call_id})
+            forwarder.relay(request, handler, self, call_id)
         except ConnectionClosed as exc:
             self._reply({**error_reply(cmd, call_id, 502, str(exc)), LINK_FIELD: {"closed": [exc.code, exc.reason]}})
-        except RequestTimeout as exc:
-            self._reply({**error_reply(cmd, call_id, 504, str(exc)), LINK_FIELD: {"timeout": True}})
-        except (NotConnected, SyncWSError) as exc:
+        except (NotConnected, ValueError, TypeError) as exc:
             self._reply({**error_reply(cmd, call_id, 503, str(exc)), LINK_FIELD: {"notConnected": str(exc)}})
-        except Exception as exc:  # a bug must not leave the caller waiting
-            logger.exception("forwarded call %r failed", cmd)
-            self._reply(error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
-        else:
-            self._send_reply(reply, call_id)
 
-    def _send_reply(self, reply: dict[str, Any], call_id: Any) -> None:
-        data = reply.get("data")
-        binary = callformat.as_binary(data) if data is not None and not isinstance(data, (str, int, float, list, dict, bool)) else None
-        if binary is None:
-            self._reply({**reply, "callId": call_id})
-            return
-        header, parts = callformat.encode_binary_reply(reply.get("cmd"), call_id, *binary, _LINK_PART_SIZE)
-        try:
-            self.write_message(header)
-            for part_header, chunk in parts:
-                self.connection.send_parts(part_header, chunk)
-        except SyncWSError as exc:
-            logger.info("node link %r closed while sending a reply: %s", self, exc)
+    def send_text(self, text: str) -> None:
+        """Send a relayed reply's text on the link (the peer's connection thread)."""
+        self.connection.send(text)
+
+    def send_parts(self, header: bytes, data: memoryview) -> None:
+        """Send a relayed binary part on the link (the peer's connection thread)."""
+        self.connection.send_parts(header, data)
 
     def _reply(self, reply: dict[str, Any]) -> None:
         try:

@@ -13,18 +13,19 @@ it failed at once. The format itself is :mod:`syncws.callformat`'s.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 from . import callformat, lograte, timeouts
 from .cluster import ClusterConnection, RedisCluster
 from .connection import Message
-from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout, SyncWSError
 from .future import CallFuture
 from .handlers import BaseWebSocketHandler, websocketState
-from .node import CONN_FIELD, LINK_FIELD, TIMEOUT_FIELD
+from .node import CONN_FIELD, LINK_FIELD
 from .node_link import NodeLink
 from .reassembly import Progress, Transfer, describe
 from .registry import ConnectionRegistry
@@ -111,7 +112,103 @@ class _PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
             self.set_result(transfer)
 
 
-class RequestHandler:
+class RelaySink(Protocol):
+    """Where a relayed call's reply goes on to: a node link (see :meth:`RequestHandler.relay`)."""
+
+    def send_text(self, text: str) -> None: ...
+
+    def send_parts(self, header: bytes, data: memoryview) -> None: ...
+
+
+class _RelayCall(_PendingCall):
+    """A call made for another node: its reply goes on to that node's link message by message, as it arrives.
+
+    The peer's connection thread relays each message (rewritten for the
+    link's callId) and nothing waits here: no thread of this node holds the
+    call, no copy of a large reply is assembled, and the caller's own
+    Transfer checks the parts and keeps its timeout part by part.
+    """
+
+    __slots__ = ("link_call_id", "parts_left", "sink")
+
+    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
+        super().__init__(call_id, cmd, conn, None, waiting=False)
+        self.sink = sink
+        self.link_call_id = link_call_id
+        self.parts_left = 0
+
+    def relay_reply(self, reply: dict[str, Any]) -> bool:
+        """Send a text reply (or a binary reply's header) on; True once the call is over (reader thread)."""
+        if callformat.is_binary_header(reply):
+            parts = reply.get("parts")
+            self.parts_left = parts if isinstance(parts, int) and parts > 0 else 0
+        return self._send(lambda: self.sink.send_text(json.dumps({**reply, "callId": self.link_call_id}))) or self.parts_left == 0
+
+    def relay_part(self, part: callformat.PartHeader, message: bytes) -> bool:
+        """Send a binary part on under the link's callId (same place, same CRC-32); True once it was the last (reader thread)."""
+        header = callformat.pack_part_header(self.link_call_id, part.part, part.parts, part.offset, part.crc32)
+        self.parts_left = max(0, part.parts - part.part - 1)
+        return self._send(lambda: self.sink.send_parts(header, memoryview(message)[callformat.PART_HEADER.size :])) or self.parts_left == 0
+
+    def _send(self, send: Callable[[], None]) -> bool:
+        """Run ``send``; True (the call is over: the link is gone) when it fails."""
+        try:
+            send()
+            return False
+        except (SyncWSError, OSError) as exc:
+            logger.info("link for relayed call %d went away: %s", self.call_id, exc)
+            return True
+
+    def fail(self, error: BaseException) -> None:
+        """The peer went away (or the server stops): tell the caller's node in a link note (any thread)."""
+        if not self.set_exception(error):
+            return
+        code, reason = (error.code, error.reason) if isinstance(error, ConnectionClosed) else (1006, "")
+        note = {**callformat.error_reply(self.cmd, self.link_call_id, 502, str(error)), LINK_FIELD: {"closed": [code, reason]}}
+        self._send(lambda: self.sink.send_text(json.dumps(note)))
+
+
+class _CallTable:
+    """The calls in flight, by callId: what RequestHandler registers, matches replies against, and prunes."""
+
+    def __init__(self) -> None:
+        # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
+        self.callbackLock = threading.Lock()
+        self._calls: dict[int, _PendingCall] = {}
+        self._call_ids = itertools.count(1)
+        self._last_prune = time.monotonic()
+
+    def _forget(self, call_id: int) -> None:
+        with self.callbackLock:
+            self._calls.pop(call_id, None)
+
+    @property
+    def pending(self) -> int:
+        """How many calls are in the table now."""
+        with self.callbackLock:
+            return len(self._calls)
+
+    def pruneCallbacks(self, max_age: float = 300.0) -> int:
+        """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.
+
+        A call a caller is waiting on is never touched: it ends by its own
+        timeout. Only calls registered with prepare_request and never waited
+        for can be left behind.
+        """
+        now = time.monotonic()
+        with self.callbackLock:
+            stale = [cid for cid, c in self._calls.items() if not c.waiting and now - c.created > max_age]
+            for cid in stale:
+                del self._calls[cid]
+            self._last_prune = now
+        return len(stale)
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune > _PRUNE_EVERY:
+            self.pruneCallbacks()
+
+
+class RequestHandler(_CallTable):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -153,11 +250,7 @@ class RequestHandler:
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
-        # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
-        self.callbackLock = threading.Lock()
-        self._calls: dict[int, _PendingCall] = {}
-        self._call_ids = itertools.count(1)
-        self._last_prune = time.monotonic()
+        _CallTable.__init__(self)
         # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
         self.registry.add_closing_listener(name, self)
         if server is not None:
@@ -199,8 +292,7 @@ class RequestHandler:
         call, extra = self._register(msg, conn, progress, waiting=True)
         try:
             try:
-                if extra:  # a link to another node: say which connection, and how long the caller waits
-                    extra[TIMEOUT_FIELD] = timeout
+                if extra:  # a link to another node: say which connection
                     call.conn.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
                 else:
                     call.conn.write_message(callformat.encode_request(msg, call.call_id))
@@ -209,6 +301,25 @@ class RequestHandler:
             return callformat.check_reply_status(call.outcome(timeout))
         finally:
             self._forget(call.call_id)
+
+    def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
+        """Send ``msg`` to ``conn`` for another node; its reply goes on to ``sink`` as it arrives. Returns at once.
+
+        A node's link endpoint calls this on the link's connection thread.
+        Raises as :meth:`doRequest` does before it sends, and ConnectionClosed
+        when the request cannot be sent. The call ends with its reply, with
+        the peer's connection (a ``closed`` link note), or by pruning.
+        """
+        callformat.check_request(msg)
+        handler = self._open_handler(conn)
+        with self.callbackLock:
+            call_id = next(self._call_ids)
+            self._calls[call_id] = _RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id)
+        try:
+            conn.write_message(callformat.encode_request(msg, call_id))
+        except (ConnectionClosed, SendTimeout) as exc:
+            self._forget(call_id)
+            raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
 
     def prepare_request(
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
@@ -285,16 +396,6 @@ class RequestHandler:
             self._forget(callId)
         return callformat.check_reply_status(reply)
 
-    def _forget(self, call_id: int) -> None:
-        with self.callbackLock:
-            self._calls.pop(call_id, None)
-
-    @property
-    def pending(self) -> int:
-        """How many calls are in the table now."""
-        with self.callbackLock:
-            return len(self._calls)
-
     # ------------------------------------------------------------------ connection side
 
     def callback(self, client: Channel, message: Message) -> None:
@@ -342,7 +443,10 @@ class RequestHandler:
         call = self._find(client, call_id)
         if call is None:
             return
-        if LINK_FIELD in reply and isinstance(client, NodeLink):
+        if isinstance(call, _RelayCall):
+            if call.relay_reply(reply):
+                self._forget(call.call_id)
+        elif LINK_FIELD in reply and isinstance(client, NodeLink):
             call.apply_link_note(reply)
         elif call.transfer is not None:
             call.fail(RequestError(502, "damaged binary reply: a reply came in the middle of its parts", reply))
@@ -358,6 +462,10 @@ class RequestHandler:
             return
         call = self._find(client, part.call_id)
         if call is None:
+            return
+        if isinstance(call, _RelayCall):
+            if call.relay_part(part, message):
+                self._forget(call.call_id)
             return
         try:
             if call.transfer is None:
@@ -385,6 +493,8 @@ class RequestHandler:
         with self.callbackLock:
             calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
         for call in calls:
+            if isinstance(call, _RelayCall):
+                self._forget(call.call_id)  # no caller of this node forgets it
             connection = call.conn.connection
             call.fail(
                 ConnectionClosed(
@@ -393,25 +503,6 @@ class RequestHandler:
                     f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})",
                 )
             )
-
-    def pruneCallbacks(self, max_age: float = 300.0) -> int:
-        """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.
-
-        A call a caller is waiting on is never touched: it ends by its own
-        timeout. Only calls registered with prepare_request and never waited
-        for can be left behind.
-        """
-        now = time.monotonic()
-        with self.callbackLock:
-            stale = [cid for cid, c in self._calls.items() if not c.waiting and now - c.created > max_age]
-            for cid in stale:
-                del self._calls[cid]
-            self._last_prune = now
-        return len(stale)
-
-    def _maybe_prune(self) -> None:
-        if time.monotonic() - self._last_prune > _PRUNE_EVERY:
-            self.pruneCallbacks()
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:
