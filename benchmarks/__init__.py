@@ -7,7 +7,9 @@ source checkout only, never installed with syncws.
 
 Modules:
 
-- ``run``: the driver: options, workloads, repetitions (``main``);
+- ``run``: the driver: options, repetitions, the table (``main``);
+- ``workloads``: the main group's workloads and the handles of the child
+  processes they drive (``Peer``, ``Server``);
 - ``report``: the implementations, workloads and figures, and the table;
 - ``peers``: the child processes (servers, request servers, peers),
   ``python -m benchmarks.peers ROLE ...``;
@@ -16,7 +18,7 @@ Modules:
   child processes;
 - ``many_clients``: many connections in one thread, for fan-out and idle;
 - ``common``: what the others share (raw framing, the call table of the
-  implementations without one, process figures);
+  implementations without one, process figures, ``measure``);
 - one module per implementation, each with ``Serve``, ``Client``,
   ``Requester`` and ``run_peer``: ``raw``, ``syncws_impl``,
   ``websockets_impl``, ``tornado_design`` and ``websocket_server_impl``.

@@ -13,7 +13,7 @@ Rows, per workload (interleaved in each repetition, as the main group's):
   ``RedisCluster.connections("wsData")`` lookup from this process; and that
   lookup again while 1,000 ``/fanout`` connections are open on the nodes.
 - ``cluster_latency``, ``cluster_throughput``, ``cluster_large``: the request
-  workloads of the main group (``peers.measure``) made by
+  workloads of the main group (``common.measure``) made by
   ``same_node``: node A's ``RequestHandler("wsData", server)`` (the peer's
   own node; the newest connection is still looked up in Redis),
   ``cross_node``: node B's (the call goes over B's node link to A, which
@@ -48,7 +48,7 @@ from typing import Any, Callable, Optional
 from .common import HOST, BenchError, pct
 from .many_clients import ManyClients
 from .report import CLUSTER_IMPLS, CLUSTER_ROWS, fmt, runs
-from .run import RUN_TIMEOUT, Peer, run_reqserver, wl_fanout
+from .workloads import RUN_TIMEOUT, Peer, run_reqserver, wl_fanout
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -260,7 +260,7 @@ def fanout_three_nodes(env: Environment, cfg: dict[str, Any]) -> dict[str, float
 
 
 def request_params(wl: str, cfg: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The ``peers.measure`` workload and parameters of a cluster request workload."""
+    """The ``common.measure`` workload and parameters of a cluster request workload."""
     if wl == "cluster_latency":
         return "latency", {"n": cfg["cl_lat_n"]}
     if wl == "cluster_throughput":

@@ -18,7 +18,7 @@ Roles (all traffic on 127.0.0.1; each process has the alarm of ``peers.main``):
 
 Commands of the callers, one per line on stdin, each answered by one JSON
 line (an "error" key when it failed): ``warm N`` (N echo requests, which
-open a node link), ``measure WORKLOAD PARAMS_JSON`` (``peers.measure``:
+open a node link), ``measure WORKLOAD PARAMS_JSON`` (``common.measure``:
 latency, throughput, large, run by this process's own threads),
 ``count NAME`` (this node's connections of NAME) and ``quit``.
 """
@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional
 
 import syncws
 
-from .common import HOST, emit
+from .common import HOST, emit, measure
 
 MAX_COMMANDS = 100_000  # far more than a run sends; the loop ends on "quit", EOF or the alarm first
 
@@ -65,8 +65,6 @@ def warm(rh: syncws.RequestHandler, n: int, timeout: float = 15.0) -> dict[str, 
 
 def obey(rh: syncws.RequestHandler, count: Optional[Callable[[str], int]] = None) -> None:
     """Run the driver's commands on ``rh`` until "quit", EOF or MAX_COMMANDS."""
-    from .peers import measure
-
     for _ in range(MAX_COMMANDS):
         line = sys.stdin.readline()
         if not line:

@@ -7,7 +7,8 @@
   (``Pending``, ``RequesterBase``) and the peer's answers (``handle_cmd``);
 - websocket-client as client and as peer (``tornado_seed`` and
   ``websocket_server`` are measured against it, as the seed's peers used it);
-- ``pct`` and ``run_workers``.
+- ``pct``, ``run_workers`` and ``measure`` (a request workload through
+  ``doRequest``: ``peers.py reqserver`` and the cluster group's callers).
 
 Everything listens and connects on 127.0.0.1 only.
 """
@@ -325,6 +326,57 @@ def run_workers(n_threads: int, fn: Callable[[int], None], timeout: float) -> fl
     if errors:
         raise RuntimeError("; ".join(errors[:3]))
     return elapsed
+
+
+def measure(req: Any, workload: str, params: dict[str, Any]) -> dict[str, float]:
+    """Run one request workload (latency, throughput, large) through ``req.doRequest``; its figures."""
+    timeout = float(params.get("timeout", 120))
+    if workload == "latency":
+        n = int(params["n"])
+        lat: list[float] = []
+
+        def one(_: int) -> None:
+            for i in range(n):
+                t = time.perf_counter()
+                r = req.doRequest({"cmd": "echo", "x": i}, timeout=10)
+                lat.append(time.perf_counter() - t)
+                if r.get("data") != i:
+                    raise RuntimeError(f"bad reply {r!r}")
+
+        run_workers(1, one, timeout)
+        return {"p50_us": pct(lat, 0.5) * 1e6, "p99_us": pct(lat, 0.99) * 1e6}
+    if workload == "throughput":
+        threads, n = int(params["threads"]), int(params["n"])
+
+        def many(w: int) -> None:
+            for i in range(n):
+                x = w * 100000 + i
+                r = req.doRequest({"cmd": "echo", "x": x}, timeout=30)
+                if r.get("data") != x:
+                    raise RuntimeError(f"bad reply {r!r}")
+
+        elapsed = run_workers(threads, many, timeout)
+        return {"rps": threads * n / elapsed}
+    if workload == "large":
+        size = int(params["size"])
+        base = proc_status()
+        box = {}
+
+        def big(_: int) -> None:
+            box["reply"] = req.doRequest({"cmd": "blob", "size": size}, timeout=timeout)
+
+        elapsed = run_workers(1, big, timeout)
+        data = box["reply"]["data"]
+        if len(data) != size:
+            raise RuntimeError("large reply has %d bytes, expected %d" % (len(data), size))
+        st = proc_status()
+        return {
+            "MBps": size / elapsed / 1e6,
+            "peak_MiB": st["VmHWM"] / 1024.0,
+            "peak_over_payload": (st["VmHWM"] - base["VmRSS"]) * 1024.0 / size,
+            "base_MiB": base["VmRSS"] / 1024.0,
+        }
+    raise ValueError(workload)
 
 
 # --------------------------------------------------------------------------

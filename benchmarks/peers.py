@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from .common import emit, implementation, pct, proc_status, raise_nofile, run_workers
+from .common import emit, implementation, measure, proc_status, raise_nofile
 
 PROCESS_TIME_LIMIT = 900  # seconds; SIGALRM kills any peer left behind
 
@@ -83,57 +83,6 @@ def role_serve(impl: str) -> None:
 # --------------------------------------------------------------------------
 # role: reqserver IMPL WORKLOAD PARAMS  (request pattern, server side)
 # --------------------------------------------------------------------------
-def measure(req: Any, workload: str, params: dict[str, Any]) -> dict[str, float]:
-    """Run one request workload (latency, throughput, large) through ``req.doRequest``; its figures."""
-    timeout = float(params.get("timeout", 120))
-    if workload == "latency":
-        n = int(params["n"])
-        lat: list[float] = []
-
-        def one(_: int) -> None:
-            for i in range(n):
-                t = time.perf_counter()
-                r = req.doRequest({"cmd": "echo", "x": i}, timeout=10)
-                lat.append(time.perf_counter() - t)
-                if r.get("data") != i:
-                    raise RuntimeError(f"bad reply {r!r}")
-
-        run_workers(1, one, timeout)
-        return {"p50_us": pct(lat, 0.5) * 1e6, "p99_us": pct(lat, 0.99) * 1e6}
-    if workload == "throughput":
-        threads, n = int(params["threads"]), int(params["n"])
-
-        def many(w: int) -> None:
-            for i in range(n):
-                x = w * 100000 + i
-                r = req.doRequest({"cmd": "echo", "x": x}, timeout=30)
-                if r.get("data") != x:
-                    raise RuntimeError(f"bad reply {r!r}")
-
-        elapsed = run_workers(threads, many, timeout)
-        return {"rps": threads * n / elapsed}
-    if workload == "large":
-        size = int(params["size"])
-        base = proc_status()
-        box = {}
-
-        def big(_: int) -> None:
-            box["reply"] = req.doRequest({"cmd": "blob", "size": size}, timeout=timeout)
-
-        elapsed = run_workers(1, big, timeout)
-        data = box["reply"]["data"]
-        if len(data) != size:
-            raise RuntimeError("large reply has %d bytes, expected %d" % (len(data), size))
-        st = proc_status()
-        return {
-            "MBps": size / elapsed / 1e6,
-            "peak_MiB": st["VmHWM"] / 1024.0,
-            "peak_over_payload": (st["VmHWM"] - base["VmRSS"]) * 1024.0 / size,
-            "base_MiB": base["VmRSS"] / 1024.0,
-        }
-    raise ValueError(workload)
-
-
 def role_reqserver(impl: str, workload: str, params: dict[str, Any]) -> None:
     """Serve requests to a ``reqpeer`` child, measure ``workload``, print its figures, stop the child."""
     peer = None
@@ -182,7 +131,7 @@ def main(argv: list[str]) -> int:
         elif role == "reqpeer":
             role_reqpeer(argv[1], argv[2])
         elif role.startswith("cluster-"):
-            from .cluster_peers import ROLES
+            from .cluster_peers import ROLES  # here, so that no other role's process imports syncws
 
             if role not in ROLES:
                 raise SystemExit(f"unknown role {role!r}")
