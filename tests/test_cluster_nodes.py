@@ -310,3 +310,38 @@ def test_256_mib_reply_across_nodes_without_a_redis_disconnection(three: list[No
     for node in three:
         log = node.stop()
         assert "lost the pub/sub connection" not in log, log
+
+
+def test_peer_disconnect_and_progress_across_nodes(three: list[NodeProcess], redis_server: RedisServer, cluster_name: str) -> None:
+    """Across nodes, progress counts a binary reply's parts once up to its size, and a peer that disconnects mid-call fails the call with ConnectionClosed."""
+    a = three[0]
+    release, started = threading.Event(), threading.Event()
+    peer = make_peer(a.url + "/wsData", release, started)
+    peer.part_size = MIB
+    peer.start(timeout=10)
+    cluster = syncws.RedisCluster(redis_server.url, name=cluster_name)
+    handler = syncws.RequestHandler("wsData", cluster=cluster)
+    try:
+        assert wait_for(lambda: len(cluster.connections("wsData")) == 1)
+        seen: list[tuple[int, int]] = []
+        data = handler.doRequest({"cmd": "blob", "seed": 9, "size": 5 * MIB}, timeout=30, progress=lambda r, t: seen.append((r, t)))["data"]
+        assert data == bytes([9]) * (5 * MIB)
+        assert seen == [(n * MIB, 5 * MIB) for n in range(1, 6)]
+        outcome: queue.Queue[BaseException] = queue.Queue()
+
+        def call() -> None:
+            try:
+                handler.doRequest({"cmd": "wait"}, timeout=60)
+            except Exception as exc:  # the outcome under test
+                outcome.put(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        assert started.wait(10)
+        peer.stop()  # the peer leaves node A while the call waits on it
+        assert isinstance(outcome.get(timeout=10), syncws.ConnectionClosed)
+        caller.join(5)
+    finally:
+        release.set()
+        peer.stop()
+        handler.close_links()
