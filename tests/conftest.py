@@ -8,6 +8,7 @@ installs every program the tests use, so such a skip would hide a broken set-up.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,13 @@ from .helpers import make_server
 from .peers import Env
 
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+# A test run started as a background job of a script inherits SIGINT ignored, and so
+# would every `syncws serve` it starts: serve keeps an ignored SIGINT ignored (as it
+# should), and the tests that stop it with Ctrl-C would wait in vain. Give the run,
+# and so its children, Python's own SIGINT handling back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(hookwrapper=True)
