@@ -12,22 +12,18 @@ it failed at once. The format itself is :mod:`syncws.callformat`'s.
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import threading
-import time
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Optional
 
 from . import callformat, lograte, timeouts
-from .cluster import ClusterConnection, RedisCluster
+from .calls import CallTable, Channel, PendingCall, RelayCall, RelaySink, Target
+from .cluster import RedisCluster
 from .connection import Message
-from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout, SyncWSError
-from .future import CallFuture
+from .exceptions import ConnectionClosed, NotConnected, RequestError, SendTimeout
 from .handlers import BaseWebSocketHandler, websocketState
 from .node import CONN_FIELD, LINK_FIELD
 from .node_link import NodeLink
-from .reassembly import Progress, Transfer, describe
+from .reassembly import Progress, describe
 from .registry import ConnectionRegistry
 from .routing import ClusterRoutes
 from .server import WebSocketServer
@@ -36,179 +32,7 @@ __all__ = ["RequestHandler", "Progress"]
 
 logger = logging.getLogger(__name__)
 
-_PRUNE_EVERY = 60.0
-
-#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
-Channel = Union[BaseWebSocketHandler, NodeLink]
-#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
-Target = Union[BaseWebSocketHandler, ClusterConnection]
-
-
-class _PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
-    """One request waiting for its reply: a future, and what the handler needs to route and prune it.
-
-    Its outcome is the reply dict, or the Transfer of a binary reply. The
-    fields below are written once, or, for ``waiting``, under the
-    RequestHandler's ``callbackLock``; ``transfer`` is set by the reader thread
-    before the future is finished with it.
-    """
-
-    __slots__ = ("conn", "created", "progress", "transfer", "waiting")
-
-    def __init__(self, call_id: int, cmd: Any, conn: Channel, progress: Optional[Progress], waiting: bool) -> None:
-        super().__init__(call_id, cmd)
-        self.conn = conn
-        self.progress = progress
-        self.created = time.monotonic()
-        self.waiting = waiting  # a thread waits (or will) for it: pruning never drops it
-        self.transfer: Optional[Transfer] = None
-
-    def fail(self, error: BaseException) -> None:
-        """Fail the call with ``error``, whether it waits for its reply or for the parts of one. Any thread."""
-        self.set_exception(error)
-        # Read after set_exception: a transfer set before the future finished with it is seen here.
-        transfer = self.transfer
-        if transfer is not None:
-            transfer.fail(error)
-
-    def outcome(self, timeout: Optional[float]) -> dict[str, Any]:
-        """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part."""
-        result = self.result(timeout)
-        return result if isinstance(result, dict) else result.collect(timeout)
-
-    def apply_link_note(self, reply: dict[str, Any]) -> None:
-        """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
-        note = reply[LINK_FIELD]
-        if not isinstance(note, dict):
-            self.set_result(reply)
-        elif "progress" in note:
-            received, total = note["progress"]
-            if self.progress is not None:
-                try:
-                    self.progress(int(received), int(total))
-                except Exception:
-                    logger.exception("progress callback of call %d failed", self.call_id)
-        elif "closed" in note:
-            code, reason = note["closed"]
-            self.fail(ConnectionClosed(int(code), str(reason), str(reply.get("error", "the peer went away"))))
-        elif "timeout" in note:
-            self.fail(RequestTimeout(self.call_id, self.cmd, None))
-        elif "notConnected" in note:
-            self.fail(NotConnected(str(note["notConnected"])))
-        else:
-            self.set_result(reply)
-
-    def start_transfer(self, header: dict[str, Any], max_reply_size: int) -> None:
-        """Take a binary reply's header: allocate the result, finish with its Transfer; else a 502 (reader thread)."""
-        try:
-            callformat.check_binary_header(header, max_reply_size)
-            transfer = Transfer(header, self.call_id, self.cmd, self.progress)  # checks an array's layout now, before its bytes come
-        except MemoryError:
-            self.fail(RequestError(502, f"invalid binary reply: cannot allocate the {header.get('size')} bytes it announces", header))
-        except Exception as exc:  # OverflowError from "shape": [Infinity], and whatever else: never a hang
-            self.fail(RequestError(502, f"invalid binary reply: {describe(exc)}", header))
-        else:
-            self.transfer = transfer  # before the future finishes: see _PendingCall.fail
-            self.set_result(transfer)
-
-
-class RelaySink(Protocol):
-    """Where a relayed call's reply goes on to: a node link (see :meth:`RequestHandler.relay`)."""
-
-    def send_text(self, text: str) -> None: ...
-
-    def send_parts(self, header: bytes, data: memoryview) -> None: ...
-
-
-class _RelayCall(_PendingCall):
-    """A call made for another node: its reply goes on to that node's link message by message, as it arrives.
-
-    The peer's connection thread relays each message (rewritten for the
-    link's callId) and nothing waits here: no thread of this node holds the
-    call, no copy of a large reply is assembled, and the caller's own
-    Transfer checks the parts and keeps its timeout part by part.
-    """
-
-    __slots__ = ("link_call_id", "parts_left", "sink")
-
-    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
-        super().__init__(call_id, cmd, conn, None, waiting=False)
-        self.sink = sink
-        self.link_call_id = link_call_id
-        self.parts_left = 0
-
-    def relay_reply(self, reply: dict[str, Any]) -> bool:
-        """Send a text reply (or a binary reply's header) on; True once the call is over (reader thread)."""
-        if callformat.is_binary_header(reply):
-            parts = reply.get("parts")
-            self.parts_left = parts if isinstance(parts, int) and parts > 0 else 0
-        return self._send(lambda: self.sink.send_text(json.dumps({**reply, "callId": self.link_call_id}))) or self.parts_left == 0
-
-    def relay_part(self, part: callformat.PartHeader, message: bytes) -> bool:
-        """Send a binary part on under the link's callId (same place, same CRC-32); True once it was the last (reader thread)."""
-        header = callformat.pack_part_header(self.link_call_id, part.part, part.parts, part.offset, part.crc32)
-        self.parts_left = max(0, part.parts - part.part - 1)
-        return self._send(lambda: self.sink.send_parts(header, memoryview(message)[callformat.PART_HEADER.size :])) or self.parts_left == 0
-
-    def _send(self, send: Callable[[], None]) -> bool:
-        """Run ``send``; True (the call is over: the link is gone) when it fails."""
-        try:
-            send()
-            return False
-        except (SyncWSError, OSError) as exc:
-            logger.info("link for relayed call %d went away: %s", self.call_id, exc)
-            return True
-
-    def fail(self, error: BaseException) -> None:
-        """The peer went away (or the server stops): tell the caller's node in a link note (any thread)."""
-        if not self.set_exception(error):
-            return
-        code, reason = (error.code, error.reason) if isinstance(error, ConnectionClosed) else (1006, "")
-        note = {**callformat.error_reply(self.cmd, self.link_call_id, 502, str(error)), LINK_FIELD: {"closed": [code, reason]}}
-        self._send(lambda: self.sink.send_text(json.dumps(note)))
-
-
-class _CallTable:
-    """The calls in flight, by callId: what RequestHandler registers, matches replies against, and prunes."""
-
-    def __init__(self) -> None:
-        # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
-        self.callbackLock = threading.Lock()
-        self._calls: dict[int, _PendingCall] = {}
-        self._call_ids = itertools.count(1)
-        self._last_prune = time.monotonic()
-
-    def _forget(self, call_id: int) -> None:
-        with self.callbackLock:
-            self._calls.pop(call_id, None)
-
-    @property
-    def pending(self) -> int:
-        """How many calls are in the table now."""
-        with self.callbackLock:
-            return len(self._calls)
-
-    def pruneCallbacks(self, max_age: float = 300.0) -> int:
-        """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.
-
-        A call a caller is waiting on is never touched: it ends by its own
-        timeout. Only calls registered with prepare_request and never waited
-        for can be left behind.
-        """
-        now = time.monotonic()
-        with self.callbackLock:
-            stale = [cid for cid, c in self._calls.items() if not c.waiting and now - c.created > max_age]
-            for cid in stale:
-                del self._calls[cid]
-            self._last_prune = now
-        return len(stale)
-
-    def _maybe_prune(self) -> None:
-        if time.monotonic() - self._last_prune > _PRUNE_EVERY:
-            self.pruneCallbacks()
-
-
-class RequestHandler(_CallTable):
+class RequestHandler(CallTable):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -250,7 +74,7 @@ class RequestHandler(_CallTable):
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
         self.max_reply_size = max_reply_size
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
-        _CallTable.__init__(self)
+        CallTable.__init__(self)
         # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
         self.registry.add_closing_listener(name, self)
         if server is not None:
@@ -314,7 +138,7 @@ class RequestHandler(_CallTable):
         handler = self._open_handler(conn)
         with self.callbackLock:
             call_id = next(self._call_ids)
-            self._calls[call_id] = _RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id)
+            self._calls[call_id] = RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id)
         try:
             conn.write_message(callformat.encode_request(msg, call_id))
         except (ConnectionClosed, SendTimeout) as exc:
@@ -336,14 +160,14 @@ class RequestHandler(_CallTable):
         assert isinstance(call.conn, BaseWebSocketHandler)
         return call.call_id, call.conn
 
-    def _register(self, msg: dict[str, Any], conn: Optional[Target], progress: Optional[Progress], waiting: bool) -> tuple[_PendingCall, dict[str, Any]]:
+    def _register(self, msg: dict[str, Any], conn: Optional[Target], progress: Optional[Progress], waiting: bool) -> tuple[PendingCall, dict[str, Any]]:
         """Choose the channel, register the call; the call and the fields a link request carries ({} for a local one)."""
         channel, extra = self._channel(conn)
         self._maybe_prune()
         with self.callbackLock:
             call_id = next(self._call_ids)
             # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
-            call = self._calls[call_id] = _PendingCall(call_id, msg.get("cmd"), channel, progress, waiting)
+            call = self._calls[call_id] = PendingCall(call_id, msg.get("cmd"), channel, progress, waiting)
         return call, extra
 
     def _channel(self, conn: Optional[Target]) -> tuple[Channel, dict[str, Any]]:
@@ -415,7 +239,7 @@ class RequestHandler(_CallTable):
         except Exception:  # a bug here must not kill the connection thread
             logger.exception("%s: failed to handle a reply", self.name)
 
-    def _find(self, client: Channel, call_id: int) -> Optional[_PendingCall]:
+    def _find(self, client: Channel, call_id: int) -> Optional[PendingCall]:
         """The call ``call_id`` sent on ``client``, or None (logged at debug level)."""
         with self.callbackLock:
             call = self._calls.get(call_id)
@@ -443,7 +267,7 @@ class RequestHandler(_CallTable):
         call = self._find(client, call_id)
         if call is None:
             return
-        if isinstance(call, _RelayCall):
+        if isinstance(call, RelayCall):
             if call.relay_reply(reply):
                 self._forget(call.call_id)
         elif LINK_FIELD in reply and isinstance(client, NodeLink):
@@ -463,7 +287,7 @@ class RequestHandler(_CallTable):
         call = self._find(client, part.call_id)
         if call is None:
             return
-        if isinstance(call, _RelayCall):
+        if isinstance(call, RelayCall):
             if call.relay_part(part, message):
                 self._forget(call.call_id)
             return
@@ -493,7 +317,7 @@ class RequestHandler(_CallTable):
         with self.callbackLock:
             calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
         for call in calls:
-            if isinstance(call, _RelayCall):
+            if isinstance(call, RelayCall):
                 self._forget(call.call_id)  # no caller of this node forgets it
             connection = call.conn.connection
             call.fail(

@@ -1,0 +1,206 @@
+"""The calls in flight: one pending call, a call relayed for another node, and the table of them.
+
+:class:`PendingCall` is a :class:`~syncws.future.CallFuture` with what a
+RequestHandler needs to route and prune it; a binary reply's header
+finishes it with a :class:`~syncws.reassembly.Transfer`, and a node link's
+notes (progress, a peer that went away) finish it as the far side did.
+:class:`RelayCall` is a call made for another node, whose reply goes on to
+that node's link message by message. :class:`CallTable` keeps them by callId.
+
+Threads: a call is finished by the connection's thread (its reply), by
+whichever thread sees the connection close, or by the server's stop; its
+caller waits in ``outcome``. The table is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Optional, Protocol, Union
+
+from . import callformat
+from .cluster import ClusterConnection
+from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
+from .future import CallFuture
+from .handlers import BaseWebSocketHandler
+from .node import LINK_FIELD
+from .node_link import NodeLink
+from .reassembly import Progress, Transfer, describe
+
+__all__ = ["CallTable", "Channel", "PendingCall", "RelayCall", "RelaySink", "Target"]
+
+logger = logging.getLogger("syncws.request_handler")  # the records of RequestHandler's calls: one logger
+
+_PRUNE_EVERY = 60.0
+
+#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
+Channel = Union[BaseWebSocketHandler, NodeLink]
+#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
+Target = Union[BaseWebSocketHandler, ClusterConnection]
+
+
+class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
+    """One request waiting for its reply: a future, and what the handler needs to route and prune it.
+
+    Its outcome is the reply dict, or the Transfer of a binary reply. The
+    fields below are written once, or, for ``waiting``, under the
+    RequestHandler's ``callbackLock``; ``transfer`` is set by the reader thread
+    before the future is finished with it.
+    """
+
+    __slots__ = ("conn", "created", "progress", "transfer", "waiting")
+
+    def __init__(self, call_id: int, cmd: Any, conn: Channel, progress: Optional[Progress], waiting: bool) -> None:
+        super().__init__(call_id, cmd)
+        self.conn = conn
+        self.progress = progress
+        self.created = time.monotonic()
+        self.waiting = waiting  # a thread waits (or will) for it: pruning never drops it
+        self.transfer: Optional[Transfer] = None
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the call with ``error``, whether it waits for its reply or for the parts of one. Any thread."""
+        self.set_exception(error)
+        # Read after set_exception: a transfer set before the future finished with it is seen here.
+        transfer = self.transfer
+        if transfer is not None:
+            transfer.fail(error)
+
+    def outcome(self, timeout: Optional[float]) -> dict[str, Any]:
+        """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part."""
+        result = self.result(timeout)
+        return result if isinstance(result, dict) else result.collect(timeout)
+
+    def apply_link_note(self, reply: dict[str, Any]) -> None:
+        """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
+        note = reply[LINK_FIELD]
+        if not isinstance(note, dict):
+            self.set_result(reply)
+        elif "progress" in note:
+            received, total = note["progress"]
+            if self.progress is not None:
+                try:
+                    self.progress(int(received), int(total))
+                except Exception:
+                    logger.exception("progress callback of call %d failed", self.call_id)
+        elif "closed" in note:
+            code, reason = note["closed"]
+            self.fail(ConnectionClosed(int(code), str(reason), str(reply.get("error", "the peer went away"))))
+        elif "timeout" in note:
+            self.fail(RequestTimeout(self.call_id, self.cmd, None))
+        elif "notConnected" in note:
+            self.fail(NotConnected(str(note["notConnected"])))
+        else:
+            self.set_result(reply)
+
+    def start_transfer(self, header: dict[str, Any], max_reply_size: int) -> None:
+        """Take a binary reply's header: allocate the result, finish with its Transfer; else a 502 (reader thread)."""
+        try:
+            callformat.check_binary_header(header, max_reply_size)
+            transfer = Transfer(header, self.call_id, self.cmd, self.progress)  # checks an array's layout now, before its bytes come
+        except MemoryError:
+            self.fail(RequestError(502, f"invalid binary reply: cannot allocate the {header.get('size')} bytes it announces", header))
+        except Exception as exc:  # OverflowError from "shape": [Infinity], and whatever else: never a hang
+            self.fail(RequestError(502, f"invalid binary reply: {describe(exc)}", header))
+        else:
+            self.transfer = transfer  # before the future finishes: see PendingCall.fail
+            self.set_result(transfer)
+
+
+class RelaySink(Protocol):
+    """Where a relayed call's reply goes on to: a node link (see :meth:`RequestHandler.relay`)."""
+
+    def send_text(self, text: str) -> None: ...
+
+    def send_parts(self, header: bytes, data: memoryview) -> None: ...
+
+
+class RelayCall(PendingCall):
+    """A call made for another node: its reply goes on to that node's link message by message, as it arrives.
+
+    The peer's connection thread relays each message (rewritten for the
+    link's callId) and nothing waits here: no thread of this node holds the
+    call, no copy of a large reply is assembled, and the caller's own
+    Transfer checks the parts and keeps its timeout part by part.
+    """
+
+    __slots__ = ("link_call_id", "parts_left", "sink")
+
+    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
+        super().__init__(call_id, cmd, conn, None, waiting=False)
+        self.sink = sink
+        self.link_call_id = link_call_id
+        self.parts_left = 0
+
+    def relay_reply(self, reply: dict[str, Any]) -> bool:
+        """Send a text reply (or a binary reply's header) on; True once the call is over (reader thread)."""
+        if callformat.is_binary_header(reply):
+            parts = reply.get("parts")
+            self.parts_left = parts if isinstance(parts, int) and parts > 0 else 0
+        return self._send(lambda: self.sink.send_text(json.dumps({**reply, "callId": self.link_call_id}))) or self.parts_left == 0
+
+    def relay_part(self, part: callformat.PartHeader, message: bytes) -> bool:
+        """Send a binary part on under the link's callId (same place, same CRC-32); True once it was the last (reader thread)."""
+        header = callformat.pack_part_header(self.link_call_id, part.part, part.parts, part.offset, part.crc32)
+        self.parts_left = max(0, part.parts - part.part - 1)
+        return self._send(lambda: self.sink.send_parts(header, memoryview(message)[callformat.PART_HEADER.size :])) or self.parts_left == 0
+
+    def _send(self, send: Callable[[], None]) -> bool:
+        """Run ``send``; True (the call is over: the link is gone) when it fails."""
+        try:
+            send()
+            return False
+        except (SyncWSError, OSError) as exc:
+            logger.info("link for relayed call %d went away: %s", self.call_id, exc)
+            return True
+
+    def fail(self, error: BaseException) -> None:
+        """The peer went away (or the server stops): tell the caller's node in a link note (any thread)."""
+        if not self.set_exception(error):
+            return
+        code, reason = (error.code, error.reason) if isinstance(error, ConnectionClosed) else (1006, "")
+        note = {**callformat.error_reply(self.cmd, self.link_call_id, 502, str(error)), LINK_FIELD: {"closed": [code, reason]}}
+        self._send(lambda: self.sink.send_text(json.dumps(note)))
+
+
+class CallTable:
+    """The calls in flight, by callId: what RequestHandler registers, matches replies against, and prunes."""
+
+    def __init__(self) -> None:
+        # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
+        self.callbackLock = threading.Lock()
+        self._calls: dict[int, PendingCall] = {}
+        self._call_ids = itertools.count(1)
+        self._last_prune = time.monotonic()
+
+    def _forget(self, call_id: int) -> None:
+        with self.callbackLock:
+            self._calls.pop(call_id, None)
+
+    @property
+    def pending(self) -> int:
+        """How many calls are in the table now."""
+        with self.callbackLock:
+            return len(self._calls)
+
+    def pruneCallbacks(self, max_age: float = 300.0) -> int:
+        """Drop calls that no thread waits on and that are older than ``max_age`` s; return how many.
+
+        A call a caller is waiting on is never touched: it ends by its own
+        timeout. Only calls registered with prepare_request and never waited
+        for can be left behind.
+        """
+        now = time.monotonic()
+        with self.callbackLock:
+            stale = [cid for cid, c in self._calls.items() if not c.waiting and now - c.created > max_age]
+            for cid in stale:
+                del self._calls[cid]
+            self._last_prune = now
+        return len(stale)
+
+    def _maybe_prune(self) -> None:
+        if time.monotonic() - self._last_prune > _PRUNE_EVERY:
+            self.pruneCallbacks()
