@@ -6,7 +6,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
+import threading
 from typing import Optional
 
 import pytest
@@ -41,21 +41,25 @@ class RedisServer:
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir.name]
             + (["--requirepass", self.password] if self.password else []),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # bounded: redis-server listens within milliseconds
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
-                    probe.sendall(b"PING\r\n")
-                    if probe.recv(64)[:1] in (b"+", b"-"):  # PONG, or NOAUTH when a password is set: it is up
-                        return self
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("redis-server exited at start") from None
-                time.sleep(0.02)
-        raise RuntimeError("redis-server did not start within 10 s")
+        # redis-server logs "Ready to accept connections" once it listens: wait for that line,
+        # reading its log on a thread that also drains it afterwards (a full pipe would stall it).
+        ready = threading.Event()
+        threading.Thread(target=self._read_log, args=(self.process, ready), daemon=True).start()
+        if not ready.wait(10):
+            self.stop()
+            raise RuntimeError("redis-server did not start within 10 s")
+        return self
+
+    @staticmethod
+    def _read_log(process: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "Ready to accept connections" in line:
+                ready.set()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
