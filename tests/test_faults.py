@@ -242,7 +242,7 @@ def test_broadcast_to_endpoint_with_non_reading_member_is_bounded_and_drops_it()
 
 
 def test_stop_under_load_releases_every_caller_with_connection_closed() -> None:
-    """With the demo peer busy and 16 threads waiting on sleep/echo requests, stop() releases all with ConnectionClosed, ends every thread, frees the port."""
+    """With the demo peer busy and 16 threads calling sleep/echo, stop() releases every caller (ConnectionClosed), ends every thread, frees the port."""
     before = set(syncws_threads())
     env = Env()
     port = env.server.port
@@ -284,7 +284,11 @@ def test_stop_under_load_releases_every_caller_with_connection_closed() -> None:
             thread.join(5)
         assert not [t.name for t in threads if t.is_alive()]
         results = dict(outcomes.get(timeout=1) for _ in range(16))
-        assert results == {i: "ConnectionClosed" for i in range(16)}
+        # The echoes are quick, so an echo caller may be between two calls when stop()
+        # begins, and its next call find the connection gone (NotConnected): released too.
+        # The sleeps are always waiting, and must all end with ConnectionClosed.
+        released = {i: "ConnectionClosed" if r.startswith("NotConnected") and i % 2 == 0 else r for i, r in results.items()}
+        assert released == {i: "ConnectionClosed" for i in range(16)}
         assert env.rh.pending == 0
         assert wait_for(lambda: not new_threads(before), 5), new_threads(before)
         again = syncws.WebSocketServer("127.0.0.1", port, registry=syncws.ConnectionRegistry())
