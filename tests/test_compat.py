@@ -170,8 +170,10 @@ def test_connecting_client_is_in_send_message_to_all_at_once(server: WebsocketSe
 def test_clients_are_the_callbacks_dicts_with_increasing_ids(server: WebsocketServer) -> None:
     """clients lists, oldest first, the very dicts new_client got: id 1, 2, ..., the handler and the address."""
     events = Events(server)
-    a, b = connect(server), connect(server)
-    first, second = events.new.get(timeout=10), events.new.get(timeout=10)
+    a, b = connect(server), connect(server)  # a has its 101, and so its id, before b connects
+    # Each new_client runs on its own connection's thread: the two may come in either order.
+    got = {c["id"]: c for c in (events.new.get(timeout=10), events.new.get(timeout=10))}
+    first, second = got[1], got[2]
     assert [c["id"] for c in server.clients] == [1, 2]
     assert server.clients[0] is first and server.clients[1] is second
     assert first["address"] == a.sock.getsockname() and first["handler"].client_address == first["address"]
@@ -186,7 +188,7 @@ def test_send_message_reaches_one_client_and_handler_methods_work(server: Websoc
     """send_message and the handler's send_message go to that client only; send_pong sends a pong; connection is its socket."""
     events = Events(server)
     a, b = connect(server), connect(server)
-    ca, _ = events.new.get(timeout=10), events.new.get(timeout=10)
+    ca = min((events.new.get(timeout=10), events.new.get(timeout=10)), key=lambda c: c["id"])  # a's: id 1, whichever came first
     server.send_message(ca, "for a")
     ca["handler"].send_message(b"bytes that are UTF-8 \xc3\xa9")
     assert a.recv() == "for a"
