@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ import syncws
 
 from .helpers import make_server
 from .peers import Env
+from .redis_server import RedisServer
 
 IN_CI = os.environ.get("CI", "").lower() not in ("", "0", "false")
 
@@ -59,3 +61,17 @@ def env() -> Iterator[Env]:
         yield e
     finally:
         e.close()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server on a free loopback port for a module's tests; each test uses a cluster name of its own."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    """A cluster name no other test uses."""
+    return f"test-{uuid.uuid4().hex[:8]}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import queue
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,20 +18,6 @@ from .helpers import wait_for
 from .redis_server import RedisServer, needs_redis
 
 pytestmark = [pytest.mark.timeout(60), needs_redis]
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the module's tests; each test uses a cluster name of its own."""
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def cluster_name() -> str:
-    """A cluster name no other test uses."""
-    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 class Node:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -101,18 +100,6 @@ def make_peer(url: str, release: Optional[threading.Event] = None, started: Opti
 
         service.register("wait", wait)
     return service
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def cluster_name() -> str:
-    return f"nodes-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
