@@ -162,8 +162,10 @@ class RelayCall(PendingCall):
         if not self.set_exception(error):
             return
         code, reason = (error.code, error.reason) if isinstance(error, ConnectionClosed) else (1006, "")
-        note = {**callformat.error_reply(self.cmd, self.link_call_id, 502, str(error)), LINK_FIELD: {"closed": [code, reason]}}
-        self._send(lambda: self.sink.send_text(json.dumps(note)))
+        note = json.dumps({**callformat.error_reply(self.cmd, self.link_call_id, 502, str(error)), LINK_FIELD: {"closed": [code, reason]}})
+        # The closing thread may hold the peer connection's send lock (a failed write aborts
+        # under it): the note goes out on a thread of its own, not under that lock.
+        threading.Thread(target=self._send, args=(lambda: self.sink.send_text(note),), name="syncws-relay-note", daemon=True).start()
 
 
 class CallTable:
