@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from . import callformat
+from . import callformat, gateway
 from .auth import bearer_token
 from .client import ClientConnection, connect
 from .cluster import ClusterError, RedisCluster
@@ -213,7 +213,7 @@ def _call_message(args: argparse.Namespace) -> int:
 
 def _call_request(args: argparse.Namespace) -> int:
     url = _gateway_url(args.url)
-    request = callformat.encode_gateway_request(args.cmd, _parse_fields(args.fields), args.timeout)
+    request = gateway.encode_gateway_request(args.cmd, _parse_fields(args.fields), args.timeout)
     conn = connect(url, **_client_options(args))
     bar = ProgressBar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
     try:
@@ -265,14 +265,14 @@ def _read_reply(conn: ClientConnection, timeout: float, bar: Optional[ProgressBa
         message = conn.recv(timeout=timeout + 5)
         if message is None:
             raise SyncWSError(f"the connection closed before the reply ({_close_status(conn)})")
-        progress, reply = callformat.parse_gateway_message(message)
+        progress, reply = gateway.parse_gateway_message(message)
         if progress is not None:
             if bar is not None:
                 bar.update(*progress)
             continue
         if reply.get("dataType") in callformat.BINARY_TYPES:
             try:
-                return callformat.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 5))
+                return gateway.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 5))
             except ValueError as exc:
                 raise SyncWSError(str(exc)) from None
         return reply

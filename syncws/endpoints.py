@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-from .callformat import DEFAULT_GATEWAY_TIMEOUT, gateway_error, gateway_progress, gateway_reply_messages, gateway_timeout, parse_gateway_request
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SendTimeout
+from .gateway import DEFAULT_GATEWAY_TIMEOUT, gateway_error, gateway_progress, gateway_reply_messages, gateway_timeout, parse_gateway_request
 from .handlers import BaseWebSocketHandler, sendWebSocketMessage
 from .request_handler import RequestHandler
 

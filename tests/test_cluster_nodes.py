@@ -19,7 +19,7 @@ import redis
 import websocket
 
 import syncws
-from syncws import callformat
+from syncws import gateway
 
 from .helpers import wait_for
 from .redis_server import RedisServer, needs_redis
@@ -55,11 +55,11 @@ class NodeProcess:
             conn.send(json.dumps({**request, "timeout": timeout}))
             while True:
                 message = conn.recv(timeout=timeout + 10)
-                progress, reply = callformat.parse_gateway_message(message)  # type: ignore[arg-type]
+                progress, reply = gateway.parse_gateway_message(message)  # type: ignore[arg-type]
                 if progress is not None:
                     continue
                 if reply.get("dataType") in ("bytes", "ndarray"):
-                    reply = callformat.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 10))
+                    reply = gateway.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 10))
                 return reply
         finally:
             conn.close()
