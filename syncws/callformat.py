@@ -1,7 +1,11 @@
 """The request/reply wire format, both ways, with no I/O: the reference implementation of docs/protocol.md.
 
-* A request is a JSON text message ``{"cmd": ..., "callId": N, ...}``
-  (:func:`check_request`, :func:`encode_request`, :func:`parse_request`).
+* Calls go both ways on one connection, each side numbering its own. A
+  request is a JSON text message ``{"cmd": ..., "callId": N, ...}`` with no
+  ``status`` (:func:`check_request`, :func:`encode_request`,
+  :func:`parse_request`); a cancel ``{"cancel": N}`` says that the caller of
+  call N gave up on it (:func:`encode_cancel`); :func:`parse_message` tells a
+  request, a reply and a cancel apart.
 * A reply is a JSON text message ``{"cmd", "callId", "status", "data"}``;
   an error reply has ``"error"`` instead of ``"data"`` (:func:`encode_result`,
   :func:`error_reply`, :func:`parse_reply`, :func:`check_reply_status`).
@@ -23,6 +27,7 @@ type) with a reason fit for a log line or an error reply.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 import struct
@@ -35,6 +40,10 @@ from typing import Any, NamedTuple, Optional, Union
 from .exceptions import RequestError
 
 __all__ = [
+    "Kind",
+    "CANCEL_FIELD",
+    "CONN_FIELD",
+    "LINK_FIELD",
     "PART_MAGIC",
     "PART_HEADER",
     "BINARY_TYPES",
@@ -43,6 +52,8 @@ __all__ = [
     "check_request",
     "encode_request",
     "parse_request",
+    "parse_message",
+    "encode_cancel",
     "error_reply",
     "encode_result",
     "parse_reply",
@@ -65,6 +76,13 @@ __all__ = [
     "decode_part_header",
     "crc32",
 ]
+
+#: The field of a cancel message: ``{"cancel": N}``.
+CANCEL_FIELD = "cancel"
+#: The request field that names the connection a call on a node link is for, and
+#: the reply field that carries what only a link says (progress, a closed peer).
+CONN_FIELD = "_syncwsConn"
+LINK_FIELD = "_syncwsLink"
 
 PART_MAGIC = b"SWSB"
 #: magic, callId (u64), part index (u32), number of parts (u32), offset (u64), CRC-32 of the slice (u32); big-endian.
@@ -116,26 +134,63 @@ def encode_request(msg: dict[str, Any], call_id: int) -> str:
     return json.dumps(dict(msg, callId=call_id))
 
 
-def parse_request(message: Union[str, bytes]) -> dict[str, Any]:
-    """The request in a message, or RefusedRequest with what could be read of it."""
+class Kind(enum.Enum):
+    """What a text message of the call format is."""
+
+    REQUEST = "request"  # a str "cmd", no "status": answer it
+    REPLY = "reply"  # a "status": the answer to one of the receiver's own calls
+    CANCEL = "cancel"  # {"cancel": N}: the caller of call N gave up on it
+
+
+def parse_message(message: Union[str, bytes]) -> tuple[Kind, dict[str, Any]]:
+    """What a message is, and the JSON object it carries; RefusedRequest for anything else.
+
+    A JSON object with a ``status`` is a reply; one with a str ``cmd`` (and
+    no ``status``) a request; ``{"cancel": N}`` (N an int, no ``cmd``, no
+    ``status``) a cancel. RefusedRequest carries what could be read: a
+    message meant as a request (a ``callId`` or a ``cmd`` that is not a
+    string, text that is not JSON) is to be answered with 400; a cancel
+    whose N is not an int is not (``answer`` False).
+    """
     if not isinstance(message, str):
         raise RefusedRequest(f"a binary message ({len(message)} bytes) is not a request")
     try:
-        request = json.loads(message)
+        parsed = json.loads(message)
     except RecursionError:
         raise RefusedRequest(f"request nested too deep to parse ({len(message)} characters)", call_id=_call_id_at_end(message)) from None
     except ValueError as exc:
         reason = f"request that is not JSON ({len(message)} characters): {str(exc)[:200]}"
         raise RefusedRequest(reason, call_id=_call_id_at_end(message)) from None
-    if not isinstance(request, dict):
-        raise RefusedRequest(f"a request must be a JSON object, not {type(request).__name__}")
-    cmd = request.get("cmd")
-    if not isinstance(cmd, str):
-        if "status" in request:
-            raise RefusedRequest("a reply-like message without a cmd", answer=False)
-        problem = "has no cmd" if "cmd" not in request else f"has a cmd that is not a string ({type(cmd).__name__})"
-        raise RefusedRequest(f"request {problem}", cmd, request.get("callId"))
-    return request
+    if not isinstance(parsed, dict):
+        raise RefusedRequest(f"a request must be a JSON object, not {type(parsed).__name__}")
+    if "status" in parsed:
+        return Kind.REPLY, parsed
+    cmd = parsed.get("cmd")
+    if isinstance(cmd, str):
+        return Kind.REQUEST, parsed
+    if "cmd" not in parsed and CANCEL_FIELD in parsed:
+        if not _is_call_id(parsed[CANCEL_FIELD]):
+            raise RefusedRequest(f"cancel of an invalid callId {str(parsed[CANCEL_FIELD])[:50]}", answer=False)
+        return Kind.CANCEL, parsed
+    problem = "has no cmd" if "cmd" not in parsed else f"has a cmd that is not a string ({type(cmd).__name__})"
+    raise RefusedRequest(f"request {problem}", cmd, parsed.get("callId"))
+
+
+def parse_request(message: Union[str, bytes]) -> dict[str, Any]:
+    """The request in a message, or RefusedRequest with what could be read of it (a reply or a cancel: not answered)."""
+    kind, parsed = parse_message(message)
+    if kind is not Kind.REQUEST:
+        raise RefusedRequest(f"a {kind.value} is not a request" if kind is Kind.CANCEL else "a reply-like message without a cmd", answer=False)
+    return parsed
+
+
+def encode_cancel(call_id: int) -> str:
+    """The JSON text that tells the other side its answer to call ``call_id`` is no longer awaited."""
+    return json.dumps({CANCEL_FIELD: call_id})
+
+
+def _is_call_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _call_id_at_end(message: str) -> Optional[int]:
@@ -181,7 +236,7 @@ def parse_reply(message: str) -> dict[str, Any]:
 def reply_call_id(reply: dict[str, Any]) -> Optional[int]:
     """The reply's callId when it is an int (not a bool), else None."""
     call_id = reply.get("callId")
-    return call_id if isinstance(call_id, int) and not isinstance(call_id, bool) else None
+    return call_id if _is_call_id(call_id) else None
 
 
 def is_refusal(reply: dict[str, Any]) -> bool:

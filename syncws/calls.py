@@ -1,7 +1,10 @@
-"""The calls in flight: one pending call, a call relayed for another node, and the table of them.
+"""The calls this side made and waits on: one pending call, a call relayed for another node, and the table of them.
 
-:class:`PendingCall` is a :class:`~syncws.future.CallFuture` with what a
-RequestHandler needs to route and prune it; a binary reply's header
+A server's RequestHandler and a peer's RemoteService both keep their calls
+in a :class:`CallTable`, which matches each reply (and binary part) to its
+call by callId and by the connection it came on.
+:class:`PendingCall` is a :class:`~syncws.future.CallFuture` with what the
+table needs to route and prune it; a binary reply's header
 finishes it with a :class:`~syncws.reassembly.Transfer`, and a node link's
 notes (progress, a peer that went away) finish it as the far side did.
 :class:`RelayCall` is a call made for another node, whose reply goes on to
@@ -22,38 +25,32 @@ import time
 from typing import Any, Callable, Optional, Protocol, Union
 
 from . import callformat
-from .cluster import ClusterConnection
+from .callformat import LINK_FIELD
 from .exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
 from .future import CallFuture
-from .handlers import BaseWebSocketHandler
-from .node import LINK_FIELD
-from .node_link import NodeLink
+from .lograte import RateLimitedLog
 from .reassembly import Progress, Transfer, describe
 
-__all__ = ["CallTable", "Channel", "PendingCall", "RelayCall", "RelaySink", "Target"]
+__all__ = ["CallTable", "PendingCall", "RelayCall", "RelaySink"]
 
-logger = logging.getLogger("syncws.request_handler")  # the records of RequestHandler's calls: one logger
+logger = logging.getLogger("syncws.request_handler")  # the records of the calls: one logger
 
 _PRUNE_EVERY = 60.0
-
-#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
-Channel = Union[BaseWebSocketHandler, NodeLink]
-#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
-Target = Union[BaseWebSocketHandler, ClusterConnection]
 
 
 class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
     """One request waiting for its reply: a future, and what the handler needs to route and prune it.
 
     Its outcome is the reply dict, or the Transfer of a binary reply. The
-    fields below are written once, or, for ``waiting``, under the
-    RequestHandler's ``callbackLock``; ``transfer`` is set by the reader thread
-    before the future is finished with it.
+    fields below are written once, or, for ``waiting``, under the table's
+    ``callbackLock``; ``transfer`` is set by the reader thread before the
+    future is finished with it. ``conn`` is where the call went (a server's
+    handler or node link, a peer's connection): only its replies count.
     """
 
     __slots__ = ("conn", "created", "progress", "transfer", "waiting")
 
-    def __init__(self, call_id: int, cmd: Any, conn: Channel, progress: Optional[Progress], waiting: bool) -> None:
+    def __init__(self, call_id: int, cmd: Any, conn: object, progress: Optional[Progress], waiting: bool) -> None:
         super().__init__(call_id, cmd)
         self.conn = conn
         self.progress = progress
@@ -73,6 +70,28 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
         """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part."""
         result = self.result(timeout)
         return result if isinstance(result, dict) else result.collect(timeout)
+
+    def take_reply(self, reply: dict[str, Any], via_link: bool, max_reply_size: int) -> bool:
+        """Take a reply (or a binary reply's header) to this call; True once the table may forget it (reader thread)."""
+        if via_link and LINK_FIELD in reply:
+            self.apply_link_note(reply)
+        elif self.transfer is not None:
+            self.fail(RequestError(502, "damaged binary reply: a reply came in the middle of its parts", reply))
+        elif callformat.is_binary_header(reply):
+            self.start_transfer(reply, max_reply_size)
+        else:
+            self.set_result(reply)
+        return False  # the caller forgets it once it has the outcome
+
+    def take_part(self, part: callformat.PartHeader, message: bytes) -> bool:
+        """Take a binary part of the reply; whatever goes wrong fails the call with 502 at once (reader thread)."""
+        try:
+            if self.transfer is None:
+                raise ValueError("binary part before the reply header")
+            self.transfer.add(part, message)
+        except Exception as exc:
+            self.fail(RequestError(502, f"damaged binary reply: {describe(exc)}", {"cmd": self.cmd, "callId": self.call_id, "status": 502}))
+        return False
 
     def apply_link_note(self, reply: dict[str, Any]) -> None:
         """What a node link says of a call beyond its reply: progress, or how the far side failed (link thread)."""
@@ -129,11 +148,17 @@ class RelayCall(PendingCall):
 
     __slots__ = ("link_call_id", "parts_left", "sink")
 
-    def __init__(self, call_id: int, cmd: Any, conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
+    def __init__(self, call_id: int, cmd: Any, conn: object, sink: RelaySink, link_call_id: Any) -> None:
         super().__init__(call_id, cmd, conn, None, waiting=False)
         self.sink = sink
         self.link_call_id = link_call_id
         self.parts_left = 0
+
+    def take_reply(self, reply: dict[str, Any], via_link: bool, max_reply_size: int) -> bool:
+        return self.relay_reply(reply)
+
+    def take_part(self, part: callformat.PartHeader, message: bytes) -> bool:
+        return self.relay_part(part, message)
 
     def relay_reply(self, reply: dict[str, Any]) -> bool:
         """Send a text reply (or a binary reply's header) on; True once the call is over (reader thread)."""
@@ -169,18 +194,76 @@ class RelayCall(PendingCall):
 
 
 class CallTable:
-    """The calls in flight, by callId: what RequestHandler registers, matches replies against, and prunes."""
+    """The calls in flight, by callId: registered by callers, matched against replies, pruned. Safe from any thread.
 
-    def __init__(self) -> None:
+    Args:
+        name: what the calls go to (an endpoint name, a URL), for log lines.
+        max_reply_size: a binary reply announcing more bytes is refused (502).
+        junk_log: where replies that cannot be matched (no valid callId) are
+            logged, at most once per interval per connection.
+    """
+
+    def __init__(self, name: str, max_reply_size: int, junk_log: RateLimitedLog) -> None:
+        self.name = name
+        self.max_reply_size = max_reply_size
+        self._junk_log = junk_log
         # Synchronize access to _calls, _call_ids, _last_prune and each call's waiting flag.
         self.callbackLock = threading.Lock()
         self._calls: dict[int, PendingCall] = {}
         self._call_ids = itertools.count(1)
         self._last_prune = time.monotonic()
 
+    def add(self, make: Callable[[int], PendingCall]) -> PendingCall:
+        """Register the call ``make(call_id)`` under a fresh callId and return it."""
+        self._maybe_prune()
+        with self.callbackLock:
+            call = make(next(self._call_ids))
+            self._calls[call.call_id] = call
+        return call
+
     def _forget(self, call_id: int) -> None:
         with self.callbackLock:
             self._calls.pop(call_id, None)
+
+    def _find(self, channel: object, call_id: int) -> Optional[PendingCall]:
+        """The call ``call_id`` sent on ``channel``, or None (logged at debug level)."""
+        with self.callbackLock:
+            call = self._calls.get(call_id)
+        if call is None or call.conn is not channel:
+            logger.debug("%s: reply to unknown or finished callId %d dropped", self.name, call_id)
+            return None
+        return call
+
+    def calls_on(self, channel: Optional[object]) -> list[PendingCall]:
+        """The calls sent on ``channel`` (every call when None)."""
+        with self.callbackLock:
+            return [c for c in self._calls.values() if channel is None or c.conn is channel]
+
+    def take_reply(self, channel: object, reply: dict[str, Any], via_link: bool = False) -> None:
+        """Match a reply that came on ``channel`` to its call and finish it (reader thread). Never raises for bad input."""
+        call_id = callformat.reply_call_id(reply)
+        if call_id is None:
+            if callformat.is_refusal(reply):
+                # The peer's answer to a message it could not take and whose callId it could not read.
+                status, error = _short_repr(reply.get("status")), _short_repr(reply["error"])
+                self._junk_log.log(channel, logging.WARNING, "%s: the peer refused a message: status %s: %s", self.name, status, error)
+            else:
+                invalid = _short_repr(reply.get("callId"))
+                self._junk_log.log(channel, logging.WARNING, "%s: reply with a missing or invalid callId %s dropped", self.name, invalid)
+            return
+        call = self._find(channel, call_id)
+        if call is not None and call.take_reply(reply, via_link, self.max_reply_size):
+            self._forget(call.call_id)
+
+    def take_part(self, channel: object, message: bytes) -> bool:
+        """Match a binary reply part to its call (reader thread); False if ``message`` is not a part at all."""
+        part = callformat.decode_part_header(message)
+        if part is None:
+            return False
+        call = self._find(channel, part.call_id)
+        if call is not None and call.take_part(part, message):
+            self._forget(call.call_id)
+        return True
 
     @property
     def pending(self) -> int:
@@ -206,3 +289,9 @@ class CallTable:
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune > _PRUNE_EVERY:
             self.pruneCallbacks()
+
+
+def _short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a peer's junk goes into the log only this long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -23,6 +23,7 @@ import time
 from typing import Any, Optional, Protocol, Union
 
 from . import callformat
+from .callformat import CONN_FIELD, LINK_FIELD
 from .cluster import ClusterConnection, RedisCluster
 from .connection import Message
 from .exceptions import ConnectionClosed, NotConnected, SyncWSError
@@ -36,10 +37,6 @@ logger = logging.getLogger(__name__)
 
 #: The path of the endpoint that other nodes call this node's peers through.
 NODE_LINK_PATH = "/_syncws/node"
-#: The request field that names the connection a call on a node link is for, and
-#: the reply field that carries what only a link says (progress, a closed peer).
-CONN_FIELD = "_syncwsConn"
-LINK_FIELD = "_syncwsLink"
 
 
 class Forwarder(Protocol):

@@ -1,4 +1,4 @@
-"""Requests from blocking threads to connected peers: :class:`RequestHandler`.
+"""Requests both ways between a server and its peers: :class:`RequestHandler`.
 
 A worker thread calls :meth:`RequestHandler.doRequest`; the request goes out
 as JSON with a fresh ``callId`` and the thread blocks on that call's own
@@ -8,29 +8,46 @@ binary reply's header finishes it with a :class:`~syncws.reassembly.Transfer`
 that the caller then collects the parts from. When the connection closes,
 :class:`~syncws.handlers.DataWebSocketHandler` has every call still waiting on
 it failed at once. The format itself is :mod:`syncws.callformat`'s.
+
+The other way, a peer (RemoteService, a browser page) calls a command
+registered with :meth:`RequestHandler.register` or
+:meth:`RequestHandler.command`: the connection's thread reads the request and
+hands it to the handler's :class:`~syncws.command_pool.CommandPool`, so the
+connection reads on while the command runs (docs/protocol.md).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
-from .calls import CallTable, Channel, PendingCall, RelayCall, RelaySink, Target
-from .cluster import RedisCluster
+from .callformat import CONN_FIELD, Kind
+from .calls import CallTable, PendingCall, RelayCall, RelaySink
+from .cluster import ClusterConnection, RedisCluster
+from .command_pool import CommandPool
+from .commands import CommandFunction, Commands, IncomingCall, current_call
 from .connection import Message
-from .exceptions import ConnectionClosed, NotConnected, RequestError, SendTimeout
+from .exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
 from .handlers import BaseWebSocketHandler, websocketState
-from .node import CONN_FIELD, LINK_FIELD
 from .node_link import NodeLink
-from .reassembly import Progress, describe
+from .reassembly import Progress
 from .registry import ConnectionRegistry
 from .routing import ClusterRoutes
 from .server import WebSocketServer
 
-__all__ = ["RequestHandler", "Progress"]
+__all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
 logger = logging.getLogger(__name__)
+
+#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
+Channel = Union[BaseWebSocketHandler, NodeLink]
+#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
+Target = Union[BaseWebSocketHandler, ClusterConnection]
+
+#: Bytes per binary message of a large result of a command.
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+
 
 class RequestHandler(CallTable):
     """Sends requests to the peers of one endpoint name and matches their replies.
@@ -54,6 +71,11 @@ class RequestHandler(CallTable):
         cluster: reach the peers of ``name`` on every node of this cluster
             (taken from ``server`` when it is a node; given alone, from a
             process that runs no server). See docs/cluster.md.
+        workers: how many commands (see :meth:`register`) may run at once,
+            on threads ``syncws-cmd-N`` started when needed.
+        max_pending: how many more may wait for a worker; past that a
+            request is answered 503 at once.
+        part_size: bytes per binary message of a large command result.
     """
 
     def __init__(
@@ -64,7 +86,12 @@ class RequestHandler(CallTable):
         log_interval: float = lograte.DEFAULT_INTERVAL,
         *,
         cluster: Optional[RedisCluster] = None,
+        workers: int = 8,
+        max_pending: int = 64,
+        part_size: int = DEFAULT_PART_SIZE,
     ) -> None:
+        if part_size <= 0:
+            raise ValueError("part_size must be positive")
         self.name = name
         self._server = server
         cluster = cluster if cluster is not None else (server.cluster if server is not None else None)
@@ -72,13 +99,16 @@ class RequestHandler(CallTable):
         #: Where calls go in a cluster (None: this process's connections only).
         self.routes: Optional[ClusterRoutes] = ClusterRoutes(name, cluster, node, self) if cluster is not None else None
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
-        self.max_reply_size = max_reply_size
-        self._junk_log = lograte.RateLimitedLog(logger, log_interval)
-        CallTable.__init__(self)
+        CallTable.__init__(self, name, max_reply_size, lograte.RateLimitedLog(logger, log_interval))
+        #: The commands peers may call, and the calls being answered now.
+        self.commands = Commands()
+        self.part_size = part_size
+        self._pool = CommandPool(workers, max_pending)
         # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
         self.registry.add_closing_listener(name, self)
         if server is not None:
             server.add_stop_callback(self.close_pending_requests)
+            server.add_stop_callback(self.stop_commands)
         if node is not None:
             node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
 
@@ -110,19 +140,25 @@ class RequestHandler(CallTable):
         and NotConnected (no peer, or ``conn`` belongs to another server); then
         RequestTimeout, ConnectionClosed (the peer went away, at once) and
         RequestError (a status other than 200; 502: a binary reply not taken).
+        When the timeout passes, the peer is told (a cancel, docs/protocol.md)
+        and its late reply is dropped. RuntimeError, before anything is sent,
+        from a command registered ``inline=True`` that asks its own
+        connection: the thread that would read the reply is its own.
         """
         callformat.check_request(msg)
         timeout = timeouts.check_timeout(timeout)
-        call, extra = self._register(msg, conn, progress, waiting=True)
+        channel, extra = self._channel(conn)
+        _refuse_waiting_on_own_reader(channel)
+        call = self._register(msg, channel, progress, waiting=True)
         try:
             try:
                 if extra:  # a link to another node: say which connection
-                    call.conn.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
+                    channel.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
                 else:
-                    call.conn.write_message(callformat.encode_request(msg, call.call_id))
+                    channel.write_message(callformat.encode_request(msg, call.call_id))
             except (ConnectionClosed, SendTimeout) as exc:
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
-            return callformat.check_reply_status(call.outcome(timeout))
+            return callformat.check_reply_status(self._outcome(call, channel, timeout))
         finally:
             self._forget(call.call_id)
 
@@ -136,13 +172,11 @@ class RequestHandler(CallTable):
         """
         callformat.check_request(msg)
         handler = self._open_handler(conn)
-        with self.callbackLock:
-            call_id = next(self._call_ids)
-            self._calls[call_id] = RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id)
+        call = self.add(lambda call_id: RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id))
         try:
-            conn.write_message(callformat.encode_request(msg, call_id))
+            conn.write_message(callformat.encode_request(msg, call.call_id))
         except (ConnectionClosed, SendTimeout) as exc:
-            self._forget(call_id)
+            self._forget(call.call_id)
             raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
 
     def prepare_request(
@@ -156,19 +190,26 @@ class RequestHandler(CallTable):
         if conn is not None and not isinstance(conn, BaseWebSocketHandler):
             raise TypeError("prepare_request takes a handler of this server; a call across nodes goes through doRequest")
         # Only this server's connections: a call across nodes needs doRequest to wait on it.
-        call, _ = self._register(msg, conn or self._open_handler(self.registry.newest(self.name, server=self._server)), progress, waiting=False)
-        assert isinstance(call.conn, BaseWebSocketHandler)
-        return call.call_id, call.conn
+        handler, _ = self._channel(conn or self._open_handler(self.registry.newest(self.name, server=self._server)))
+        assert isinstance(handler, BaseWebSocketHandler)
+        call = self._register(msg, handler, progress, waiting=False)
+        return call.call_id, handler
 
-    def _register(self, msg: dict[str, Any], conn: Optional[Target], progress: Optional[Progress], waiting: bool) -> tuple[PendingCall, dict[str, Any]]:
-        """Choose the channel, register the call; the call and the fields a link request carries ({} for a local one)."""
-        channel, extra = self._channel(conn)
-        self._maybe_prune()
-        with self.callbackLock:
-            call_id = next(self._call_ids)
-            # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
-            call = self._calls[call_id] = PendingCall(call_id, msg.get("cmd"), channel, progress, waiting)
-        return call, extra
+    def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
+        # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
+        return self.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), channel, progress, waiting))
+
+    def _outcome(self, call: PendingCall, channel: Channel, timeout: Optional[float]) -> dict[str, Any]:
+        """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too."""
+        try:
+            return call.outcome(timeout)
+        except RequestTimeout:
+            if isinstance(channel, BaseWebSocketHandler):  # a link's far node has no cancel to pass on (yet)
+                try:
+                    channel.write_message(callformat.encode_cancel(call.call_id))
+                except (ConnectionClosed, SendTimeout) as exc:
+                    logger.debug("cancel of callId %d not sent: %s", call.call_id, exc)
+            raise
 
     def _channel(self, conn: Optional[Target]) -> tuple[Channel, dict[str, Any]]:
         """Where a call to ``conn`` (default: the newest connection of the name) goes; NotConnected when nowhere."""
@@ -215,7 +256,7 @@ class RequestHandler(CallTable):
         if call is None:
             raise KeyError(f"no pending call with callId {callId}")
         try:
-            reply = call.outcome(timeout)
+            reply = self._outcome(call, call.conn, timeout)  # type: ignore[arg-type]  # a handler or link
         finally:
             self._forget(callId)
         return callformat.check_reply_status(reply)
@@ -223,80 +264,111 @@ class RequestHandler(CallTable):
     # ------------------------------------------------------------------ connection side
 
     def callback(self, client: Channel, message: Message) -> None:
-        """Take a reply or reply part from a peer (connection thread). Never raises.
+        """Take a message from a peer (connection thread): a reply or reply part, a request, or a cancel. Never raises.
 
         A reply is matched by its callId and by the connection it came on; one
         that is invalid, unknown or late is logged and dropped (junk at most
         once per ``log_interval`` per connection). A binary reply's header or
         part that cannot be taken, for whatever reason, fails its call at once
-        with RequestError 502.
+        with RequestError 502. A request is answered by its command (see
+        :meth:`register`); a cancel marks the call it names cancelled.
         """
         try:
             if isinstance(message, str):
                 self._on_text(client, message)
-            else:
-                self._on_binary(client, message)
+            elif not self.take_part(client, message):
+                self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
         except Exception:  # a bug here must not kill the connection thread
-            logger.exception("%s: failed to handle a reply", self.name)
-
-    def _find(self, client: Channel, call_id: int) -> Optional[PendingCall]:
-        """The call ``call_id`` sent on ``client``, or None (logged at debug level)."""
-        with self.callbackLock:
-            call = self._calls.get(call_id)
-        if call is None or call.conn is not client:
-            logger.debug("%s: reply to unknown or finished callId %d dropped", self.name, call_id)
-            return None
-        return call
+            logger.exception("%s: failed to handle a message", self.name)
 
     def _on_text(self, client: Channel, message: str) -> None:
         try:
-            reply = callformat.parse_reply(message)
-        except ValueError as exc:
-            self._junk_log.log(client, logging.WARNING, "%s: %s", self.name, exc)
+            kind, parsed = callformat.parse_message(message)
+        except callformat.RefusedRequest as refused:
+            self._refuse(client, refused)
             return
-        call_id = callformat.reply_call_id(reply)
-        if call_id is None:
-            if callformat.is_refusal(reply):
-                # The peer's answer to a message it could not take and whose callId it could not read.
-                status, error = _short_repr(reply.get("status")), _short_repr(reply["error"])
-                self._junk_log.log(client, logging.WARNING, "%s: the peer refused a message: status %s: %s", self.name, status, error)
-            else:
-                invalid = _short_repr(reply.get("callId"))
-                self._junk_log.log(client, logging.WARNING, "%s: reply with a missing or invalid callId %s dropped", self.name, invalid)
-            return
-        call = self._find(client, call_id)
-        if call is None:
-            return
-        if isinstance(call, RelayCall):
-            if call.relay_reply(reply):
-                self._forget(call.call_id)
-        elif LINK_FIELD in reply and isinstance(client, NodeLink):
-            call.apply_link_note(reply)
-        elif call.transfer is not None:
-            call.fail(RequestError(502, "damaged binary reply: a reply came in the middle of its parts", reply))
-        elif callformat.is_binary_header(reply):
-            call.start_transfer(reply, self.max_reply_size)
+        if kind is Kind.REPLY:
+            self.take_reply(client, parsed, via_link=isinstance(client, NodeLink))
+        elif not isinstance(client, BaseWebSocketHandler):
+            self._junk_log.log(client, logging.WARNING, "%s: a %s on a node link dropped", self.name, kind.value)
+        elif kind is Kind.CANCEL:
+            self.commands.cancel(client, parsed[callformat.CANCEL_FIELD])
         else:
-            call.set_result(reply)
+            self._on_request(client, parsed)
 
-    def _on_binary(self, client: Channel, message: bytes) -> None:
-        part = callformat.decode_part_header(message)
-        if part is None:
-            self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
+    def _refuse(self, client: Channel, refused: callformat.RefusedRequest) -> None:
+        """A message that is neither a reply, a request nor a cancel: answer 400 when it names its callId, else log it."""
+        if refused.answer and refused.call_id is not None and isinstance(client, BaseWebSocketHandler):
+            self._junk_log.log(client, logging.WARNING, "%s: %s; answered with status 400", self.name, refused.reason)
+            self._send_error(client, refused.cmd, refused.call_id, 400, refused.reason)
+        else:
+            self._junk_log.log(client, logging.WARNING, "%s: %s; dropped", self.name, refused.reason)
+
+    # ------------------------------------------------------------------ commands: peers call the server
+
+    def register(self, cmd: str, fn: CommandFunction, *, inline: bool = False) -> None:
+        """Answer peers' requests whose ``cmd`` is ``cmd`` with ``fn(request, conn)``. Safe from any thread.
+
+        ``request`` is the request dict; ``conn`` the handler of the
+        connection that asked (``doRequest(..., conn=conn)`` asks that same
+        peer back, even before answering). ``fn`` returns what the reply
+        carries: JSON-able data, bytes-like data or a numpy array (in binary
+        parts with their CRC-32), or None; what it raises is answered 500
+        with ``"ExceptionType: message"``. Inside it,
+        :func:`syncws.current_call` is the call, whose ``cancelled`` turns
+        True when the caller gave up.
+
+        ``fn`` runs on the handler's worker pool (``workers`` threads, and
+        ``max_pending`` more requests waiting; past that the caller gets 503),
+        never on the connection's thread, which reads on. ``inline=True``
+        runs it on the connection's thread, before anything else is read:
+        only for functions that return at once and never block (while one
+        runs, the connection answers no ping and takes no reply).
+        """
+        self.commands.register(cmd, fn, inline)
+
+    def command(self, cmd: str, *, inline: bool = False) -> Callable[[CommandFunction], CommandFunction]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(fn: CommandFunction) -> CommandFunction:
+            self.register(cmd, fn, inline=inline)
+            return fn
+
+        return decorate
+
+    def _on_request(self, handler: BaseWebSocketHandler, request: dict[str, Any]) -> None:
+        """A peer's request: run its command on the pool, or inline; 503 when the pool is full (connection thread)."""
+        if callformat.reply_call_id(request) is None:
+            self._junk_log.log(handler, logging.WARNING, "%s: request %r without a valid callId dropped", self.name, str(request.get("cmd"))[:100])
             return
-        call = self._find(client, part.call_id)
-        if call is None:
-            return
-        if isinstance(call, RelayCall):
-            if call.relay_part(part, message):
-                self._forget(call.call_id)
-            return
+        fn, inline = self.commands.lookup(request["cmd"])
+        call = IncomingCall(request, handler, inline)
+        self.commands.begin(call)
+        if fn is None or inline:  # an unknown command's 404 costs no hand-off either
+            self.commands.answer(call, fn, (request, handler), handler.connection, self.part_size)
+        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self.part_size)):
+            self.commands.end(call)
+            self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: the queue is full (max_pending)", self.name, call.cmd)
+            self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {self._pool.max_pending} commands are waiting already")
+
+    def _send_error(self, handler: BaseWebSocketHandler, cmd: Any, call_id: Any, status: int, error: str) -> None:
         try:
-            if call.transfer is None:
-                raise ValueError("binary part before the reply header")
-            call.transfer.add(part, message)
-        except Exception as exc:  # whatever goes wrong with a part, its call ends with a 502 at once
-            call.fail(RequestError(502, f"damaged binary reply: {describe(exc)}", {"cmd": call.cmd, "callId": call.call_id, "status": 502}))
+            handler.write_message(callformat.error_reply(cmd, call_id, status, error))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("%d reply (callId %r) not sent: %s", status, call_id, exc)
+
+    def stop_commands(self) -> None:
+        """Take no more requests: queued ones are dropped, running ones are cancelled and finish. Safe from any thread.
+
+        The server's ``stop()`` calls it.
+        """
+        self._pool.close()
+        self.commands.cancel_all()
+
+    @property
+    def commands_busy(self) -> int:
+        """How many peers' requests are queued or running now."""
+        return self._pool.busy
 
     def connection_closing(self, handler: BaseWebSocketHandler, code: int, reason: str) -> None:
         """A connection of this name started to close: fail its calls at once (the thread that decided the close).
@@ -305,6 +377,7 @@ class RequestHandler(CallTable):
         still suppressed for ``handler`` is logged then.
         """
         self._junk_log.forget(handler, what=self.name)
+        self.commands.cancel_all(handler)
         self._fail_calls(handler, code, reason)
 
     def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
@@ -314,12 +387,11 @@ class RequestHandler(CallTable):
         self._fail_calls(conn, None, "")
 
     def _fail_calls(self, conn: Optional[BaseWebSocketHandler], code: Optional[int], reason: str) -> None:
-        with self.callbackLock:
-            calls = [c for c in self._calls.values() if conn is None or c.conn is conn]
-        for call in calls:
+        for call in self.calls_on(conn):
             if isinstance(call, RelayCall):
                 self._forget(call.call_id)  # no caller of this node forgets it
-            connection = call.conn.connection
+            channel: Channel = call.conn  # type: ignore[assignment]  # what _register and relay put there
+            connection = channel.connection
             call.fail(
                 ConnectionClosed(
                     code or connection.close_code or 1006,
@@ -329,7 +401,11 @@ class RequestHandler(CallTable):
             )
 
 
-def _short_repr(value: Any, limit: int = 200) -> str:
-    """``repr(value)``, cut to ``limit`` characters: a peer's junk goes into the log only this long."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def _refuse_waiting_on_own_reader(channel: Channel) -> None:
+    """RuntimeError when the calling thread reads ``channel`` itself: an inline command that would wait forever."""
+    answering = current_call()
+    if answering is not None and answering.inline and answering.conn is channel:
+        raise RuntimeError(
+            f"command {answering.cmd!r} runs inline on the thread that reads its connection, so it cannot wait for a reply "
+            "on that connection; register it without inline=True"
+        )
