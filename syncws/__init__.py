@@ -2,8 +2,8 @@
 
 A websocket server on its own thread with named endpoints and per-connection
 handlers (the API of ``rtCommon.webSocketHandlers``), blocking requests to
-connected peers (:class:`RequestHandler`), and the peer side
-(:class:`RemoteService`).
+connected peers and from peers to the server (:class:`RequestHandler`), and
+the peer side (:class:`RemoteService`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from .auth import bearer_token, cookie_value
 from .client import ClientConnection, connect
 from .cluster import ClusterConnection, ClusterError, RedisCluster
+from .commands import IncomingCall, current_call
 from .connection import Connection
 from .exceptions import (
     ConnectionClosed,
@@ -52,6 +53,7 @@ __all__ = [
     "DataWebSocketHandler",
     "HandshakeError",
     "Headers",
+    "IncomingCall",
     "NotConnected",
     "PayloadTooBig",
     "ProtocolError",
@@ -68,6 +70,7 @@ __all__ = [
     "closeAllConnections",
     "connect",
     "cookie_value",
+    "current_call",
     "defaultWebsocketCallback",
     "sendWebSocketMessage",
     "websocketState",

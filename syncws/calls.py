@@ -221,7 +221,7 @@ class CallTable:
             self._calls[call.call_id] = call
         return call
 
-    def _forget(self, call_id: int) -> None:
+    def forget(self, call_id: int) -> None:
         with self.callbackLock:
             self._calls.pop(call_id, None)
 
@@ -253,7 +253,7 @@ class CallTable:
             return
         call = self._find(channel, call_id)
         if call is not None and call.take_reply(reply, via_link, self.max_reply_size):
-            self._forget(call.call_id)
+            self.forget(call.call_id)
 
     def take_part(self, channel: object, message: bytes) -> bool:
         """Match a binary reply part to its call (reader thread); False if ``message`` is not a part at all."""
@@ -262,7 +262,7 @@ class CallTable:
             return False
         call = self._find(channel, part.call_id)
         if call is not None and call.take_part(part, message):
-            self._forget(call.call_id)
+            self.forget(call.call_id)
         return True
 
     @property

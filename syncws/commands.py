@@ -25,13 +25,16 @@ from . import callformat
 from .connection import Connection
 from .exceptions import ConnectionClosed, SendTimeout
 
-__all__ = ["CommandFunction", "Commands", "IncomingCall", "current_call", "send_reply"]
+__all__ = ["CommandFunction", "Commands", "IncomingCall", "SendResult", "current_call", "send_reply"]
 
 logger = logging.getLogger(__name__)
 
 #: A command: ``fn(request)`` on a peer, ``fn(request, conn)`` on a server. It
 #: returns JSON-able data, bytes-like data, a numpy array, or None.
 CommandFunction = Callable[..., Any]
+
+#: ``send_result(connection, cmd, call_id, result)``: send a successful reply.
+SendResult = Callable[[Connection, Any, Any, Any], None]
 
 _local = threading.local()  # .call: the IncomingCall the thread is answering (innermost)
 
@@ -153,8 +156,11 @@ class Commands:
 
     # ------------------------------------------------------------------ answering
 
-    def answer(self, call: IncomingCall, fn: Optional[CommandFunction], args: tuple[Any, ...], connection: Connection, part_size: int) -> None:
+    def answer(self, call: IncomingCall, fn: Optional[CommandFunction], args: tuple[Any, ...], connection: Connection, send_result: SendResult) -> None:
         """Run ``fn(*args)`` as ``call`` and send its reply on ``connection``, then forget the call (the thread that runs it).
+
+        ``send_result(connection, cmd, call_id, result)`` sends a successful
+        reply (:func:`send_reply` with the side's part size).
 
         An unknown command (``fn`` None) gets 404, a function that raises 500
         with ``"ExceptionType: message"``, a result that cannot be sent 500
@@ -179,7 +185,7 @@ class Commands:
                 _send_error(connection, cmd, call_id, 500, result.text)
                 return
             try:
-                send_reply(connection, cmd, call_id, result, part_size)
+                send_result(connection, cmd, call_id, result)
             except (ConnectionClosed, SendTimeout):
                 raise
             except Exception as exc:

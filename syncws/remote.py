@@ -1,4 +1,4 @@
-"""The peer side: :class:`RemoteService` answers a server's requests with registered functions.
+"""The peer side: :class:`RemoteService` answers a server's requests with registered functions, and asks its own.
 
 Threads:
 
@@ -10,6 +10,10 @@ Threads:
   followers): the thread that reads a request runs it itself once another worker has taken over reading, so a request
   costs no hand-off between threads, one slow request holds up neither the
   others nor the pings, and at most ``workers`` functions run at once.
+* ``request`` (the service calls a command of the server's RequestHandler
+  and blocks until its reply, as ``doRequest`` does the other way) is safe
+  from any number of threads, a command function answering the server
+  included: the reply is read by the worker that leads, never by the caller.
 * ``register``, ``command``, ``start``, ``stop``, ``wait_connected`` and the
   properties are safe from any thread; ``run_forever`` serves on the thread
   that calls it.
@@ -29,9 +33,13 @@ import threading
 from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
+from .calls import CallTable, PendingCall
 from .client import ClientConnection, connect
-from .exceptions import HandshakeError, NotConnected
-from .remote_worker import CommandFunction, Session
+from .commands import CommandFunction, Commands, current_call, send_reply
+from .connection import Connection
+from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestTimeout, SendTimeout
+from .reassembly import Progress
+from .remote_worker import Session
 
 __all__ = ["RemoteService", "CommandFunction"]
 
@@ -55,7 +63,9 @@ class RemoteService:
         backoff_min, backoff_max: the reconnect delay starts at ``backoff_min``,
             doubles on each failed attempt up to ``backoff_max``, with jitter.
         ping_interval, ping_timeout: keepalive of the connection.
-        max_message_size: largest request accepted.
+        max_message_size: largest message accepted (a request, or one part of a reply).
+        max_reply_size: a binary reply to :meth:`request` announcing more
+            bytes is refused (RequestError 502).
         close_timeout: how long :meth:`stop` waits for the server's answer to
             its close frame before it drops the connection.
         log_interval: junk from the server is logged at most once per this
@@ -80,6 +90,7 @@ class RemoteService:
         ping_interval: Optional[float] = 10.0,
         ping_timeout: Optional[float] = 10.0,
         max_message_size: Optional[int] = 64 * 1024 * 1024,
+        max_reply_size: int = 4 << 30,
         close_timeout: float = 1.0,
         log_interval: float = lograte.DEFAULT_INTERVAL,
     ) -> None:
@@ -102,15 +113,16 @@ class RemoteService:
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
-        # Synchronize access to _commands, _inline, _connection, _thread and
-        # _failure; _changed (on this lock) is notified when _connected is set
-        # or _failure is.
+        # Synchronize access to _connection, _thread and _failure; _changed
+        # (on this lock) is notified when _connected is set or _failure is.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._failure: Optional[HandshakeError] = None  # a permanent refusal before the first connection
         self._junk_log = lograte.RateLimitedLog(logger, log_interval)
-        self._commands: dict[str, CommandFunction] = {}
-        self._inline: set[str] = set()  # commands run by the reader itself (see register)
+        #: The commands the server may call, and the calls being answered now.
+        self.commands = Commands()
+        # The service's own requests to the server, waiting for their replies.
+        self._calls = CallTable(url, max_reply_size, self._junk_log)
         self._connection: Optional[ClientConnection] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
@@ -129,14 +141,13 @@ class RemoteService:
         which takes about a quarter off the round trip of a quick request
         (docs/benchmarks.md). Only for functions that return in well under a
         millisecond and never block: while one runs, pings go unanswered and
-        every other request waits behind it.
+        every other request waits behind it; nor may one call :meth:`request`
+        (RuntimeError: its thread is the one that would read the reply).
+
+        Inside ``fn``, :func:`syncws.current_call` is the call it answers;
+        its ``cancelled`` turns True when the server gave up on it.
         """
-        with self._lock:
-            self._commands[cmd] = fn
-            if inline:
-                self._inline.add(cmd)
-            else:
-                self._inline.discard(cmd)
+        self.commands.register(cmd, fn, inline)
 
     def command(self, cmd: str, *, inline: bool = False) -> Callable[[CommandFunction], CommandFunction]:
         """Decorator form of :meth:`register`."""
@@ -146,6 +157,66 @@ class RemoteService:
             return fn
 
         return decorate
+
+    # ------------------------------------------------------------------ asking the server
+
+    def request(self, msg: dict[str, Any], timeout: Optional[float] = None, progress: Optional[Progress] = None) -> dict[str, Any]:
+        """Call a command of the server's RequestHandler and block until its whole reply is in. Safe from any number of threads.
+
+        The same call as ``RequestHandler.doRequest``, the other way:
+
+        Args:
+            msg: a JSON-able dict with a str ``cmd``; a ``callId`` is added to a copy.
+            timeout: seconds to wait for the reply (None or ``math.inf``:
+                forever); for a reply in binary parts, for each next part.
+                When it passes, the server is told (a cancel) and its late
+                reply is dropped.
+            progress: ``progress(received, total)`` for binary replies,
+                called on the reading worker after each part.
+
+        Returns the reply dict: ``cmd``, ``callId``, ``status`` and, when the
+        command returned something, ``data`` (bytes for bytes, a numpy array
+        for an array).
+
+        Raises, before anything is sent, TypeError or ValueError for a bad
+        ``msg`` or ``timeout``, NotConnected when no connection is open, and
+        RuntimeError from a command registered ``inline=True``; then
+        RequestTimeout, ConnectionClosed (the connection dropped or the
+        service stopped: at once) and RequestError (a status other than 200:
+        404 unknown command, 500 the command raised, 503 the server is busy,
+        502 a binary reply not taken).
+        """
+        callformat.check_request(msg)
+        limit = timeouts.check_timeout(timeout)
+        answering = current_call()
+        if answering is not None and answering.inline:
+            raise RuntimeError(
+                f"command {answering.cmd!r} runs inline on the thread that reads the connection, so it cannot wait for a reply; "
+                "register it without inline=True"
+            )
+        with self._lock:
+            connection = self._connection
+        if connection is None or connection.closed:
+            raise NotConnected(f"not connected to {self.url}")
+        call = self._calls.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), connection, progress, waiting=True))
+        try:
+            try:
+                connection.send(callformat.encode_request(msg, call.call_id))
+            except (ConnectionClosed, SendTimeout) as exc:
+                raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
+            if connection.closed:
+                # It closed between the check and the registration: the session failed only the calls it saw.
+                call.fail(ConnectionClosed(connection.close_code or 1006, connection.close_reason, f"connection to {self.url} closed"))
+            try:
+                return callformat.check_reply_status(call.outcome(limit))
+            except RequestTimeout:
+                try:
+                    connection.send(callformat.encode_cancel(call.call_id))
+                except (ConnectionClosed, SendTimeout) as exc:
+                    logger.debug("cancel of callId %d not sent: %s", call.call_id, exc)
+                raise
+        finally:
+            self._calls.forget(call.call_id)
 
     # ------------------------------------------------------------------ running
 
@@ -300,7 +371,7 @@ class RemoteService:
 
     def _serve(self, connection: ClientConnection) -> None:
         """Run the connection's worker threads until it closes (syncws-remote thread)."""
-        session = Session(connection, self.url, self._junk_log, self._command_for, self.send_result)
+        session = Session(connection, self.url, self._junk_log, self.commands, self._calls, self.send_result)
         try:
             session.run(self.workers)
         finally:
@@ -313,27 +384,12 @@ class RemoteService:
 
     # ------------------------------------------------------------------ answering
 
-    def _command_for(self, request: dict[str, Any]) -> tuple[Optional[CommandFunction], bool]:
-        """The function for ``request`` (None: unknown) and whether the reader answers it itself:
-        an inline command, or an unknown one (a quick 404)."""
-        cmd = request.get("cmd")
-        with self._lock:
-            fn = self._commands.get(cmd) if isinstance(cmd, str) else None
-            return fn, fn is None or cmd in self._inline
-
-    def send_result(self, connection: ClientConnection, cmd: Any, call_id: Any, result: Any) -> None:
-        """Send a successful reply: JSON, or binary parts for bytes-like data and arrays (worker thread).
+    def send_result(self, connection: Connection, cmd: Any, call_id: Any, result: Any) -> None:
+        """Send a successful reply: JSON, or binary parts of ``part_size`` for bytes-like data and arrays (worker thread).
 
         Raises TypeError for a value that cannot be sent (an object array).
         """
-        binary = callformat.as_binary(result)
-        if binary is None:
-            connection.send(callformat.encode_result(cmd, call_id, result))
-            return
-        header, parts = callformat.encode_binary_reply(cmd, call_id, *binary, self.part_size)
-        connection.send(header)
-        for part_header, chunk in parts:
-            connection.send_parts(part_header, chunk)
+        send_reply(connection, cmd, call_id, result, self.part_size)
 
     def __enter__(self) -> RemoteService:
         return self.start()

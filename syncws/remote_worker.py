@@ -1,11 +1,13 @@
 """The worker threads of one RemoteService connection: :class:`Session`.
 
 ``workers + 1`` threads named ``syncws-remote-worker-N`` take turns reading
-the connection (leader and followers); see :class:`Session`. What a request
-is answered with, and how a result is sent, are the service's business: the
-session is given two functions for them. The session parses requests
-(:mod:`syncws.callformat`), answers what it cannot take with status 400, an
-unknown command with 404 and a failed one with 500.
+the connection (leader and followers); see :class:`Session`. The service
+gives the session its commands (what a request is answered with), its call
+table (the service's own requests to the server, whose replies the reader
+matches) and how a result is sent. The session tells requests, replies and
+cancels apart (:mod:`syncws.callformat`), answers what it cannot take with
+status 400, an unknown command with 404 and a failed one with 500, and fails
+the service's calls on the connection at once when it closes.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import json
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from . import callformat
+from .callformat import Kind
+from .calls import CallTable
 from .client import ClientConnection
+from .commands import CommandFunction, Commands, IncomingCall, SendResult
 from .exceptions import ConnectionClosed, SendTimeout
 from .lograte import RateLimitedLog
 
@@ -25,13 +30,7 @@ __all__ = ["Session", "CommandFunction"]
 
 logger = logging.getLogger(__name__)
 
-#: ``fn(request)`` returns JSON-able data, bytes-like data, a numpy array, or None.
-CommandFunction = Callable[[dict[str, Any]], Any]
-_Task = tuple[dict[str, Any], Optional[CommandFunction]]  # a request and its function (None: unknown command)
-#: ``command_for(request)``: the function for a request (None: unknown) and whether the reader runs it itself.
-CommandFor = Callable[[dict[str, Any]], tuple[Optional[CommandFunction], bool]]
-#: ``send_result(connection, cmd, call_id, result)``: send a successful reply.
-SendResult = Callable[[ClientConnection, Any, Any, Any], None]
+_Task = tuple[IncomingCall, Optional[CommandFunction]]  # a request and its function (None: unknown command)
 
 
 class Session:
@@ -43,15 +42,20 @@ class Session:
     reading, so pings are always answered. A worker that finishes takes
     queued requests first. Requests for inline commands (and for unknown
     ones, a quick 404) the leader answers itself before it reads on, waking
-    no one. The lock of ``condition`` guards queued, leading, idle and ended.
+    no one; so are replies to the service's own calls, and cancels. The lock
+    of ``condition`` guards queued, leading, idle and ended.
     """
 
-    def __init__(self, connection: ClientConnection, url: str, junk_log: RateLimitedLog, command_for: CommandFor, send_result: SendResult) -> None:
+    def __init__(
+        self, connection: ClientConnection, url: str, junk_log: RateLimitedLog, commands: Commands, calls: CallTable, send_result: SendResult
+    ) -> None:
         self.connection = connection
         self.url = url
         self.junk_log = junk_log
-        self._command_for = command_for
+        self._commands = commands
+        self._calls = calls
         self._send_result = send_result
+        connection.on_closing = self._closing
         # Synchronize access to queued, leading, idle and ended; condition (on
         # this lock) wakes an idle worker to lead or to take a queued request.
         self._lock = threading.Lock()
@@ -63,6 +67,16 @@ class Session:
         # Set with ended; the supervisor waits on it, not on the condition, so
         # that a notify() meant for an idle worker never wakes it instead.
         self.finished = threading.Event()
+
+    def _closing(self, code: int, reason: str) -> None:
+        """The connection started to end: fail the service's calls on it, cancel the commands answering it (any thread).
+
+        It may run under the connection's send lock: it only finishes futures
+        and sets events, and never sends.
+        """
+        self._commands.cancel_all(self.connection)
+        for call in self._calls.calls_on(self.connection):
+            call.fail(ConnectionClosed(code, reason, f"connection to {self.url} closed while waiting for {call.cmd!r} (callId {call.call_id})"))
 
     def run(self, workers: int) -> None:
         """Start the workers and wait until the connection closed (supervisor thread)."""
@@ -119,41 +133,54 @@ class Session:
         while True:
             message = self.connection.recv()
             if message is None:
+                # on_closing did this already, unless the connection ended in a way that skips it.
+                self._closing(self.connection.close_code or 1006, self.connection.close_reason)
                 with self.condition:
                     self.ended, self.leading = True, False
                     self.condition.notify_all()
                 self.finished.set()
                 return None
-            request = self._take_request(self.connection, message)
-            if request is None:
+            call = self._take(self.connection, message)
+            if call is None:
                 continue
-            fn, inline = self._command_for(request)
-            if inline:
-                self._answer(self.connection, request, fn)
+            fn, inline = self._commands.lookup(call.cmd)
+            call.inline = inline
+            self._commands.begin(call)
+            if inline or fn is None:
+                self._answer(self.connection, call, fn)
                 continue
             with self.condition:
                 if self.idle:
                     # Hand the reading on and run this request here: no hand-off of the request itself.
                     self.leading = False
                     self.condition.notify()
-                    return request, fn
-                self.queued.append((request, fn))
+                    return call, fn
+                self.queued.append((call, fn))
 
-    def _take_request(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[dict[str, Any]]:
-        """The request in a message; None for anything else, which is answered 400 and logged (reader thread).
+    def _take(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[IncomingCall]:
+        """The request in a message; None for a reply, a part or a cancel (taken here) and for junk (reader thread).
 
-        A message with a ``status`` and no ``cmd`` is a reply, not a request:
-        it is logged and never answered, so that two peers cannot keep
-        answering each other's answers.
+        Junk is answered 400 and logged. A message with a ``status`` is a
+        reply, never answered, so that two peers cannot keep answering each
+        other's answers.
         """
+        if isinstance(message, bytes) and self._calls.take_part(connection, message):
+            return None
         try:
-            return callformat.parse_request(message)
+            kind, parsed = callformat.parse_message(message)
         except callformat.RefusedRequest as refused:
             if refused.answer:
                 self._refuse(connection, refused.cmd, refused.call_id, refused.reason)
             else:
                 self.junk_log.log(connection, logging.WARNING, "%s: %s ignored", self.url, refused.reason)
             return None
+        if kind is Kind.REPLY:
+            self._calls.take_reply(connection, parsed)
+            return None
+        if kind is Kind.CANCEL:
+            self._commands.cancel(connection, parsed[callformat.CANCEL_FIELD])
+            return None
+        return IncomingCall(parsed, connection)
 
     def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
         """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
@@ -163,29 +190,9 @@ class Session:
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
 
-    def _answer(self, connection: ClientConnection, request: dict[str, Any], fn: Optional[CommandFunction]) -> None:
+    def _answer(self, connection: ClientConnection, call: IncomingCall, fn: Optional[CommandFunction]) -> None:
         """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""
-        cmd, call_id = request.get("cmd"), request.get("callId")
-        try:
-            if fn is None:
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 404, f"unknown command {cmd!r}"))
-                return
-            try:
-                result = fn(request)
-            except Exception as exc:
-                logger.info("command %r failed: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
-                return
-            try:
-                self._send_result(connection, cmd, call_id, result)
-            except (ConnectionClosed, SendTimeout):
-                raise
-            except Exception as exc:
-                # The result could not be encoded: the caller must still hear of it.
-                logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
-                self._send_json(connection, callformat.error_reply(cmd, call_id, 500, f"{type(exc).__name__}: {exc}"))
-        except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
+        self._commands.answer(call, fn, (call.request,), connection, self._send_result)
 
     @staticmethod
     def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ from .callformat import CONN_FIELD, Kind
 from .calls import CallTable, PendingCall, RelayCall, RelaySink
 from .cluster import ClusterConnection, RedisCluster
 from .command_pool import CommandPool
-from .commands import CommandFunction, Commands, IncomingCall, current_call
-from .connection import Message
+from .commands import CommandFunction, Commands, IncomingCall, current_call, send_reply
+from .connection import Connection, Message
 from .exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
 from .handlers import BaseWebSocketHandler, websocketState
 from .node_link import NodeLink
@@ -160,7 +160,7 @@ class RequestHandler(CallTable):
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
             return callformat.check_reply_status(self._outcome(call, channel, timeout))
         finally:
-            self._forget(call.call_id)
+            self.forget(call.call_id)
 
     def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
         """Send ``msg`` to ``conn`` for another node; its reply goes on to ``sink`` as it arrives. Returns at once.
@@ -176,7 +176,7 @@ class RequestHandler(CallTable):
         try:
             conn.write_message(callformat.encode_request(msg, call.call_id))
         except (ConnectionClosed, SendTimeout) as exc:
-            self._forget(call.call_id)
+            self.forget(call.call_id)
             raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
 
     def prepare_request(
@@ -258,7 +258,7 @@ class RequestHandler(CallTable):
         try:
             reply = self._outcome(call, call.conn, timeout)  # type: ignore[arg-type]  # a handler or link
         finally:
-            self._forget(callId)
+            self.forget(callId)
         return callformat.check_reply_status(reply)
 
     # ------------------------------------------------------------------ connection side
@@ -345,11 +345,14 @@ class RequestHandler(CallTable):
         call = IncomingCall(request, handler, inline)
         self.commands.begin(call)
         if fn is None or inline:  # an unknown command's 404 costs no hand-off either
-            self.commands.answer(call, fn, (request, handler), handler.connection, self.part_size)
-        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self.part_size)):
+            self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)
+        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)):
             self.commands.end(call)
             self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: the queue is full (max_pending)", self.name, call.cmd)
             self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {self._pool.max_pending} commands are waiting already")
+
+    def _send_result(self, connection: Connection, cmd: Any, call_id: Any, result: Any) -> None:
+        send_reply(connection, cmd, call_id, result, self.part_size)
 
     def _send_error(self, handler: BaseWebSocketHandler, cmd: Any, call_id: Any, status: int, error: str) -> None:
         try:
@@ -389,7 +392,7 @@ class RequestHandler(CallTable):
     def _fail_calls(self, conn: Optional[BaseWebSocketHandler], code: Optional[int], reason: str) -> None:
         for call in self.calls_on(conn):
             if isinstance(call, RelayCall):
-                self._forget(call.call_id)  # no caller of this node forgets it
+                self.forget(call.call_id)  # no caller of this node forgets it
             channel: Channel = call.conn  # type: ignore[assignment]  # what _register and relay put there
             connection = channel.connection
             call.fail(
