@@ -44,14 +44,19 @@
  *                      request rejects at once, also on stop()
  * A late reply to a call the page gave up on is dropped silently.
  *
- * A message is a reply if it is an object with a "status" (one to a pending
- * call of the page is taken by it; any other goes to onmessage, e.g. the
- * server's {"cmd": "error", "status": 403}), a request if it has a string
- * "cmd", a "callId" and no "status", a cancel if it is {"cancel": N}. A binary
- * message that starts with "SWSB" and the callId of a pending call of the
- * page is a part of its reply. Everything else (a broadcast without a
- * callId, plain text, other binary) goes to onmessage. The connection comes
- * back by itself with exponential backoff and jitter.
+ * The timeout (ms) is unbounded when absent, null, Infinity or past
+ * setTimeout's 2^31 - 1 ms.
+ *
+ * A message is a reply if it is an object with a "status": one whose callId
+ * names a pending call of the page's is taken by it, one that names a call
+ * the page made earlier is dropped, any other goes to onmessage (e.g. the
+ * server's {"cmd": "error", "status": 403}). It is a request if it has a
+ * string "cmd", a "callId" and no "status"; a cancel if it is {"cancel": N}.
+ * A binary message that starts with "SWSB" and the callId of a call the page
+ * made is a part of its reply (dropped if the page no longer waits for it).
+ * Everything else (a broadcast without a callId, plain text, other binary)
+ * goes to onmessage. The connection comes back by itself with exponential
+ * backoff and jitter.
  */
 (function (global) {
   "use strict";
