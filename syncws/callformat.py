@@ -120,13 +120,18 @@ class RefusedRequest(ValueError):
 
 
 def check_request(msg: Any) -> None:
-    """Raise TypeError or ValueError unless ``msg`` is a request: a dict with a str ``cmd``."""
+    """Raise TypeError or ValueError unless ``msg`` is a request: a dict with a str ``cmd`` and no ``status``.
+
+    A ``status`` would make the other side take it for a reply.
+    """
     if not isinstance(msg, dict):
         raise TypeError(f"a request must be a dict with a 'cmd', not {type(msg).__name__}")
     if "cmd" not in msg:
         raise ValueError("a request must have a 'cmd'")
     if not isinstance(msg["cmd"], str):
         raise TypeError(f"a request's 'cmd' must be a str, not {type(msg['cmd']).__name__}")
+    if "status" in msg:
+        raise ValueError("a request must not have a 'status': that field marks a reply (docs/protocol.md)")
 
 
 def encode_request(msg: dict[str, Any], call_id: int) -> str:
