@@ -93,13 +93,15 @@ def test_no_connection_raises_not_connected_at_once(env: Env) -> None:
     assert env.rh.pending == 0
 
 
-def test_timeout_cleans_up_and_late_reply_is_dropped(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+def test_timeout_cleans_up_and_the_cancelled_reply_is_never_sent(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     """A request with no reply in time raises RequestTimeout (a TimeoutError with call_id and cmd), leaves no
-    call behind, and its late reply is dropped without an error while the connection goes on serving."""
+    call behind, and the peer, told by the cancel, never sends its reply while the connection goes on serving."""
     caplog.set_level(logging.DEBUG, logger="syncws")
     gate = threading.Event()
+    calls: queue.Queue = queue.Queue()
 
     def slow(msg: dict) -> str:
+        calls.put(syncws.current_call())
         gate.wait(20)
         return "late"
 
@@ -113,14 +115,33 @@ def test_timeout_cleans_up_and_late_reply_is_dropped(env: Env, caplog: pytest.Lo
     assert 0.2 <= elapsed < 2.0
     assert env.rh.pending == 0
 
+    assert calls.get(timeout=5).wait_cancelled(5)
     gate.set()
-    assert svc.sent.get(timeout=5) == ("slow", info.value.call_id)  # the late reply is on the wire
-    # The follow-up's reply comes on the same connection after the late one,
-    # so once it is back the late reply has been taken and dropped.
+    wait_for(lambda: svc.commands.active == 0, timeout=5)
     assert env.rh.doRequest({"cmd": "echo", "x": "after"}, timeout=10)["data"] == "after"
+    assert svc.sent.get(timeout=5)[0] == "echo"  # the first reply on the wire is the follow-up's
     assert env.rh.pending == 0
     assert library_errors(caplog) == []
     assert not [r for r in caplog.records if r.name == "syncws.request_handler" and r.levelno >= logging.WARNING]
+
+
+def test_late_reply_of_a_peer_that_ignores_the_cancel_is_dropped_quietly(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """A peer that gets the cancel and still sends its late reply: the reply is dropped at debug level and the connection goes on."""
+    caplog.set_level(logging.DEBUG, logger="syncws")
+    peer = env.fake_peer()
+    with pytest.raises(syncws.RequestTimeout):
+        env.rh.doRequest({"cmd": "slow"}, timeout=0.2)
+    request = peer.recv_request()
+    assert peer.recv_request() == {"cancel": request["callId"]}
+    peer.send({"cmd": "slow", "callId": request["callId"], "status": 200, "data": "late"})
+    _, result = in_thread(lambda: env.rh.doRequest({"cmd": "echo"}, timeout=10))
+    follow_up = peer.recv_request()
+    peer.send({"cmd": "echo", "callId": follow_up["callId"], "status": 200, "data": "after"})
+    kind, value, _ = result.get(timeout=10)
+    assert kind == "ok" and value["data"] == "after"
+    assert env.rh.pending == 0
+    assert any("dropped" in r.getMessage() and r.levelno == logging.DEBUG for r in caplog.records if r.name == "syncws.request_handler")
+    assert not [r for r in caplog.records if r.name.startswith("syncws") and r.levelno >= logging.WARNING]
 
 
 def test_peer_exception_gives_request_error_500(env: Env) -> None:
