@@ -435,6 +435,7 @@ MODULES = {
     "raw": "raw",
     "syncws": "syncws_impl",
     "syncws_inline": "syncws_impl",
+    "syncws_peer_asks": "syncws_impl",
     "websockets": "websockets_impl",
     "tornado_seed": "tornado_design",
     "tornado_seed_b64": "tornado_design",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
-IMPLS = ["raw", "syncws", "syncws_inline", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
 WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle"]
 ALIASES = {
     "latency": "req_latency",
@@ -57,13 +57,19 @@ FIGURES = {
 }
 # where the workload is impossible or not meant to run
 NA = {("websocket_server", "bulk"): "n/a: websocket-server 0.6.4 has no binary frames"}
-ONLY_FOR = {"tornado_seed_b64": {"large_reply"}, "syncws_inline": {"req_latency", "req_throughput"}}
+ONLY_FOR = {
+    "tornado_seed_b64": {"large_reply"},
+    "syncws_inline": {"req_latency", "req_throughput"},
+    "syncws_peer_asks": {"req_latency", "req_throughput"},
+}
 NOTES = {
     ("websocket_server", "large_reply"): "base64 text",
     ("tornado_seed_b64", "large_reply"): "base64 text",
     ("tornado_seed", "large_reply"): "binary frame",
     ("syncws_inline", "req_latency"): "peer command inline",
     ("syncws_inline", "req_throughput"): "peer command inline",
+    ("syncws_peer_asks", "req_latency"): "peer asks the server",
+    ("syncws_peer_asks", "req_throughput"): "peer asks the server",
     ("redis", "redis_rtt"): "redis-py from the benchmark process",
     ("syncws", "cluster_latency"): "one process, no cluster",
     ("syncws", "cluster_throughput"): "one process, no cluster",

@@ -17,6 +17,9 @@ Implementations (one module each in benchmarks/):
                       seed did (large_reply only)
     syncws_inline     syncws with the peer's echo command registered
                       inline=True (req_latency and req_throughput only)
+    syncws_peer_asks  the other direction: a RemoteService peer calls a
+                      command of the server's RequestHandler
+                      (req_latency and req_throughput only)
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 

@@ -1,15 +1,20 @@
-"""``syncws`` and ``syncws_inline``: this library, measured through its public API only.
+"""``syncws``, ``syncws_inline`` and ``syncws_peer_asks``: this library, measured through its public API only.
 
 The server is a ``WebSocketServer``; fan-out and the connection counts use its
 registry (``sendWebSocketMessage``, ``registry.connections``); the client is
 ``syncws.connect``; requests go through ``RequestHandler.doRequest`` to a
 ``RemoteService`` peer, whose ``echo`` command is registered ``inline=True``
-for ``syncws_inline``. The module is named ``syncws_impl`` so as not to
-shadow the package.
+for ``syncws_inline``. ``syncws_peer_asks`` measures the other direction: the
+measuring process is the peer, calling ``RemoteService.request``, and the
+child process is the server, answering with commands registered on its
+``RequestHandler``. The module is named ``syncws_impl`` so as not to shadow
+the package.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from typing import Any
 
@@ -80,10 +85,15 @@ class Client:
         self.c.close()
 
 
-class Requester(RequesterBase):
+def Requester(impl: str = "syncws") -> RequesterBase:
+    """The caller's side of the request workloads: the server's RequestHandler, or for ``syncws_peer_asks`` the peer."""
+    return PeerAsks() if impl == "syncws_peer_asks" else ServerAsks()
+
+
+class ServerAsks(RequesterBase):
     """``RequestHandler`` on a ``/wsData`` endpoint: the library's own call table, not the harness's."""
 
-    def __init__(self, impl: str = "syncws") -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.server = syncws.WebSocketServer(host=HOST, port=0)
         self.rh = syncws.RequestHandler("wsData", self.server)
@@ -108,9 +118,46 @@ class Requester(RequesterBase):
         return self.rh.doRequest(msg, timeout=timeout)
 
 
+class PeerAsks(RequesterBase):
+    """A ``RemoteService`` that calls the server in the child process (``run_peer`` serves there, on ``url``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # A free loopback port for the child's server to listen on: the child is started with this URL.
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            port = probe.getsockname()[1]
+        self.url = ws_url(port, "/wsData")
+        self.service = syncws.RemoteService(self.url, backoff_min=0.02, backoff_max=0.1)
+
+    def wait_connected(self, timeout: float) -> None:
+        """Return once connected to the child's server."""
+        self.service.start(timeout=timeout)
+
+    def doRequest(self, msg: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+        """``RemoteService.request``."""
+        return self.service.request(msg, timeout=timeout)
+
+
 def run_peer(impl: str, url: str) -> None:
-    """A ``RemoteService`` answering echo (inline for ``syncws_inline``) and blob, until the process ends."""
+    """The other side of the request workloads until the process ends: a ``RemoteService`` answering echo
+    (inline for ``syncws_inline``) and blob; for ``syncws_peer_asks``, a server whose RequestHandler does."""
+    if impl == "syncws_peer_asks":
+        _serve_commands(url)
+        return
     svc = syncws.RemoteService(url)
     svc.register("echo", lambda msg: msg.get("x"), inline=impl == "syncws_inline")
     svc.register("blob", lambda msg: bytes(int(msg["size"])))
     svc.run_forever()
+
+
+def _serve_commands(url: str) -> None:
+    """A ``WebSocketServer`` on ``url``'s port whose ``RequestHandler`` answers echo and blob, until the process ends."""
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    server = syncws.WebSocketServer(host=HOST, port=port)
+    rh = syncws.RequestHandler("wsData", server)
+    rh.register("echo", lambda msg, conn: msg.get("x"))
+    rh.register("blob", lambda msg, conn: bytes(int(msg["size"])))
+    server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=rh.callback)
+    server.start()
+    threading.Event().wait()  # the benchmark kills this process when done

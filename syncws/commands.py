@@ -37,6 +37,8 @@ CommandFunction = Callable[..., Any]
 SendResult = Callable[[Connection, Any, Any, Any], None]
 
 _local = threading.local()  # .call: the IncomingCall the thread is answering (innermost)
+# Synchronize access to every IncomingCall's _cancelled and _event (rarely taken: a cancel, a wait).
+_event_lock = threading.Lock()
 
 
 class IncomingCall:
@@ -46,7 +48,7 @@ class IncomingCall:
     from any thread (a command polls it to stop early).
     """
 
-    __slots__ = ("_cancelled", "call_id", "cmd", "conn", "inline", "request")
+    __slots__ = ("_cancelled", "_event", "call_id", "cmd", "conn", "inline", "request")
 
     def __init__(self, request: dict[str, Any], conn: object, inline: bool = False) -> None:
         self.request = request
@@ -56,20 +58,33 @@ class IncomingCall:
         self.conn = conn
         #: True when it runs on the thread that reads its connection (registered ``inline=True``).
         self.inline = inline
-        self._cancelled = threading.Event()
+        # A flag, and an Event made only for a command that waits on it: most
+        # calls are never cancelled, and an Event per call costs a Condition.
+        self._cancelled = False
+        self._event: Optional[threading.Event] = None
 
     @property
     def cancelled(self) -> bool:
         """True once the caller gave up on this call (its timeout passed) or the connection closed."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def wait_cancelled(self, timeout: Optional[float] = None) -> bool:
         """Block until the call is cancelled or ``timeout`` passes; True if cancelled (a sleep a cancel cuts short)."""
-        return self._cancelled.wait(timeout)
+        with _event_lock:
+            if self._cancelled:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
     def cancel(self) -> None:
         """Mark the call cancelled: its reply will not be sent. Any thread."""
-        self._cancelled.set()
+        with _event_lock:
+            self._cancelled = True
+            event = self._event
+        if event is not None:
+            event.set()
 
     def __repr__(self) -> str:
         state = " cancelled" if self.cancelled else ""

@@ -1,4 +1,4 @@
-"""The main job: a server, a RemoteService in a second process, and worker threads making requests.
+"""The main job: a server, a RemoteService in a second process, worker threads making requests, and a call each way.
 
 ``python -m syncws demo`` runs :func:`run_demo`; the peer process runs
 ``python -m syncws peer URL``, a :func:`demo_peer_service` that runs until
@@ -54,6 +54,7 @@ DEMO_PEER_COMMANDS = (
     "getBytes size=N seed=N (returns N bytes)",
     "fail why=TEXT (raises: status 500)",
     "sleep seconds=S (returns after S seconds)",
+    "askServer ask=CMD (calls the server's command CMD, default getSettings, and returns its data)",
 )
 
 
@@ -64,6 +65,8 @@ def demo_peer_service(url: str, *, token: Optional[str] = None, sslopt: Optional
     service.register("getBytes", lambda msg: demo_payload(int(msg["size"]), int(msg["seed"])))
     service.register("fail", _fail)
     service.register("sleep", _sleep)
+    # The other direction: the peer asks the server (RequestHandler.register) and waits, before it answers.
+    service.register("askServer", lambda msg: service.request({"cmd": msg.get("ask", "getSettings")}, timeout=10).get("data"))
     return service
 
 
@@ -129,6 +132,8 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
     """Run the demo and print a report; return 0 when every reply matched its request."""
     server = WebSocketServer(registry=ConnectionRegistry()).start()
     handler = RequestHandler("wsData", server)
+    # A command peers may call: the server answers too (docs/protocol.md).
+    handler.register("getSettings", lambda request, conn: {"TR": 2.0, "run": 3, "slices": 36})
     server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=handler.callback)
     print(f"server listening on {server.url}; starting a RemoteService peer process", file=out, flush=True)
     peer = subprocess.Popen([sys.executable, "-m", "syncws", "peer", server.url + "/wsData"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
@@ -148,6 +153,7 @@ def run_demo(requests: int = 400, threads: int = 8, out: TextIO = sys.stdout) ->
         elapsed = time.perf_counter() - started
         _report(tally, elapsed, out)
         _large_transfer(handler, out)
+        _both_ways(handler, out)
         bad = sum(n for k, n in tally.outcomes.items() if "expected" not in k and k != "ok")
         return 0 if bad == 0 else 1
     finally:
@@ -170,6 +176,15 @@ def _large_transfer(handler: RequestHandler, out: TextIO, size: int = 64 * 1024 
     bar.finish()
     intact = reply["data"] == demo_payload(size, 7)
     print(f"  {'intact' if intact else 'DAMAGED'}, {size / 2**20 / elapsed:.0f} MiB/s", file=out, flush=True)
+
+
+def _both_ways(handler: RequestHandler, out: TextIO) -> None:
+    """One call each way on the same connection: the server asks the peer's askServer, which asks the server's getSettings."""
+    started = time.perf_counter()
+    reply = handler.doRequest({"cmd": "askServer", "ask": "getSettings"}, timeout=15)
+    elapsed = (time.perf_counter() - started) * 1000
+    print("both ways on one connection: the server asked the peer, which asked the server's getSettings first:", file=out)
+    print(f"  {reply['data']} in {elapsed:.1f} ms", file=out, flush=True)
 
 
 def _report(tally: _Tally, elapsed: float, out: TextIO) -> None:
