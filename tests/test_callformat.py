@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 
 from syncws import callformat
-from syncws.callformat import PartHeader, RefusedRequest
+from syncws.callformat import Kind, PartHeader, RefusedRequest
 from syncws.exceptions import RequestError
+
+pytestmark = pytest.mark.timeout(30)
 
 # ---------------------------------------------------------------------- requests
 
@@ -73,6 +75,116 @@ def test_parse_request_refuses_what_is_not_a_request_with_what_it_could_read(mes
         callformat.parse_request(message)
     assert (refused.value.cmd, refused.value.call_id, refused.value.answer) == (cmd, call_id, answer)
     assert refused.value.reason and isinstance(refused.value, ValueError)
+
+
+@pytest.mark.parametrize("message", ['{"status": 200, "callId": 4, "data": 1}', '{"cmd": "q", "callId": 4, "status": 404, "error": "x"}'])
+def test_parse_request_refuses_a_reply_without_answering(message: str) -> None:
+    """parse_request raises RefusedRequest with answer=False for a reply, with or without a cmd."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_request(message)
+    assert refused.value.answer is False
+
+
+def test_parse_request_refuses_a_cancel_without_answering() -> None:
+    """parse_request raises RefusedRequest with answer=False for a cancel, which is not a request."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_request(callformat.encode_cancel(3))
+    assert refused.value.answer is False and "cancel" in refused.value.reason
+
+
+# ---------------------------------------------------------------------- parse_message and cancels
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        {"cmd": "q", "callId": 1, "status": 200, "data": 5},
+        {"callId": 1, "status": 500, "error": "x"},
+        {"status": None},
+        {"status": "200", "cmd": 7},
+        {"status": 200, "cancel": 3},
+    ],
+)
+def test_parse_message_takes_any_object_with_a_status_as_a_reply(reply: dict[str, Any]) -> None:
+    """Any JSON object with a status is a reply, whatever its status, cmd or other fields."""
+    assert callformat.parse_message(json.dumps(reply)) == (Kind.REPLY, reply)
+
+
+@pytest.mark.parametrize("request_", [{"cmd": "getSettings", "callId": 2}, {"cmd": ""}, {"cmd": "q", "cancel": 3}, {"cmd": "q", "callId": "x"}])
+def test_parse_message_takes_a_str_cmd_without_status_as_a_request(request_: dict[str, Any]) -> None:
+    """A JSON object with a str cmd and no status is a request, even with a cancel field or an odd callId."""
+    assert callformat.parse_message(json.dumps(request_)) == (Kind.REQUEST, request_)
+
+
+@pytest.mark.parametrize("cancel", [{"cancel": 7}, {"cancel": 0}, {"cancel": 2**63}, {"cancel": 7, "callId": 9}])
+def test_parse_message_takes_an_int_cancel_without_cmd_or_status_as_a_cancel(cancel: dict[str, Any]) -> None:
+    """A JSON object with an int cancel and no cmd or status is a cancel."""
+    assert callformat.parse_message(json.dumps(cancel)) == (Kind.CANCEL, cancel)
+
+
+@pytest.mark.parametrize("value", ["7", 7.0, 7.5, True, False, None, [7], {"callId": 7}])
+def test_parse_message_refuses_a_cancel_of_a_call_id_that_is_not_an_int_without_answering(value: Any) -> None:
+    """A cancel whose N is not an int (a bool is not) raises RefusedRequest with answer=False."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message(json.dumps({"cancel": value}))
+    assert refused.value.answer is False and "cancel" in refused.value.reason
+
+
+def test_parse_message_refuses_a_call_id_without_cmd_and_answers_it() -> None:
+    """{"callId": 3} is neither request, reply nor cancel: RefusedRequest with answer=True and call_id 3, to be answered 400."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message('{"callId": 3}')
+    assert (refused.value.answer, refused.value.call_id, refused.value.cmd) == (True, 3, None)
+
+
+def test_parse_message_refuses_a_cmd_that_is_not_a_str_with_what_it_read() -> None:
+    """A cmd that is not a str (and no status) raises RefusedRequest carrying that cmd and the callId, to be answered."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message('{"cmd": 5, "callId": 4, "cancel": 1}')
+    assert (refused.value.answer, refused.value.cmd, refused.value.call_id) == (True, 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("message", "call_id"),
+    [
+        ('{"cmd": "x" "callId": 42}', 42),
+        ('{"cmd": "x",, "callId": 42 }  ', 42),
+        ('{"cmd": "x", "callId": 42', None),
+        ("not json", None),
+        ("", None),
+    ],
+)
+def test_parse_message_refuses_text_that_is_not_json_with_the_call_id_at_its_end(message: str, call_id: Any) -> None:
+    """Text that is not JSON raises RefusedRequest, to be answered, with the callId read from its very end when it is there."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message(message)
+    assert (refused.value.answer, refused.value.call_id) == (True, call_id)
+    assert "not JSON" in refused.value.reason
+
+
+@pytest.mark.parametrize("message", ["[1, 2]", '"text"', "7", "null"])
+def test_parse_message_refuses_json_that_is_not_an_object(message: str) -> None:
+    """JSON that is not an object raises RefusedRequest without a callId."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message(message)
+    assert refused.value.call_id is None and "JSON object" in refused.value.reason
+
+
+@pytest.mark.parametrize("message", [b"", b'{"cancel": 7}', b'{"cmd": "q", "callId": 1}'])
+def test_parse_message_refuses_a_binary_message(message: bytes) -> None:
+    """A binary message is never a request, reply or cancel, even when it holds JSON: RefusedRequest without a callId."""
+    with pytest.raises(RefusedRequest) as refused:
+        callformat.parse_message(message)
+    assert refused.value.call_id is None and "binary" in refused.value.reason
+
+
+@pytest.mark.parametrize("call_id", [0, 1, 2**53, 2**64 - 1])
+def test_encode_cancel_round_trips_through_parse_message(call_id: int) -> None:
+    """parse_message of encode_cancel(N) is a cancel whose CANCEL_FIELD is N; the text is {"cancel": N}."""
+    text = callformat.encode_cancel(call_id)
+    assert json.loads(text) == {"cancel": call_id} and callformat.CANCEL_FIELD == "cancel"
+    kind, parsed = callformat.parse_message(text)
+    assert kind is Kind.CANCEL and parsed[callformat.CANCEL_FIELD] == call_id
 
 
 # ---------------------------------------------------------------------- replies
