@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
@@ -127,6 +128,8 @@ class RemoteService:
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
         self._connected = threading.Event()
+        # Set by stop(drain=...): the server's new requests are answered 503 (the session checks it).
+        self._draining = threading.Event()
         #: How many times a connection was opened (1 after the first).
         self.connections_made = 0
 
@@ -225,6 +228,11 @@ class RemoteService:
         """True while a connection is open."""
         return self._connected.is_set()
 
+    @property
+    def draining(self) -> bool:
+        """True while :meth:`stop` with a ``drain`` waits for the calls in flight."""
+        return self._draining.is_set()
+
     def wait_connected(self, timeout: Optional[float] = None) -> bool:
         """Block until connected; False on timeout, or at once when the service gave up
         (a permanent refusal, see :meth:`start`). Safe from any thread.
@@ -253,6 +261,7 @@ class RemoteService:
         with self._lock:
             if self._thread is None:
                 self._stop.clear()
+                self._draining.clear()
                 self._failure = None
                 self._thread = threading.Thread(target=self._run, name="syncws-remote", daemon=True)
                 self._thread.start()
@@ -281,6 +290,7 @@ class RemoteService:
                 raise RuntimeError("RemoteService is already running")
             self._thread = threading.current_thread()
             self._stop.clear()
+            self._draining.clear()
             self._failure = None
         try:
             failure = self._run()
@@ -292,14 +302,23 @@ class RemoteService:
         finally:
             self.stop()
 
-    def stop(self) -> None:
+    def stop(self, drain: Optional[float] = None) -> None:
         """Close the connection with 1000 and a closing handshake, and stop. Safe from any thread.
 
-        Returns within about ``close_timeout`` + 1 s even when the server does
-        not answer the close (then the connection is dropped); at once on a
-        healthy connection.
+        ``drain``: seconds to let the commands being answered finish and send
+        their replies, and this service's own requests get theirs, before
+        the close; meanwhile the server's new requests are answered 503
+        ("service stopping"). None or 0 closes at once, failing them all.
+        NaN or a negative value raises ValueError before anything stops.
+
+        Returns within about ``drain`` + ``close_timeout`` + 1 s even when
+        the server does not answer the close (then the connection is
+        dropped); at once on a healthy, idle connection.
         """
+        limit = timeouts.check_timeout(drain, "drain") if drain else 0.0
         self._stop.set()
+        if limit != 0.0:
+            self._drain(limit)
         with self._lock:
             connection, thread = self._connection, self._thread
             self._thread = None
@@ -307,6 +326,19 @@ class RemoteService:
             connection.close(1000, "service stopped")
         if thread is not None and thread is not threading.current_thread():
             thread.join(1.0)
+
+    def _drain(self, limit: Optional[float]) -> None:
+        """Refuse new requests and wait up to ``limit`` seconds (None: no bound) for the calls in flight to end."""
+        self._draining.set()
+        answering = current_call()
+        own = 1 if answering is not None and not answering.cancelled else 0  # stop() from inside a command: not itself
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = threading.Event()
+        while self.commands.active > own or self._calls.pending:  # bounded by the deadline, or by the calls ending
+            if deadline is not None and time.monotonic() >= deadline:
+                logger.info("drain of %s ended with %d commands and %d requests in flight", self.url, self.commands.active - own, self._calls.pending)
+                return
+            pause.wait(0.01)
 
     def _run(self) -> Optional[HandshakeError]:
         """Connect, serve and reconnect until stopped (the ``syncws-remote`` thread, or run_forever's caller).
@@ -371,7 +403,7 @@ class RemoteService:
 
     def _serve(self, connection: ClientConnection) -> None:
         """Run the connection's worker threads until it closes (syncws-remote thread)."""
-        session = Session(connection, self.url, self._junk_log, self.commands, self._calls, self.send_result)
+        session = Session(connection, self.url, self._junk_log, self.commands, self._calls, self.send_result, self._draining)
         try:
             session.run(self.workers)
         finally:

@@ -47,7 +47,14 @@ class Session:
     """
 
     def __init__(
-        self, connection: ClientConnection, url: str, junk_log: RateLimitedLog, commands: Commands, calls: CallTable, send_result: SendResult
+        self,
+        connection: ClientConnection,
+        url: str,
+        junk_log: RateLimitedLog,
+        commands: Commands,
+        calls: CallTable,
+        send_result: SendResult,
+        draining: threading.Event,
     ) -> None:
         self.connection = connection
         self.url = url
@@ -55,6 +62,7 @@ class Session:
         self._commands = commands
         self._calls = calls
         self._send_result = send_result
+        self._draining = draining  # set: the service is stopping, new requests get 503
         connection.on_closing = self._closing
         # Synchronize access to queued, leading, idle and ended; condition (on
         # this lock) wakes an idle worker to lead or to take a queued request.
@@ -143,6 +151,9 @@ class Session:
             call = self._take(self.connection, message)
             if call is None:
                 continue
+            if self._draining.is_set():
+                self._reject(self.connection, call.cmd, call.call_id, 503, "service stopping")
+                continue
             fn, inline = self._commands.lookup(call.cmd)
             call.inline = inline
             self._commands.begin(call)
@@ -185,10 +196,14 @@ class Session:
     def _refuse(self, connection: ClientConnection, cmd: Any, call_id: Any, reason: str) -> None:
         """Answer a message that is not a request with status 400, and log it at most once per interval (reader thread)."""
         self.junk_log.log(connection, logging.WARNING, "%s: %s; answered with status 400", self.url, reason)
+        self._reject(connection, cmd, call_id, 400, reason)
+
+    def _reject(self, connection: ClientConnection, cmd: Any, call_id: Any, status: int, reason: str) -> None:
+        """Answer with an error status at once (reader thread)."""
         try:
-            self._send_json(connection, callformat.error_reply(cmd, call_id, 400, reason))
+            self._send_json(connection, callformat.error_reply(cmd, call_id, status, reason))
         except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("400 reply (callId %r) not sent: %s", call_id, exc)
+            logger.debug("%d reply (callId %r) not sent: %s", status, call_id, exc)
 
     def _answer(self, connection: ClientConnection, call: IncomingCall, fn: Optional[CommandFunction]) -> None:
         """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""

@@ -494,3 +494,83 @@ def test_refusal_while_reconnecting_is_retried(caplog: pytest.LogCaptureFixture)
         first.close()
         if second is not None:
             second.stop()
+
+
+# ---------------------------------------------------------------------- stop(drain=...)
+
+
+def test_stop_with_drain_lets_a_running_command_send_its_reply(env: Env) -> None:
+    """stop(drain=...) while a command runs: the command finishes, its reply reaches the server's caller, then the service closes with 1000."""
+    started, release = threading.Event(), threading.Event()
+    env.add_cleanup(release.set)
+
+    def slow(msg: dict) -> str:
+        started.set()
+        release.wait(20)
+        return "finished"
+
+    service = env.service({"slow": slow})
+    handler = env.registry.newest(NAME)
+    _, result = in_thread(lambda: env.rh.doRequest({"cmd": "slow"}, timeout=20))
+    assert started.wait(5)
+    _, stopped = in_thread(lambda: service.stop(drain=10))
+    wait_for(lambda: service.draining, timeout=5)
+    assert stopped.empty()  # still draining: the command runs
+    release.set()
+    kind, value, _ = result.get(timeout=10)
+    assert kind == "ok" and value["data"] == "finished"
+    assert stopped.get(timeout=10)[0] == "ok"
+    assert handler.connection.wait_closed(5) and handler.close_code == 1000
+
+
+def test_stop_with_drain_answers_new_requests_503(env: Env) -> None:
+    """While draining, a new request from the server is answered 503 at once, and the running one still finishes."""
+    started, release = threading.Event(), threading.Event()
+    env.add_cleanup(release.set)
+    service = env.service({"slow": lambda m: started.set() or (release.wait(20) and "done"), "echo": lambda m: m["x"]})
+    _, first = in_thread(lambda: env.rh.doRequest({"cmd": "slow"}, timeout=20))
+    assert started.wait(5)
+    in_thread(lambda: service.stop(drain=10))
+    wait_for(lambda: service.draining, timeout=5)
+    with pytest.raises(syncws.RequestError) as refused:
+        env.rh.doRequest({"cmd": "echo", "x": 1}, timeout=5)
+    assert refused.value.status == 503 and "stopping" in str(refused.value)
+    release.set()
+    assert first.get(timeout=10)[1]["data"] == "done"
+
+
+def test_stop_with_drain_gives_up_after_the_drain_time(env: Env) -> None:
+    """A command still running when the drain time is over: the service closes anyway and the server's caller gets ConnectionClosed."""
+    release = threading.Event()
+    env.add_cleanup(release.set)
+    started = threading.Event()
+    service = env.service({"stuck": lambda m: started.set() or release.wait(30)})
+    _, result = in_thread(lambda: env.rh.doRequest({"cmd": "stuck"}, timeout=30))
+    assert started.wait(5)
+    service.stop(drain=0.3)
+    kind, value, _ = result.get(timeout=10)
+    assert kind == "err" and isinstance(value, syncws.ConnectionClosed)
+
+
+def test_stop_with_drain_lets_the_services_own_request_get_its_reply(env: Env) -> None:
+    """stop(drain=...) while the service waits on its own request to the server: the reply still arrives."""
+    started, release = threading.Event(), threading.Event()
+    env.add_cleanup(release.set)
+    env.rh.register("slow", lambda request, conn: started.set() or (release.wait(20) and "server done"))
+    service = env.service({})
+    _, result = in_thread(lambda: service.request({"cmd": "slow"}, timeout=20))
+    assert started.wait(5)
+    _, stopped = in_thread(lambda: service.stop(drain=10))
+    wait_for(lambda: service.draining, timeout=5)
+    release.set()
+    kind, value, _ = result.get(timeout=10)
+    assert kind == "ok" and value["data"] == "server done"
+    assert stopped.get(timeout=10)[0] == "ok"
+
+
+def test_stop_refuses_a_bad_drain() -> None:
+    """stop(drain=-1) or NaN raises ValueError before anything stops."""
+    service = syncws.RemoteService("ws://127.0.0.1:9/x")
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError):
+            service.stop(drain=bad)
