@@ -78,23 +78,28 @@ class CommandPool:
 
     def _serve(self) -> None:
         """Run tasks until idle for ``idle_timeout`` or closed (a ``syncws-cmd-N`` thread)."""
+        try:
+            self._serve_tasks()
+        finally:  # whatever ends this thread, the pool must not count it any more
+            with self._work:
+                self._threads -= 1
+
+    def _serve_tasks(self) -> None:
         while True:
             with self._work:
                 while not self._queue:
                     if self._closed:
-                        self._threads -= 1
                         return
                     self._idle += 1
                     notified = self._work.wait(self.idle_timeout)
                     self._idle -= 1
                     if not notified and not self._queue:
-                        self._threads -= 1
                         return
                 task = self._queue.popleft()
                 self._running += 1
             try:
                 task()
-            except Exception:  # a task reports its own failures; this is a bug, and the thread lives on
+            except BaseException:  # a task reports its own failures; this is a bug (or sys.exit()), and the thread lives on
                 logger.exception("a command task failed")
             finally:
                 with self._work:

@@ -155,6 +155,11 @@ class Commands:
         call.cancel()
         return True
 
+    def forget_all(self) -> None:
+        """Forget every call being answered: they will not be answered any more (the server stops)."""
+        with self._lock:
+            self._active.clear()
+
     def cancel_all(self, conn: Optional[object] = None) -> int:
         """Mark cancelled every call being answered for ``conn`` (every call when None): it closed. Returns how many."""
         with self._lock:
@@ -228,7 +233,7 @@ def _run(call: IncomingCall, fn: CommandFunction, args: tuple[Any, ...]) -> Any:
     _local.call = call
     try:
         return fn(*args)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit from sys.exit() too: the caller hears of it, the thread lives on
         return _Failure(exc)
     finally:
         _local.call = outer

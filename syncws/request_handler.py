@@ -365,8 +365,9 @@ class RequestHandler(CallTable):
 
         The server's ``stop()`` calls it.
         """
-        self._pool.close()
         self.commands.cancel_all()
+        self._pool.close()
+        self.commands.forget_all()  # queued calls were dropped; running ones are cancelled and send nothing
 
     @property
     def commands_busy(self) -> int:

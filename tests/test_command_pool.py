@@ -298,11 +298,6 @@ def test_a_task_that_raises_is_logged_and_its_thread_serves_the_next(make_pool: 
     assert isinstance(failures[0].exc_info[1], RuntimeError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="command_pool.py _serve: a BaseException from a task (SystemExit: a command calling sys.exit()) ends the thread "
-    "without taking it off _threads, so the pool thinks it still has that worker; with workers=1 no task ever runs again",
-)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_task_that_raises_system_exit_does_not_cost_the_pool_a_worker(make_pool: Callable[..., CommandPool]) -> None:
     """After a task raises SystemExit, the next task submitted still runs."""

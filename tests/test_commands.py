@@ -512,11 +512,6 @@ def test_a_reply_the_gone_connection_cannot_take_is_logged_at_debug_and_the_call
     assert len(records) == 1 and records[0].levelno == logging.DEBUG
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands.py _run catches only Exception: a command raising SystemExit (sys.exit()) escapes answer, which "
-    "promises never to raise, and its caller gets no reply (on a CommandPool thread it also costs the pool a worker)",
-)
 def test_a_function_that_raises_system_exit_is_answered_500() -> None:
     """A command that calls sys.exit() is answered with a 500 like any other failure, and answer does not raise."""
     commands = Commands()
