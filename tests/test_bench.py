@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every figure of every workload, and the implementations measured on it (written out
 # here, not taken from the package, so that a figure the benchmark stops producing fails).
 EVERY = ("raw", "syncws", "websockets", "tornado_seed", "websocket_server")
-REQUESTS = ("raw", "syncws", "syncws_inline", "websockets", "tornado_seed", "websocket_server")
+REQUESTS = ("raw", "syncws", "syncws_inline", "syncws_peer_asks", "websockets", "tornado_seed", "websocket_server")
 FIGURES = {
     "echo": (("p50_us", "p99_us"), EVERY),
     "bulk": (("up_MBps", "down_MBps"), EVERY),

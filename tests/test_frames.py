@@ -26,18 +26,30 @@ def test_apply_mask_matches_bytewise_xor(data: bytes, key: bytes) -> None:
     assert bytes(buf) == _reference_mask(data, key)
 
 
-@pytest.mark.parametrize("size", [0, 1, 3, 255, 256, 65535, 65536, 65537, 200_003])
+PURE_SIZES = [0, 1, 3, 255, 256, 1024, 1025, 65537, 262_143, 262_144, 262_145, 600_003]
+
+
+@pytest.mark.parametrize("size", PURE_SIZES)
 def test_apply_mask_pure_python_path(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
-    """Without numpy, masking gives the same bytes (chunked big-integer path)."""
+    """Without numpy, masking in place (a bytearray or a memoryview) gives what one big-integer XOR of the whole gives."""
     data, key = os.urandom(size), os.urandom(4)
-    expected = bytearray(data)
-    frames.apply_mask(expected, key)
+    expected = frames.masked(data, key)  # one big-integer XOR of the whole payload: the reference
     monkeypatch.setattr(frames, "HAVE_NUMPY", False)
     buf = bytearray(data)
     frames.apply_mask(buf, key)
     assert buf == expected
-    frames.apply_mask(buf, key)
+    frames.apply_mask(memoryview(buf), key)
     assert bytes(buf) == data
+
+
+@pytest.mark.parametrize("size", PURE_SIZES)
+def test_mask_into_pure_python_path(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Without numpy, mask_into writes the masked source into a memoryview target, leaving the source as it was."""
+    data, key = os.urandom(size), os.urandom(4)
+    monkeypatch.setattr(frames, "HAVE_NUMPY", False)
+    target = bytearray(size)
+    frames.mask_into(memoryview(target), data, key)
+    assert target == frames.masked(data, key)
 
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536, 1 << 20])
