@@ -158,6 +158,8 @@ class RedisCluster:
         self._node: Optional[LocalNode] = None
         self._started = False
         self._stopping = threading.Event()
+        # Set by the subscriber thread once Redis confirmed its subscription; start() waits for it.
+        self._subscribed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ids = 0  # connection ids handed out (under _lock)
         self._token: Optional[str] = None  # the link secret, once read (under _lock)
@@ -187,8 +189,12 @@ class RedisCluster:
             serving = self._node is not None
         self._stopping.clear()
         if serving:  # a process without a server has no presence and receives no sends
-            self._spawn("syncws-cluster-beat", lambda: self.presence.run(self._stopping))
+            self._subscribed.clear()
             self._spawn("syncws-cluster-sub", self._subscribe_loop)
+            # Presence only once subscribed: a node that others can see must not miss their sends.
+            if not self._subscribed.wait(max(1.0, self.ttl)):
+                logger.warning("cluster %s: not yet subscribed to %s; sends to this node may be missed until it is", self.name, self.url)
+            self._spawn("syncws-cluster-beat", lambda: self.presence.run(self._stopping))
         return self
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
@@ -342,14 +348,18 @@ class RedisCluster:
         """Read the cluster's channel and deliver to this node's connections (subscriber thread)."""
         backoff = Backoff()
         while not self._stopping.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._redis.pubsub()
             try:
                 pubsub.subscribe(self.key("all"))
                 backoff.reset()
                 while not self._stopping.is_set():
                     message = pubsub.get_message(timeout=min(1.0, self.ttl / 3))
-                    if message is not None and message.get("type") == "message":
+                    if message is None:
+                        continue
+                    if message.get("type") == "message":
                         self._on_envelope(message["data"])
+                    elif message.get("type") == "subscribe":
+                        self._subscribed.set()  # Redis confirmed: every publish from now on reaches us
             except self._errors as exc:
                 logger.warning("cluster %s: lost the pub/sub connection to %s (%s); resubscribing", self.name, self.url, exc)
                 self._stopping.wait(backoff.next())

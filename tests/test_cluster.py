@@ -136,6 +136,31 @@ def test_sends_keep_their_order(nodes: list[Node]) -> None:
     ws.close()
 
 
+def test_a_node_is_seen_only_once_it_hears_sends(redis_server: RedisServer, cluster_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node whose pub/sub subscription is slow to start shows no connection before it is subscribed: a send to a
+    connection that other nodes can see always arrives."""
+    import redis.client
+
+    subscribe = redis.client.PubSub.subscribe
+
+    def slow_subscribe(self: Any, *args: Any, **kwargs: Any) -> Any:
+        threading.Event().wait(0.5)  # the fault: Redis is slow to take the subscription
+        return subscribe(self, *args, **kwargs)
+
+    sender = Node(redis_server.url, cluster_name)
+    monkeypatch.setattr(redis.client.PubSub, "subscribe", slow_subscribe)
+    slow = Node(redis_server.url, cluster_name)
+    try:
+        ws = slow.connect()
+        assert wait_for(lambda: len(sender.cluster.connections("wsData")) == 1)
+        sender.cluster.send("wsData", "first")
+        assert ws.recv() == "first"
+        ws.close()
+    finally:
+        slow.stop()
+        sender.stop()
+
+
 def test_redis_restart_keeps_local_traffic_and_republishes(nodes: list[Node], redis_server: RedisServer) -> None:
     """While Redis restarts, local connections keep working; afterwards presence is republished and sends flow again."""
     a, b = nodes
