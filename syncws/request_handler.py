@@ -79,6 +79,7 @@ class RequestHandler(CallTable):
         self.registry.add_closing_listener(name, self)
         if server is not None:
             server.add_stop_callback(self.close_pending_requests)
+            server.add_drain_check(lambda: self.pending)  # stop(drain=...) waits for the calls in flight
         if node is not None:
             node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
 
