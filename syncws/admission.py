@@ -14,7 +14,6 @@ this module never imports the server; the server logs the outcome.
 from __future__ import annotations
 
 import logging
-import re
 import socket
 import ssl
 import threading
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional, Protocol, Union
 from .connection import Connection
 from .exceptions import HandshakeError
 from .handlers import BaseWebSocketHandler, HandlerHost
-from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, offered_subprotocols, parse_http_request
+from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_token, is_upgrade, offered_subprotocols, parse_http_request
 from .listening import describe_address
 
 __all__ = [
@@ -52,9 +51,6 @@ AuthCheck = Callable[[Request], Union[bool, int]]
 #: it may raise HandshakeError to refuse the connection with that HTTP status.
 SubprotocolSelector = Callable[[Request, list[str]], Optional[str]]
 
-# An HTTP token (RFC 7230 3.2.6): what a subprotocol name must be to go in a header.
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
 
 class Endpoint:
     """What ``add_handler`` registered for one path: the handler class, its ``initialize`` kwargs and the checks."""
@@ -74,7 +70,7 @@ class Endpoint:
         if isinstance(subprotocols, str):
             raise TypeError("subprotocols must be a list of names, not a str")
         for name in subprotocols or ():
-            if not (isinstance(name, str) and _TOKEN.fullmatch(name)):
+            if not is_token(name):
                 raise ValueError(f"subprotocol names are HTTP tokens (no spaces, commas or quotes): {name!r}")
         if require_subprotocol and not subprotocols and select_subprotocol is None:
             raise ValueError("require_subprotocol needs subprotocols= or select_subprotocol=")
@@ -240,7 +236,7 @@ def select_subprotocol(endpoint: Endpoint, request: Request) -> Optional[str]:
         except Exception:
             logger.exception("select_subprotocol failed on %r", request)
             raise HandshakeError(500, "subprotocol selection failed") from None
-        if chosen is not None and (chosen not in offered or not _TOKEN.fullmatch(chosen)):
+        if chosen is not None and (chosen not in offered or not is_token(chosen)):
             logger.error("select_subprotocol returned %r, which the client did not offer (%r)", chosen, offered)
             raise HandshakeError(500, "subprotocol selection failed")
     else:

@@ -26,7 +26,7 @@ import websocket
 from . import timeouts
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
 from .exceptions import HandshakeError, NotConnected
-from .handshake import offered_subprotocols
+from .handshake import is_token, offered_subprotocols
 from .proxy import Proxy, proxy_failure, proxy_options
 
 __all__ = ["ClientConnection", "connect"]
@@ -205,7 +205,7 @@ def _check_subprotocols(subprotocols: Optional[Sequence[str]], required: bool) -
     if isinstance(subprotocols, str):
         raise TypeError("subprotocols must be a list of names, not a str")
     offered = list(subprotocols or ())
-    if offered != offered_subprotocols({"Sec-WebSocket-Protocol": ", ".join(offered)}) or len(set(offered)) != len(offered):
+    if not all(is_token(name) for name in offered) or len(set(offered)) != len(offered):
         raise ValueError(f"subprotocol names are distinct HTTP tokens (no commas or spaces): {offered!r}")
     if required and not offered:
         raise ValueError("require_subprotocol needs subprotocols to offer")

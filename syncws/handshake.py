@@ -27,12 +27,15 @@ __all__ = [
     "is_upgrade",
     "accept_key",
     "offered_subprotocols",
+    "is_token",
     "accept_response",
     "error_response",
     "content_response",
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# An HTTP token (RFC 7230 3.2.6): what a subprotocol name must be (RFC 6455 4.1).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@%"
 _ORIGIN_FORM = re.compile(rf"/[{_PCHARS}/]*(?:\?[{_PCHARS}/?]*)?")
 _REASONS = {
@@ -175,6 +178,11 @@ def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
     exactly, as the RFC's registry does.
     """
     return [token for token in (item.strip(" \t") for item in headers.get("Sec-WebSocket-Protocol", "").split(",")) if token]
+
+
+def is_token(name: object) -> bool:
+    """True when ``name`` is a str that is an HTTP token: a valid subprotocol name."""
+    return isinstance(name, str) and _TOKEN.fullmatch(name) is not None
 
 
 def accept_response(request: Request, subprotocol: Optional[str] = None) -> bytes:

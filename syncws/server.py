@@ -10,18 +10,11 @@ checks, admission under ``max_connections``), then the connection's read loop
 (:mod:`syncws.connection`), which calls the handler's ``open``,
 ``on_message`` and ``on_close`` (:mod:`syncws.handlers`).
 
-What syncws uses of websocket-server 0.6.4: nothing in this module. That
-package's ``WebsocketServer`` is ``socketserver.ThreadingMixIn`` plus
-``socketserver.TCPServer`` with its own handshake, frame reader, TLS
-(``ssl.wrap_socket``, gone in Python 3.12) and an unlocked client list; its
-threaded accept loop is the standard library's, which this server uses
-directly (with its own connection threads instead of ThreadingMixIn's, to
-name them and to bound the handshakes in progress). websocket-server's
-*API* is what syncws takes: :mod:`syncws.compat` builds
-``syncws.compat.WebsocketServer`` from its ``API`` class (the public
-method names, signatures and defaults, and the callback attributes) on top
-of this server. This module does not import websocket-server or
-:mod:`syncws.compat`.
+It uses nothing of websocket-server 0.6.4, whose accept loop is this same
+standard-library one; :mod:`syncws.compat` builds websocket-server's API on
+top of this server (docs/architecture.md says what each takes from it).
+Where it listens is :mod:`syncws.listening`'s; its graceful stop,
+:mod:`syncws.drain`'s.
 
 Threads:
 
@@ -43,94 +36,20 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector, end_tls, handshake, refuse, start_tls
+from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector
 from .cluster import RedisCluster
-from .conn_threads import ConnectionThreads
+from .conn_threads import ConnectionHandler, ConnectionThreads
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
 from .drain import Drain, DrainCheck, check_drain
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
-from .listening import ListenAddress, peer_address, url_host
+from .listening import ListenAddress, url_host
 from .node import ClusterNode
 from .registry import ConnectionRegistry
 
 __all__ = ["WebSocketServer", "AuthCheck", "SubprotocolSelector"]
 
 logger = logging.getLogger(__name__)
-
-
-class _ConnectionThread(socketserver.BaseRequestHandler):
-    """socketserver's per-connection handler, made and run on the connection's own thread (``syncws-conn-N``)."""
-
-    server: WebSocketServer
-
-    def handle(self) -> None:
-        """The life of one connection (connection thread): handshake, then messages to the handler."""
-        server, sock, address = self.server, self.request, peer_address(self.client_address)
-        if sock.family != socket.AF_UNIX:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        try:
-            opened = self._open(sock, address)
-        finally:
-            server._handshake_ended()
-        if opened is None:
-            return
-        connection, handler = opened
-        try:
-            self._run(connection, handler)
-        finally:
-            server._connection_ended(connection)
-            connection.release()
-
-    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
-        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
-        sock = raw
-        try:
-            raw.settimeout(self.server.handshake_timeout)
-            deadline = time.monotonic() + self.server.handshake_timeout
-            sock = start_tls(self.server, raw)
-            opened = handshake(self.server, sock, address, deadline)
-        except HandshakeError as exc:
-            logger.info("refused handshake from %s: %s", address, exc)
-            refuse(sock, exc)
-            opened = None
-        except (OSError, ssl.SSLError) as exc:
-            logger.info("handshake with %s failed: %s", address, exc)
-            opened = None
-        if opened is None:
-            end_tls(sock, raw)
-        return opened
-
-    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
-        """Deliver messages to the handler until the connection closes (connection thread)."""
-        try:
-            handler.open()
-        except Exception:
-            logger.exception("open() of %r failed; closing", handler)
-            connection.close(1011, "handler failed to open")
-        try:
-            connection.flush_preamble()
-        except SyncWSError:
-            pass  # the peer is gone; recv() below sees it
-        try:
-            drain = self.server._drain
-            for message in connection:
-                # Counted as work in flight: a drain lets the handling (and the reply it writes) finish.
-                drain.started()
-                try:
-                    handler.on_message(message)
-                except Exception:
-                    logger.exception("on_message of %r failed", handler)
-                finally:
-                    drain.ended()
-        finally:
-            try:
-                handler.on_close()
-            except Exception:
-                logger.exception("on_close of %r failed", handler)
 
 
 class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
@@ -203,7 +122,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         self._listen = ListenAddress(host, port, unix_socket)
         self.address_family = self._listen.family  # read by TCPServer.__init__ to make the socket
         # A str for a Unix socket, as socketserver.UnixStreamServer (a TCPServer too) passes it.
-        super().__init__(self._listen.bind_address, _ConnectionThread)  # type: ignore[arg-type]
+        super().__init__(self._listen.bind_address, ConnectionHandler)  # type: ignore[arg-type]
         self.host = host
         #: The Unix socket path served on, or None for TCP.
         self.unix_socket: Optional[str] = self._listen.unix_socket
