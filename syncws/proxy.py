@@ -43,7 +43,10 @@ def proxy_options(proxy: Proxy, timeout: Optional[float]) -> dict[str, Any]:
     if proxy is None:
         return {}
     if proxy is False:
-        return {"http_no_proxy": ["*"]}  # every host is "no proxy": the environment's is never used
+        # websocket-client reads its no_proxy list only along with a proxy host of
+        # its own, and then ignores the environment's proxy too: so a proxy that is
+        # never used (every host is "no proxy") says "none, not even the environment's".
+        return {"http_proxy_host": "no-proxy.invalid", "http_proxy_port": 1, "proxy_type": "http", "http_no_proxy": ["*"]}
     if not isinstance(proxy, str):
         raise TypeError(f"proxy must be a URL, None (the environment's) or False (none), not {proxy!r}")
     parts = urlsplit(proxy)
@@ -89,6 +92,7 @@ def proxy_failure(exc: BaseException, url: str, proxy: Proxy) -> Optional[SyncWS
         code = int(status.group(1))
         return HandshakeError(code, f"the proxy {where} refused to open a tunnel to {url}: HTTP {code}")
     module = type(exc).__module__ or ""
-    if type(exc).__name__ == "WebSocketProxyException" or module.startswith("python_socks"):
+    through_proxy = isinstance(proxy, str) and isinstance(exc, OSError)  # websocket-client's own connection to the proxy
+    if through_proxy or type(exc).__name__ == "WebSocketProxyException" or module.startswith("python_socks"):
         return NotConnected(f"cannot connect to {url} through the proxy {where}: {exc}")
     return None
