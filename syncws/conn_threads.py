@@ -2,8 +2,10 @@
 
 :class:`ConnectionHandler` is the life of one connection on its thread:
 TLS and the handshake (:mod:`syncws.admission`), then the messages to the
-handler until the connection closes. :class:`ConnectionThreads` is the part of ``socketserver.ThreadingMixIn``
-that a websocket server needs, done its way: each thread is named
+handler until the connection closes, each counted as work in flight for a
+drain (:mod:`syncws.drain`). :class:`ConnectionThreads` is the part of
+``socketserver.ThreadingMixIn`` that a websocket server needs, done its
+way: each thread is named
 (``syncws-conn-N``), at most ``max_handshakes`` sockets are in their
 handshake at once (each holds a thread for up to ``handshake_timeout``), and
 the server can cut those short when it stops. :class:`syncws.WebSocketServer`
