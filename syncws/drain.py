@@ -52,8 +52,9 @@ class Drain:
         # Synchronize access to _checks and _handling.
         self._lock = threading.Lock()
         self._checks: list[DrainCheck] = []
-        # The connection threads inside a handler's on_message now.
-        self._handling: set[threading.Thread] = set()
+        # The connection threads inside a handler's on_message now, by thread ident
+        # (cheaper than Thread objects on this per-message path).
+        self._handling: set[int] = set()
         self._cut = threading.Event()
 
     def add_check(self, check: DrainCheck) -> None:
@@ -63,13 +64,13 @@ class Drain:
 
     def started(self) -> None:
         """Count the calling connection thread as busy: it starts to handle a message."""
-        thread = threading.current_thread()
+        thread = threading.get_ident()
         with self._lock:
             self._handling.add(thread)
 
     def ended(self) -> None:
         """The calling connection thread is done with its message."""
-        thread = threading.current_thread()
+        thread = threading.get_ident()
         with self._lock:
             self._handling.discard(thread)
 
@@ -78,10 +79,10 @@ class Drain:
 
         A check that raises is logged and counts as nothing, so that it cannot hold a stop up.
         """
-        me = threading.current_thread()
+        me = threading.get_ident()
         with self._lock:
             checks = list(self._checks)
-            count = sum(1 for thread in self._handling if thread is not me)
+            count = sum(1 for thread in self._handling if thread != me)
         for check in checks:
             try:
                 count += max(0, int(check()))
