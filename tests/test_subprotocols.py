@@ -95,7 +95,7 @@ def test_endpoint_that_requires_a_subprotocol_refuses_with_400(server: syncws.We
 
 
 def test_select_subprotocol_hook_decides_and_may_refuse() -> None:
-    """A select_subprotocol hook picks from the offer by the request, refuses with its own HandshakeError, and a name not offered gives 500."""
+    """A select_subprotocol hook picks from the offer by the request and refuses with its own HandshakeError; a name not offered, or a crash, gives 500."""
 
     def choose(request: syncws.Request, offered: list[str]) -> Optional[str]:
         wanted = request.query.get("want", [""])[0]
@@ -103,6 +103,8 @@ def test_select_subprotocol_hook_decides_and_may_refuse() -> None:
             raise syncws.HandshakeError(403, "no protocol for you")
         if wanted == "bogus":
             return "not-offered"
+        if wanted == "crash":
+            raise RuntimeError("hook bug")
         return wanted if wanted in offered else None
 
     srv = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry())
@@ -114,9 +116,10 @@ def test_select_subprotocol_hook_decides_and_may_refuse() -> None:
         with pytest.raises(syncws.HandshakeError) as refused:
             syncws.connect(srv.url + "/hook?want=nothing", subprotocols=["a"])
         assert refused.value.status == 403
-        with pytest.raises(syncws.HandshakeError) as failed:
-            syncws.connect(srv.url + "/hook?want=bogus", subprotocols=["a"])
-        assert failed.value.status == 500
+        for broken in ("bogus", "crash"):
+            with pytest.raises(syncws.HandshakeError) as failed:
+                syncws.connect(srv.url + f"/hook?want={broken}", subprotocols=["a"])
+            assert failed.value.status == 500
     finally:
         srv.stop()
 
