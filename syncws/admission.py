@@ -18,31 +18,69 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol, Union
 
 from .connection import Connection
 from .exceptions import HandshakeError
 from .handlers import BaseWebSocketHandler, HandlerHost
-from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
+from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_token, is_upgrade, offered_subprotocols, parse_http_request
+from .listening import describe_address
 
-__all__ = ["AuthCheck", "Endpoint", "Routes", "AdmissionHost", "start_tls", "handshake", "refuse", "end_tls", "read_head", "check_auth", "check_origin"]
+__all__ = [
+    "AuthCheck",
+    "SubprotocolSelector",
+    "Endpoint",
+    "Routes",
+    "AdmissionHost",
+    "start_tls",
+    "handshake",
+    "refuse",
+    "end_tls",
+    "read_head",
+    "check_auth",
+    "check_origin",
+    "select_subprotocol",
+]
 
 logger = logging.getLogger(__name__)
 
 #: ``auth(request)`` returns True to accept, False to refuse with 401, or an HTTP status to refuse with.
 AuthCheck = Callable[[Request], Union[bool, int]]
+#: ``select_subprotocol(request, offered)`` returns one of ``offered`` (the client's list), or None for none;
+#: it may raise HandshakeError to refuse the connection with that HTTP status.
+SubprotocolSelector = Callable[[Request, list[str]], Optional[str]]
 
 
 class Endpoint:
     """What ``add_handler`` registered for one path: the handler class, its ``initialize`` kwargs and the checks."""
 
-    def __init__(self, handler_class: type[BaseWebSocketHandler], kwargs: dict[str, Any], auth: Optional[AuthCheck], origins: Optional[list[str]]) -> None:
+    def __init__(
+        self,
+        handler_class: type[BaseWebSocketHandler],
+        kwargs: dict[str, Any],
+        auth: Optional[AuthCheck],
+        origins: Optional[list[str]],
+        subprotocols: Optional[Sequence[str]] = None,
+        select_subprotocol: Optional[SubprotocolSelector] = None,
+        require_subprotocol: bool = False,
+    ) -> None:
         if not (isinstance(handler_class, type) and issubclass(handler_class, BaseWebSocketHandler)):
             raise TypeError(f"handler_class must be a subclass of syncws.BaseWebSocketHandler, not {handler_class!r}")
+        if isinstance(subprotocols, str):
+            raise TypeError("subprotocols must be a list of names, not a str")
+        for name in subprotocols or ():
+            if not is_token(name):
+                raise ValueError(f"subprotocol names are HTTP tokens (no spaces, commas or quotes): {name!r}")
+        if require_subprotocol and not subprotocols and select_subprotocol is None:
+            raise ValueError("require_subprotocol needs subprotocols= or select_subprotocol=")
         self.handler_class = handler_class
         self.kwargs = kwargs
         self.auth = auth
         self.origins = origins
+        self.subprotocols = list(subprotocols or ())
+        self.select_subprotocol = select_subprotocol
+        self.require_subprotocol = require_subprotocol
 
 
 class Routes:
@@ -144,6 +182,8 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
     if not is_upgrade(request) and _serve_static(host.routes, sock, request):
         return None
     check_upgrade(request.headers)
+    endpoint = _check(host, request)
+    subprotocol = select_subprotocol(endpoint, request)
     connection = Connection(
         sock,
         is_client=False,
@@ -153,10 +193,10 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
         send_timeout=host.send_timeout,
         close_timeout=host.close_timeout,
         initial_data=rest,
-        preamble=accept_response(request),
-        name=f"{threading.current_thread().name} {address[0]}:{address[1]}",
+        preamble=accept_response(request, subprotocol),
+        name=f"{threading.current_thread().name} {describe_address(address)}",
     )
-    return connection, _admit(host, request, connection)
+    return connection, _admit(host, request, connection, endpoint, subprotocol)
 
 
 def refuse(sock: socket.socket, error: HandshakeError) -> None:
@@ -167,15 +207,50 @@ def refuse(sock: socket.socket, error: HandshakeError) -> None:
         pass
 
 
-def _admit(host: AdmissionHost, request: Request, connection: Connection) -> BaseWebSocketHandler:
-    """Route and check a request; build and initialize its handler and have the server admit it, or raise HandshakeError."""
+def _check(host: AdmissionHost, request: Request) -> Endpoint:
+    """Route and check a request: its endpoint, or HandshakeError (404, 503, 403, 401)."""
     endpoint = host.routes.route(request.path)
     if endpoint is None:
         raise HandshakeError(404, f"no endpoint at {request.path!r}")
     host._check_capacity()
     check_origin(endpoint.origins if endpoint.origins is not None else host.origins, request)
     check_auth(endpoint.auth or host.auth, request)
+    return endpoint
+
+
+def select_subprotocol(endpoint: Endpoint, request: Request) -> Optional[str]:
+    """The subprotocol to answer ``request`` with on ``endpoint``, or None for no header.
+
+    With the endpoint's ``select_subprotocol`` hook, what it returns (it
+    must be one the client offered: else 500); otherwise the first of the
+    endpoint's ``subprotocols`` that the client offers. None when nothing
+    matches, as RFC 6455 4.2.2 says, unless the endpoint requires one: then
+    HandshakeError 400, naming what it speaks.
+    """
+    offered = offered_subprotocols(request.headers)
+    if endpoint.select_subprotocol is not None:
+        try:
+            chosen = endpoint.select_subprotocol(request, list(offered))
+        except HandshakeError:
+            raise
+        except Exception:
+            logger.exception("select_subprotocol failed on %r", request)
+            raise HandshakeError(500, "subprotocol selection failed") from None
+        if chosen is not None and (chosen not in offered or not is_token(chosen)):
+            logger.error("select_subprotocol returned %r, which the client did not offer (%r)", chosen, offered)
+            raise HandshakeError(500, "subprotocol selection failed")
+    else:
+        chosen = next((name for name in endpoint.subprotocols if name in offered), None)
+    if chosen is None and endpoint.require_subprotocol:
+        speaks = ", ".join(endpoint.subprotocols) or "a subprotocol the client did not offer"
+        raise HandshakeError(400, f"this endpoint requires a subprotocol ({speaks}); offered: {', '.join(offered) or 'none'}")
+    return chosen
+
+
+def _admit(host: AdmissionHost, request: Request, connection: Connection, endpoint: Endpoint, subprotocol: Optional[str]) -> BaseWebSocketHandler:
+    """Build and initialize the handler of a checked request and have the server admit it, or raise HandshakeError."""
     handler = endpoint.handler_class(host, connection, request)
+    handler.selected_subprotocol = subprotocol
     try:
         handler.initialize(**endpoint.kwargs)
     except Exception:

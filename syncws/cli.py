@@ -5,7 +5,8 @@ Subcommands:
 * ``serve``: a server with ``/echo``, ``/broadcast`` and ``/relay`` endpoints,
   a ``/wsData`` endpoint for RemoteService peers and a ``/call`` gateway that
   makes requests of them; it also serves the JavaScript client at
-  ``/syncws.js``. Runs until SIGINT (Ctrl-C) or SIGTERM.
+  ``/syncws.js``. Runs until SIGINT (Ctrl-C), which stops at once, or
+  SIGTERM, which first lets the calls in flight finish (``--drain``).
 * ``call``: one request to a peer of a running ``serve`` (through ``/call``),
   or one message to an endpoint.
 * ``demo``: the main job; a server, a RemoteService in a second process and
@@ -104,6 +105,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         _error("serve", f"port {args.port} is out of range (0 to 65535)")
         return 2
+    if not args.drain >= 0:  # NaN too
+        _error("serve", f"--drain {args.drain} is not a number of seconds (0 or more)")
+        return 2
     try:
         context = _tls_context(args)
     except ValueError as exc:
@@ -144,6 +148,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             server.server_close()
             _error("serve", str(exc))
             return 2
+        signum: Optional[int] = None
         try:
             paths = ", ".join(f"{server.url}{p}" for p in SERVE_ENDPOINTS)
             node = f", node {cluster.node_id} of cluster {cluster.name!r}" if cluster is not None else ""
@@ -151,11 +156,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             signum = signals.wait()
             logger.info("stopping on %s", signal.Signals(signum).name if signum is not None else "request")
         finally:
+            if signum == signal.SIGTERM and args.drain > 0:
+                _drain(server, signals, args.drain)
             signals.restore()  # a second Ctrl-C while stopping interrupts (exit 130)
             server.stop()  # closes every connection and fails the /call requests in flight at once
     finally:
         signals.restore()
     return 0
+
+
+def _drain(server: WebSocketServer, signals: StopSignals, seconds: float) -> None:
+    """Stop ``server`` gracefully, letting the calls in flight finish for up to ``seconds`` (main thread).
+
+    The signals stay caught meanwhile: a second SIGINT or SIGTERM wakes a
+    watcher thread, whose plain stop() cuts the drain short.
+    """
+
+    def cut_short() -> None:
+        signals.wait()  # the next signal, or the wake-up once the drain is over
+        server.stop()  # cuts a drain in progress short; does nothing once stopped
+
+    watcher = threading.Thread(target=cut_short, name="syncws-serve-signals", daemon=True)
+    watcher.start()
+    logger.info("draining for up to %s s (a second signal stops at once)", seconds)
+    try:
+        server.stop(drain=seconds)
+    finally:
+        signals.wake()
+        watcher.join(5)
 
 
 def _client_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,7 +418,13 @@ example, with `syncws serve --port 8888` running:
 
 #: Each described subcommand's one-line help, description and epilog.
 _HELP = {
-    "serve": ("run a server with echo, broadcast, relay, request and gateway endpoints", "Run a server until Ctrl-C (SIGINT) or SIGTERM.", SERVE_EPILOG),
+    "serve": (
+        "run a server with echo, broadcast, relay, request and gateway endpoints",
+        "Run a server until Ctrl-C (SIGINT), which stops it at once, or SIGTERM, which first stops\n"
+        "accepting and lets the calls in flight finish for up to --drain seconds (a second signal\n"
+        "stops at once).",
+        SERVE_EPILOG,
+    ),
     "call": (
         "make one request of a served peer, or send one message to an endpoint",
         "Make one request of a peer connected to a `syncws serve`, through its /call gateway;\n"
@@ -428,6 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--cluster-name", default="syncws", help="the cluster's name (default syncws)")
     serve.add_argument("--cluster-ttl", type=float, default=3.0, help="seconds after which a silent node counts as gone (default 3)")
+    serve.add_argument(
+        "--drain",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="on SIGTERM, stop accepting and let the calls in flight finish for up to this long before closing (default 10; 0: at once)",
+    )
     serve.set_defaults(func=_cmd_serve)
 
     call = _described(sub, "call")

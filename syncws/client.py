@@ -3,21 +3,31 @@
 websocket-client does what it does well (URL parsing, proxies, TLS, headers,
 cookies and the opening handshake); the socket it hands over then runs
 syncws's :class:`~syncws.connection.Connection`, whose masking and reading are
-many times faster than websocket-client's own on large messages.
+many times faster than websocket-client's own on large messages. syncws
+checks the subprotocol itself (websocket-client would fail a handshake in
+which the server picked none, and folds names to lower case), translates
+the ``proxy`` URL (:mod:`syncws.proxy`), and connects a Unix domain socket
+for websocket-client to shake hands on.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
+from collections.abc import Sequence
 from typing import Any, Optional, Union
+from urllib.parse import urlsplit
 
 import websocket
 
 from . import timeouts
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
 from .exceptions import HandshakeError, NotConnected
+from .handshake import is_token, offered_subprotocols
+from .proxy import Proxy, proxy_failure, proxy_options
 
 __all__ = ["ClientConnection", "connect"]
 
@@ -39,6 +49,8 @@ class ClientConnection(Connection):
         self._ws = ws
         # Held by the thread inside recv(), so that close() knows whether to read the reply itself.
         self._reading = threading.Lock()
+        #: The subprotocol the server chose among those offered (``connect(subprotocols=...)``), or None.
+        self.subprotocol: Optional[str] = None
 
     def recv(self, timeout: Optional[float] = None) -> Optional[Message]:
         """The next message (str or bytes), or None once the connection is closed.
@@ -88,6 +100,10 @@ def connect(
     ping_timeout: Optional[float] = 20.0,
     send_timeout: Optional[float] = 30.0,
     close_timeout: float = 5.0,
+    subprotocols: Optional[Sequence[str]] = None,
+    require_subprotocol: bool = False,
+    proxy: Proxy = None,
+    unix_socket: Union[str, os.PathLike[str], None] = None,
 ) -> ClientConnection:
     """Open a websocket connection to ``url`` (``ws://`` or ``wss://``) and return it.
 
@@ -96,23 +112,35 @@ def connect(
     opening (None or ``math.inf``: no bound); NaN or a negative value raises
     ValueError. Runs on the calling thread.
 
+    ``subprotocols`` are offered in ``Sec-WebSocket-Protocol``, in order of
+    preference; the server's choice is the connection's ``subprotocol``
+    (None when it chose none, which is accepted unless
+    ``require_subprotocol`` is true). ``proxy``: a proxy URL,
+    ``http://user:password@host:port`` (HTTP CONNECT) or ``socks5://...``
+    (also socks5h, socks4, socks4a; needs ``syncws[socks]``); None (the
+    default) uses the http_proxy, https_proxy and no_proxy environment
+    variables as websocket-client reads them; False uses no proxy at all.
+    ``unix_socket``: reach the server on this Unix domain socket path (the
+    URL then gives only the Host header and the path; ``ws://`` only).
+
     Raises HandshakeError when the server answers the handshake with an HTTP
     error: its ``status`` is the HTTP status and its ``reason`` the server's
     error text (the ``error`` of a JSON body, else the body, else the status
-    line's words). NotConnected when the server cannot be reached within
-    ``timeout``.
+    line's words); also when a proxy refuses the tunnel (its HTTP status,
+    e.g. 407), and, with status 101, when the server chose a subprotocol
+    that was not offered or none where one was required. NotConnected when
+    the server (or the proxy) cannot be reached within ``timeout``.
     """
     limit = timeouts.check_timeout(timeout)  # None: websocket-client blocks
+    offered = _check_subprotocols(subprotocols, require_subprotocol)
+    options: dict[str, Any] = _handshake_options(limit, header, cookie, origin, offered)
+    if unix_socket is not None:
+        if urlsplit(url).scheme != "ws" or proxy:
+            raise ValueError("a Unix socket takes a ws:// URL, without a proxy")
+        options["socket"] = _unix_connection(os.fspath(unix_socket), limit, url)
+    else:
+        options.update(proxy_options(proxy, limit))
     ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
-    # websocket-client sends an Origin header of its own unless told not to;
-    # a program is not a browser, so it sends one only when asked to.
-    options: dict[str, Any] = {"timeout": limit, "suppress_origin": origin is None}
-    if header is not None:
-        options["header"] = header
-    if cookie is not None:
-        options["cookie"] = cookie
-    if origin is not None:
-        options["origin"] = origin
     try:
         ws.connect(url, **options)
     except websocket.WebSocketBadStatusException as exc:
@@ -125,10 +153,22 @@ def connect(
             error = None
         reason = error if isinstance(error, str) and error else body or exc.status_message or "refused"
         raise HandshakeError(exc.status_code, str(reason)[:500]) from None
-    except (OSError, websocket.WebSocketException) as exc:
+    except Exception as exc:
         ws.close()
-        raise NotConnected(f"cannot connect to {url}: {exc}") from exc
-    return ClientConnection(
+        if "socket" in options:
+            options["socket"].close()
+        failure = proxy_failure(exc, url, proxy)
+        if failure is not None:
+            raise failure from exc
+        if isinstance(exc, (OSError, websocket.WebSocketException)):
+            raise NotConnected(f"cannot connect to {url}: {exc}") from exc
+        raise
+    try:
+        chosen = _chosen_subprotocol(ws.getheaders() or {}, offered, require_subprotocol)
+    except HandshakeError:
+        ws.close()
+        raise
+    connection = ClientConnection(
         ws,
         max_message_size=max_message_size,
         ping_interval=ping_interval,
@@ -137,3 +177,63 @@ def connect(
         close_timeout=close_timeout,
         name=f"client {url}",
     )
+    connection.subprotocol = chosen
+    return connection
+
+
+def _handshake_options(
+    limit: Optional[float], header: Union[list[str], dict[str, str], None], cookie: Optional[str], origin: Optional[str], offered: list[str]
+) -> dict[str, Any]:
+    """websocket-client's handshake options: the timeout, headers (with the subprotocols offered), cookie and Origin."""
+    # websocket-client sends an Origin header of its own unless told not to;
+    # a program is not a browser, so it sends one only when asked to.
+    options: dict[str, Any] = {"timeout": limit, "suppress_origin": origin is None}
+    if offered:
+        lines = [f"{k}: {v}" for k, v in header.items()] if isinstance(header, dict) else list(header or [])
+        header = [*lines, f"Sec-WebSocket-Protocol: {', '.join(offered)}"]
+    if header is not None:
+        options["header"] = header
+    if cookie is not None:
+        options["cookie"] = cookie
+    if origin is not None:
+        options["origin"] = origin
+    return options
+
+
+def _check_subprotocols(subprotocols: Optional[Sequence[str]], required: bool) -> list[str]:
+    """The subprotocols to offer, checked; ValueError for a name that cannot go in the header."""
+    if isinstance(subprotocols, str):
+        raise TypeError("subprotocols must be a list of names, not a str")
+    offered = list(subprotocols or ())
+    if not all(is_token(name) for name in offered) or len(set(offered)) != len(offered):
+        raise ValueError(f"subprotocol names are distinct HTTP tokens (no commas or spaces): {offered!r}")
+    if required and not offered:
+        raise ValueError("require_subprotocol needs subprotocols to offer")
+    return offered
+
+
+def _chosen_subprotocol(headers: dict[str, str], offered: list[str], required: bool) -> Optional[str]:
+    """The subprotocol the server's 101 names (websocket-client's lower-case header names), checked against the offer."""
+    value = headers.get("sec-websocket-protocol")
+    if value is None:
+        if required:
+            raise HandshakeError(101, f"the server chose no subprotocol, and one of {', '.join(offered)} is required")
+        return None
+    chosen = offered_subprotocols({"Sec-WebSocket-Protocol": value})
+    if len(chosen) != 1 or chosen[0] not in offered:
+        # RFC 6455 4.1: the client fails the connection when the server answers with a protocol it did not offer.
+        what = f"offered {', '.join(offered)}" if offered else "offered none"
+        raise HandshakeError(101, f"the server chose the subprotocol {value!r}, which the client did not offer ({what})")
+    return chosen[0]
+
+
+def _unix_connection(path: str, limit: Optional[float], url: str) -> socket.socket:
+    """A stream socket connected to the Unix socket at ``path``, for websocket-client to shake hands on."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(limit)
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise NotConnected(f"cannot connect to {url} on the Unix socket {path}: {exc.strerror or exc}") from exc
+    return sock

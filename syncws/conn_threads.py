@@ -1,7 +1,11 @@
-"""One named thread per accepted socket, with a bound on the sockets still in their handshake.
+"""One named thread per accepted socket, with a bound on the sockets still in their handshake, and what it runs.
 
-:class:`ConnectionThreads` is the part of ``socketserver.ThreadingMixIn``
-that a websocket server needs, done its way: each thread is named
+:class:`ConnectionHandler` is the life of one connection on its thread:
+TLS and the handshake (:mod:`syncws.admission`), then the messages to the
+handler until the connection closes, each counted as work in flight for a
+drain (:mod:`syncws.drain`). :class:`ConnectionThreads` is the part of
+``socketserver.ThreadingMixIn`` that a websocket server needs, done its
+way: each thread is named
 (``syncws-conn-N``), at most ``max_handshakes`` sockets are in their
 handshake at once (each holds a thread for up to ``handshake_timeout``), and
 the server can cut those short when it stops. :class:`syncws.WebSocketServer`
@@ -17,12 +21,107 @@ import itertools
 import logging
 import socket
 import socketserver
+import ssl
 import threading
-from typing import Any
+import time
+from typing import Any, Optional, Protocol
 
-__all__ = ["ConnectionThreads"]
+from .admission import AdmissionHost, end_tls, handshake, refuse, start_tls
+from .connection import Connection
+from .drain import Drain
+from .exceptions import HandshakeError, SyncWSError
+from .handlers import BaseWebSocketHandler
+from .listening import peer_address
+
+__all__ = ["ConnectionThreads", "ConnectionHandler", "ServingHost"]
 
 logger = logging.getLogger("syncws.server")  # its records are the server's: one logger to configure
+
+
+class ServingHost(AdmissionHost, Protocol):
+    """What a connection's thread needs of its server beyond admission: its drain and two bookkeeping calls."""
+
+    _drain: Drain
+
+    def _handshake_ended(self) -> None:
+        """Forget this thread's handshake, whatever its outcome."""
+
+    def _connection_ended(self, connection: Connection) -> None:
+        """Forget an admitted connection once its handler's on_close has run."""
+
+
+class ConnectionHandler(socketserver.BaseRequestHandler):
+    """socketserver's per-connection handler, made and run on the connection's own thread (``syncws-conn-N``)."""
+
+    server: ServingHost  # type: ignore[assignment]  # socketserver types it as its BaseServer
+
+    def handle(self) -> None:
+        """The life of one connection (connection thread): handshake, then messages to the handler."""
+        server, sock, address = self.server, self.request, peer_address(self.client_address)
+        if sock.family != socket.AF_UNIX:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        try:
+            opened = self._open(sock, address)
+        finally:
+            server._handshake_ended()
+        if opened is None:
+            return
+        connection, handler = opened
+        try:
+            self._run(connection, handler)
+        finally:
+            server._connection_ended(connection)
+            connection.release()
+
+    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
+        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
+        sock = raw
+        try:
+            raw.settimeout(self.server.handshake_timeout)
+            deadline = time.monotonic() + self.server.handshake_timeout
+            sock = start_tls(self.server, raw)
+            opened = handshake(self.server, sock, address, deadline)
+        except HandshakeError as exc:
+            logger.info("refused handshake from %s: %s", address, exc)
+            refuse(sock, exc)
+            opened = None
+        except (OSError, ssl.SSLError) as exc:
+            logger.info("handshake with %s failed: %s", address, exc)
+            opened = None
+        if opened is None:
+            end_tls(sock, raw)
+        return opened
+
+    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
+        """Deliver messages to the handler until the connection closes (connection thread)."""
+        try:
+            handler.open()
+        except Exception:
+            logger.exception("open() of %r failed; closing", handler)
+            connection.close(1011, "handler failed to open")
+        try:
+            connection.flush_preamble()
+        except SyncWSError:
+            pass  # the peer is gone; recv() below sees it
+        try:
+            drain = self.server._drain
+            for message in connection:
+                # Counted as work in flight: a drain lets the handling (and the reply it writes) finish.
+                drain.started()
+                try:
+                    handler.on_message(message)
+                except Exception:
+                    logger.exception("on_message of %r failed", handler)
+                finally:
+                    drain.ended()
+        finally:
+            try:
+                handler.on_close()
+            except Exception:
+                logger.exception("on_close of %r failed", handler)
 
 
 class ConnectionThreads(socketserver.BaseServer):

@@ -71,12 +71,13 @@ class HandshakeError(SyncWSError):
 
     @property
     def permanent(self) -> bool:
-        """True for a refusal that trying again will not change: a 4xx status other than 408 and 429.
+        """True for a refusal that trying again will not change: a 4xx status other than 408 and 429,
+        and a 101 the client could not accept (a subprotocol it did not offer, or none where it required one).
 
         5xx (503 at a server's connection limit, or while it stops), 408
         (Request Timeout) and 429 (Too Many Requests) are worth retrying.
         """
-        return 400 <= self.status < 500 and self.status not in (408, 429)
+        return (400 <= self.status < 500 and self.status not in (408, 429)) or self.status == 101
 
     def __str__(self) -> str:
         return f"HTTP {self.status}: {self.reason}"

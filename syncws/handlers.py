@@ -70,6 +70,9 @@ class BaseWebSocketHandler:
         self.name: str = request.path.lstrip("/")
         self.callback: Callback = defaultWebsocketCallback
         self.connNotify: Optional[ConnNotify] = None
+        #: The subprotocol agreed in the handshake (``add_handler(subprotocols=...)``), or None.
+        #: Set before ``initialize`` runs.
+        self.selected_subprotocol: Optional[str] = None
         connection.on_closing = self.on_closing
 
     def on_closing(self, code: int, reason: str) -> None:

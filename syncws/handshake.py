@@ -26,12 +26,16 @@ __all__ = [
     "check_upgrade",
     "is_upgrade",
     "accept_key",
+    "offered_subprotocols",
+    "is_token",
     "accept_response",
     "error_response",
     "content_response",
 ]
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# An HTTP token (RFC 7230 3.2.6): what a subprotocol name must be (RFC 6455 4.1).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PCHARS = r"A-Za-z0-9\-._~!$&'()*+,;=:@%"
 _ORIGIN_FORM = re.compile(rf"/[{_PCHARS}/]*(?:\?[{_PCHARS}/?]*)?")
 _REASONS = {
@@ -81,7 +85,8 @@ class Request:
         path: the path, without the query string.
         query: the query as ``urllib.parse.parse_qs`` gives it (name to list of values).
         headers: case-insensitive :class:`Headers`.
-        remote_address: the peer's ``(host, port)``.
+        remote_address: the peer's ``(host, port)``; ``("", 0)`` (or the peer
+            socket's name) on a Unix socket.
     """
 
     def __init__(self, path: str, query: dict[str, list[str]], headers: Headers, remote_address: tuple[str, int]) -> None:
@@ -165,13 +170,30 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def accept_response(request: Request) -> bytes:
-    """The 101 response that completes the handshake."""
+def offered_subprotocols(headers: Mapping[str, str]) -> list[str]:
+    """The subprotocols a client offers in ``Sec-WebSocket-Protocol``, in its order of preference.
+
+    The header is a comma-separated list of tokens, possibly repeated
+    (RFC 6455 4.1, 11.3.4); empty items are skipped. Names are compared
+    exactly, as the RFC's registry does.
+    """
+    return [token for token in (item.strip(" \t") for item in headers.get("Sec-WebSocket-Protocol", "").split(",")) if token]
+
+
+def is_token(name: object) -> bool:
+    """True when ``name`` is a str that is an HTTP token: a valid subprotocol name."""
+    return isinstance(name, str) and _TOKEN.fullmatch(name) is not None
+
+
+def accept_response(request: Request, subprotocol: Optional[str] = None) -> bytes:
+    """The 101 response that completes the handshake, naming the ``subprotocol`` chosen, if any."""
+    chosen = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol is not None else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept_key(request.headers['Sec-WebSocket-Key'])}\r\n"
+        f"{chosen}"
         "\r\n"
     ).encode("ascii")
 

@@ -39,6 +39,7 @@ from .client import ClientConnection, connect
 from .commands import CommandFunction, Commands, current_call, send_reply
 from .connection import Connection
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestTimeout, SendTimeout
+from .proxy import Proxy, proxy_options
 from .reassembly import Progress
 from .remote_worker import Session
 
@@ -72,6 +73,10 @@ class RemoteService:
         log_interval: junk from the server is logged at most once per this
             many seconds per connection; the next line says how many were
             suppressed.
+        subprotocols, require_subprotocol, proxy, unix_socket: passed to
+            :func:`syncws.connect` on every connection attempt; see
+            :attr:`subprotocol`. A server that picks a subprotocol not
+            offered (or none, when one is required) is a permanent refusal.
     """
 
     def __init__(
@@ -94,10 +99,15 @@ class RemoteService:
         max_reply_size: int = 4 << 30,
         close_timeout: float = 1.0,
         log_interval: float = lograte.DEFAULT_INTERVAL,
+        subprotocols: Optional[list[str]] = None,
+        require_subprotocol: bool = False,
+        proxy: Proxy = None,
+        unix_socket: Optional[str] = None,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
         connect_limit = timeouts.check_timeout(connect_timeout, "connect_timeout")
+        proxy_options(proxy, connect_limit)  # a bad proxy URL raises here, not later on the service's thread
         self.url = url
         self.workers = workers
         self.part_size = part_size
@@ -111,6 +121,10 @@ class RemoteService:
             "ping_timeout": ping_timeout,
             "max_message_size": max_message_size,
             "close_timeout": close_timeout,
+            "subprotocols": subprotocols,
+            "require_subprotocol": require_subprotocol,
+            "proxy": proxy,
+            "unix_socket": unix_socket,
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
@@ -222,6 +236,13 @@ class RemoteService:
             self._calls.forget(call.call_id)
 
     # ------------------------------------------------------------------ running
+
+    @property
+    def subprotocol(self) -> Optional[str]:
+        """The subprotocol the server chose on the current connection; None when none, or not connected."""
+        with self._lock:
+            connection = self._connection
+        return connection.subprotocol if connection is not None else None
 
     @property
     def connected(self) -> bool:

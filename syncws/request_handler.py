@@ -109,6 +109,8 @@ class RequestHandler(CallTable):
         if server is not None:
             server.add_stop_callback(self.close_pending_requests)
             server.add_stop_callback(self.stop_commands)
+            # stop(drain=...) waits for the calls in flight: the server's own, and the peers' commands.
+            server.add_drain_check(lambda: self.pending + self.commands_busy)
         if node is not None:
             node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
 

@@ -10,18 +10,11 @@ checks, admission under ``max_connections``), then the connection's read loop
 (:mod:`syncws.connection`), which calls the handler's ``open``,
 ``on_message`` and ``on_close`` (:mod:`syncws.handlers`).
 
-What syncws uses of websocket-server 0.6.4: nothing in this module. That
-package's ``WebsocketServer`` is ``socketserver.ThreadingMixIn`` plus
-``socketserver.TCPServer`` with its own handshake, frame reader, TLS
-(``ssl.wrap_socket``, gone in Python 3.12) and an unlocked client list; its
-threaded accept loop is the standard library's, which this server uses
-directly (with its own connection threads instead of ThreadingMixIn's, to
-name them and to bound the handshakes in progress). websocket-server's
-*API* is what syncws takes: :mod:`syncws.compat` builds
-``syncws.compat.WebsocketServer`` from its ``API`` class (the public
-method names, signatures and defaults, and the callback attributes) on top
-of this server. This module does not import websocket-server or
-:mod:`syncws.compat`.
+It uses nothing of websocket-server 0.6.4, whose accept loop is this same
+standard-library one; :mod:`syncws.compat` builds websocket-server's API on
+top of this server (docs/architecture.md says what each takes from it).
+Where it listens is :mod:`syncws.listening`'s; its graceful stop,
+:mod:`syncws.drain`'s.
 
 Threads:
 
@@ -35,6 +28,7 @@ Threads:
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import socketserver
 import ssl
@@ -42,94 +36,35 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
-from .admission import AuthCheck, Endpoint, Routes, end_tls, handshake, refuse, start_tls
+from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector
 from .cluster import RedisCluster
-from .conn_threads import ConnectionThreads
+from .conn_threads import ConnectionHandler, ConnectionThreads
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
+from .drain import Drain, DrainCheck, check_drain
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
+from .listening import ListenAddress, url_host
 from .node import ClusterNode
 from .registry import ConnectionRegistry
 
-__all__ = ["WebSocketServer", "AuthCheck"]
+__all__ = ["WebSocketServer", "AuthCheck", "SubprotocolSelector"]
 
 logger = logging.getLogger(__name__)
-
-
-class _ConnectionThread(socketserver.BaseRequestHandler):
-    """socketserver's per-connection handler, made and run on the connection's own thread (``syncws-conn-N``)."""
-
-    server: WebSocketServer
-
-    def handle(self) -> None:
-        """The life of one connection (connection thread): handshake, then messages to the handler."""
-        server, sock, address = self.server, self.request, self.client_address
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        try:
-            opened = self._open(sock, address)
-        finally:
-            server._handshake_ended()
-        if opened is None:
-            return
-        connection, handler = opened
-        try:
-            self._run(connection, handler)
-        finally:
-            server._connection_ended(connection)
-            connection.release()
-
-    def _open(self, raw: socket.socket, address: tuple[str, int]) -> Optional[tuple[Connection, BaseWebSocketHandler]]:
-        """TLS and the handshake (connection thread); the connection and handler, or None when refused (HTTP error sent)."""
-        sock = raw
-        try:
-            raw.settimeout(self.server.handshake_timeout)
-            deadline = time.monotonic() + self.server.handshake_timeout
-            sock = start_tls(self.server, raw)
-            opened = handshake(self.server, sock, address, deadline)
-        except HandshakeError as exc:
-            logger.info("refused handshake from %s: %s", address, exc)
-            refuse(sock, exc)
-            opened = None
-        except (OSError, ssl.SSLError) as exc:
-            logger.info("handshake with %s failed: %s", address, exc)
-            opened = None
-        if opened is None:
-            end_tls(sock, raw)
-        return opened
-
-    def _run(self, connection: Connection, handler: BaseWebSocketHandler) -> None:
-        """Deliver messages to the handler until the connection closes (connection thread)."""
-        try:
-            handler.open()
-        except Exception:
-            logger.exception("open() of %r failed; closing", handler)
-            connection.close(1011, "handler failed to open")
-        try:
-            connection.flush_preamble()
-        except SyncWSError:
-            pass  # the peer is gone; recv() below sees it
-        try:
-            for message in connection:
-                try:
-                    handler.on_message(message)
-                except Exception:
-                    logger.exception("on_message of %r failed", handler)
-        finally:
-            try:
-                handler.on_close()
-            except Exception:
-                logger.exception("on_close of %r failed", handler)
 
 
 class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
     """A websocket server on its own thread, with named endpoints.
 
     Args:
-        host: the address to listen on (default: loopback only).
+        host: the address to listen on (default: loopback only). An IPv6
+            literal (``::1``) listens on IPv6; ``::`` takes IPv4 connections
+            too where the system allows (dual-stack).
         port: the port; 0 picks a free one (see :attr:`port`).
+        unix_socket: listen on this Unix domain socket path instead of
+            ``host`` and ``port`` (:attr:`port` is then 0). A stale socket
+            file left by a crashed server is replaced; an existing file that
+            is not a socket, or a socket another server listens on, raises
+            OSError. The file is removed on stop.
         registry: where handlers register (default: the shared ``websocketState``).
         max_message_size: larger messages are refused with close 1009.
         max_connections: beyond this many open connections, handshakes get HTTP 503.
@@ -182,10 +117,16 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         send_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
         cluster: Union[RedisCluster, str, None] = None,
+        unix_socket: Union[str, os.PathLike[str], None] = None,
     ) -> None:
-        super().__init__((host, port), _ConnectionThread)
+        self._listen = ListenAddress(host, port, unix_socket)
+        self.address_family = self._listen.family  # read by TCPServer.__init__ to make the socket
+        # A str for a Unix socket, as socketserver.UnixStreamServer (a TCPServer too) passes it.
+        super().__init__(self._listen.bind_address, ConnectionHandler)  # type: ignore[arg-type]
         self.host = host
-        self.port: int = self.socket.getsockname()[1]
+        #: The Unix socket path served on, or None for TCP.
+        self.unix_socket: Optional[str] = self._listen.unix_socket
+        self.port: int = self.socket.getsockname()[1] if unix_socket is None else 0
         self.registry: ConnectionRegistry[BaseWebSocketHandler] = registry if registry is not None else websocketState
         self.max_message_size = max_message_size
         self.max_connections = max_connections
@@ -215,14 +156,31 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         self._stopped = False
         self._init_threads()
         self._stop_callbacks: list[Callable[[], None]] = []
+        self._drain = Drain()
 
+    def server_bind(self) -> None:
+        """Bind the listening socket (in __init__): dual-stack on ``::``, a stale Unix socket file replaced."""
+        self._listen.before_bind(self.socket)
+        super().server_bind()
+        self._listen.after_bind()
+
+    def server_close(self) -> None:
+        """Close the listening socket, and remove the Unix socket file this server made. More than once is fine."""
+        super().server_close()
+        self._listen.remove()
     # ------------------------------------------------------------------ configuration
 
     @property
     def url(self) -> str:
-        """``ws://host:port`` (``wss://`` with TLS)."""
+        """``ws://host:port`` (``wss://`` with TLS; ``ws://[::1]:port`` for IPv6).
+
+        On a Unix socket, ``ws://localhost``: the URL a client gives
+        ``syncws.connect(url, unix_socket=server.unix_socket)``.
+        """
         scheme = "wss" if self.ssl_context is not None else "ws"
-        return f"{scheme}://{self.host}:{self.port}"
+        if self.unix_socket is not None:
+            return f"{scheme}://localhost"
+        return f"{scheme}://{url_host(self.host)}:{self.port}"
 
     def add_handler(
         self,
@@ -231,6 +189,9 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         *,
         auth: Optional[AuthCheck] = None,
         origins: Optional[list[str]] = None,
+        subprotocols: Optional[list[str]] = None,
+        select_subprotocol: Optional[SubprotocolSelector] = None,
+        require_subprotocol: bool = False,
         **kwargs: Any,
     ) -> None:
         """Serve ``path`` with one ``handler_class`` object per connection, given ``initialize(**kwargs)``.
@@ -239,8 +200,18 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         server's. Safe from any thread, also while serving. Raises TypeError
         when ``handler_class`` is not a BaseWebSocketHandler subclass and
         ValueError when ``path`` is malformed or already served.
+
+        Subprotocols (``Sec-WebSocket-Protocol``): the server answers with the
+        first of ``subprotocols`` (its order of preference) that the client
+        offers, and the handler sees it as ``selected_subprotocol``. When
+        none matches, or the client offers none, the connection opens
+        without one (no header, as RFC 6455 says; ``selected_subprotocol``
+        is None), unless ``require_subprotocol`` is true: then the handshake
+        is refused with HTTP 400. ``select_subprotocol(request, offered)``
+        decides instead of the list, on the connection's thread: it returns
+        one of ``offered`` or None, and may raise HandshakeError to refuse.
         """
-        self.routes.add(path, Endpoint(handler_class, kwargs, auth, origins))
+        self.routes.add(path, Endpoint(handler_class, kwargs, auth, origins, subprotocols, select_subprotocol, require_subprotocol))
 
     def add_fallback_handler(
         self,
@@ -248,6 +219,9 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         *,
         auth: Optional[AuthCheck] = None,
         origins: Optional[list[str]] = None,
+        subprotocols: Optional[list[str]] = None,
+        select_subprotocol: Optional[SubprotocolSelector] = None,
+        require_subprotocol: bool = False,
         **kwargs: Any,
     ) -> None:
         """Serve every path that :meth:`add_handler` does not with ``handler_class``, as add_handler does.
@@ -256,7 +230,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         while serving. Raises TypeError as add_handler does, and ValueError
         when a fallback is set already.
         """
-        self.routes.set_fallback(Endpoint(handler_class, kwargs, auth, origins))
+        self.routes.set_fallback(Endpoint(handler_class, kwargs, auth, origins, subprotocols, select_subprotocol, require_subprotocol))
 
     def add_static(self, path: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
         """Answer a plain HTTP GET of ``path`` with ``body`` (a page, or the JavaScript client).
@@ -275,6 +249,16 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         """
         with self._lock:
             self._stop_callbacks.append(callback)
+
+    def add_drain_check(self, check: DrainCheck) -> None:
+        """Have ``stop(drain=...)`` wait while ``check()`` returns more than 0 (work in flight).
+
+        ``check`` runs on stop()'s thread, a few times a second while the
+        drain lasts; it must be quick and must not block. A RequestHandler
+        bound to this server registers its count of calls waiting for
+        replies here. Safe from any thread.
+        """
+        self._drain.add_check(check)
 
     # ------------------------------------------------------------------ running
 
@@ -325,21 +309,42 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         finally:
             self._finish_stop(1001, "server shutting down")
 
-    def stop(self, code: int = 1001, reason: str = "server shutting down") -> None:
+    def stop(self, code: int = 1001, reason: str = "server shutting down", *, drain: Optional[float] = None) -> None:
         """Close every connection with ``code``, stop serving, wait for the threads.
 
-        Safe from any thread, and more than once; returns within about
-        ``close_timeout`` plus a second even when clients never answer.
+        With ``drain`` (seconds), stop gracefully: stop accepting at once
+        (the listening socket closes: new connections are refused, handshakes
+        under way get 503), then let the work in flight finish for up to
+        ``drain`` seconds while the open connections keep working: calls
+        waiting for replies (every RequestHandler bound to this server),
+        messages that handlers are still handling, and messages being sent.
+        Then, or as soon as nothing is in flight, close what is left as
+        without ``drain``: connections with ``code``, waiting calls failed
+        with ConnectionClosed. None or 0 (the default): no drain.
+
+        Safe from any thread, and more than once: a ``stop()`` without
+        ``drain`` while another stop drains cuts that drain short (the first
+        call finishes the stop) and returns at once. Returns within about
+        ``drain`` + ``close_timeout`` + 1 s even when clients never answer.
         """
+        seconds = check_drain(drain)
         with self._lock:
             serving, self._serving = self._serving, False
-        self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread())
+        self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread(), drain=seconds, cut=seconds == 0)
 
-    def _finish_stop(self, code: int, reason: str, end_accept_loop: bool = False) -> None:
+    def _finish_stop(self, code: int, reason: str, end_accept_loop: bool = False, drain: float = 0.0, cut: bool = False) -> None:
         with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True  # from now on, handshakes are refused with 503
+            stopping, self._stopped = self._stopped, True  # from now on, handshakes are refused with 503
+        if stopping:
+            if cut:
+                self._drain.cut()
+            return
+        if drain > 0:
+            self._stop_listening(end_accept_loop)
+            end_accept_loop = False
+            if self._drain.wait(drain):
+                logger.info("drained %s", self.url)
+        with self._lock:
             connections = list(self._handlers)
             stop_callbacks = list(self._stop_callbacks)
         if self.node is not None:
@@ -350,6 +355,19 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         for connection in connections:
             connection.close(code, reason)
         _run_stop_callbacks(stop_callbacks)
+        self._stop_listening(end_accept_loop)
+        deadline = time.monotonic() + self.close_timeout
+        self._join_threads(deadline)
+        with self._lock:
+            leftovers = list(self._handlers)
+        for connection in leftovers:
+            connection.abort()
+        self._join_threads(time.monotonic() + 1.0)
+        _run_stop_callbacks(stop_callbacks)
+        logger.info("stopped %s", self.url)
+
+    def _stop_listening(self, end_accept_loop: bool) -> None:
+        """End the accept loop, close the listening socket, and cut short the handshakes under way."""
         if end_accept_loop:
             self.shutdown()  # wait for the accept loop to end
         self.server_close()
@@ -362,15 +380,6 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already gone
-        deadline = time.monotonic() + self.close_timeout
-        self._join_threads(deadline)
-        with self._lock:
-            leftovers = list(self._handlers)
-        for connection in leftovers:
-            connection.abort()
-        self._join_threads(time.monotonic() + 1.0)
-        _run_stop_callbacks(stop_callbacks)
-        logger.info("stopped %s", self.url)
 
     def _join_threads(self, deadline: float) -> None:
         with self._lock:

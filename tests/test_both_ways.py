@@ -339,3 +339,25 @@ def test_peer_killed_mid_request_releases_the_server_side(env: Env) -> None:
     assert cancelled.get(timeout=5) is True
     wait_for(lambda: env.rh.commands.active == 0 and env.rh.pending == 0, timeout=5)
     peer.proc.wait(5)
+
+
+def test_server_drain_lets_a_peers_command_finish_and_answer(env: Env) -> None:
+    """server.stop(drain=...) while a peer's request runs on the server: the command finishes and the peer gets its reply."""
+    started, release = threading.Event(), threading.Event()
+    env.add_cleanup(release.set)
+
+    def slow(request: dict, conn: Any) -> str:
+        started.set()
+        release.wait(20)
+        return "answered"
+
+    env.rh.register("slow", slow)
+    service = env.service({})
+    _, result = in_thread(lambda: service.request({"cmd": "slow"}, timeout=20))
+    assert started.wait(5)
+    _, stopped = in_thread(lambda: env.server.stop(drain=10))
+    assert not wait_for(lambda: not stopped.empty(), timeout=1.0)  # a second later, the drain still waits for the command
+    release.set()
+    kind, value, _ = result.get(timeout=10)
+    assert kind == "ok" and value["data"] == "answered"
+    assert stopped.get(timeout=15)[0] == "ok"

@@ -655,3 +655,55 @@ def test_server_timeout_cancels_the_page_command_and_its_reply_is_not_sent(page:
     while not page.rh.replies.empty():
         replies.append(page.rh.replies.get_nowait())
     assert [r["callId"] for r in replies if r.get("cmd") == "watchCancel"] == []
+SUBPROTOCOL_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>syncws subprotocols</title></head>
+<body>
+<script src="/syncws.js"></script>
+<script>
+"use strict";
+const raw = new WebSocket("ws://127.0.0.1:%(port)d/proto", ["v1.json"]);
+raw.onopen = () => raw.send(JSON.stringify({raw: raw.protocol}));
+const peer = new syncws.Peer("ws://127.0.0.1:%(port)d/proto", {protocols: ["v1.json", "v2.json"]});
+peer.onopen = () => peer.send({peer: peer.socket.protocol});
+peer.start();
+</script>
+</body></html>
+"""
+
+
+def test_browser_offers_subprotocols_and_sees_the_server_choice() -> None:
+    """Chromium's WebSocket offering v1.json, and syncws.js's Peer offering v1.json and v2.json, get the server's choice (v2.json first)."""
+    seen: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    class Reporter(syncws.BaseWebSocketHandler):
+        def open(self) -> None:
+            seen.put(("server", self.selected_subprotocol))
+
+        def on_message(self, message: Any) -> None:
+            seen.put(("page", json.loads(message)))
+
+    server = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry(), ping_interval=None).start()
+    server.add_handler("/proto", Reporter, subprotocols=["v2.json", "v1.json"])
+    server.add_static("/syncws.js", javascript_client(), "text/javascript")
+    server.add_static("/proto.html", (SUBPROTOCOL_PAGE % {"port": server.port}).encode())
+    tmp = tempfile.mkdtemp(prefix="syncws-chromium-")
+    proc = subprocess.Popen(
+        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={os.path.join(tmp, 'profile')}", f"http://127.0.0.1:{server.port}/proto.html"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        events = [seen.get(timeout=30) for _ in range(4)]
+        assert sorted(value for side, value in events if side == "server") == ["v1.json", "v2.json"]
+        reports = {k: v for side, value in events if side == "page" for k, v in value.items()}
+        assert reports == {"raw": "v1.json", "peer": "v2.json"}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -14,14 +14,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
 from syncws.demo import demo_payload
 from syncws.progress import ProgressBar
 
-from .helpers import self_signed
+from .helpers import self_signed, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -322,6 +322,82 @@ def test_serve_stops_at_once_with_a_call_in_flight() -> None:
         service.stop()
         if call is not None:
             call.stop()
+        serve.stop()
+
+
+def _serve_with_a_blocked_call(*serve_args: str) -> tuple[Background, str, Background, Any, threading.Event]:
+    """serve with a RemoteService peer whose ``block`` command waits for the returned event, and a ``call`` of it in flight."""
+    import syncws
+
+    arrived, release = threading.Event(), threading.Event()
+
+    def block(msg: dict) -> str:
+        arrived.set()
+        release.wait(30)
+        return "finished"
+
+    serve, url = start_serve(*serve_args)
+    service = syncws.RemoteService(url + "/wsData", backoff_min=0.05, backoff_max=0.2)
+    service.register("block", block)
+    service.start(timeout=10)
+    call = Background("call", url, "block", "--timeout", "60")
+    assert arrived.wait(20), "the request never reached the peer"
+    return serve, url, call, service, release
+
+
+def _refused(url: str) -> bool:
+    """True when nothing accepts connections at the host and port of ``url`` any more."""
+    host, _, port = url.removeprefix("ws://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        return False
+    except (ConnectionRefusedError, ConnectionResetError):
+        return True
+
+
+def test_serve_drains_on_sigterm_and_the_call_in_flight_completes() -> None:
+    """SIGTERM on serve with a /call request in flight: serve stops accepting at once, the call gets its reply, then serve exits 0."""
+    serve, url, call, service, release = _serve_with_a_blocked_call("--drain", "20")
+    try:
+        serve.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(url), timeout=10)
+        assert _refused(url), f"serve still accepts connections after SIGTERM (exit code {serve.proc.poll()})"
+        assert serve.proc.poll() is None, "serve exited while a call was in flight"
+        release.set()
+        assert call.proc.wait(10) == 0
+        assert '"data": "finished"' in call.rest(call.stdout)
+        assert serve.proc.wait(10) == 0
+        assert "Traceback" not in serve.rest(serve.stderr)
+    finally:
+        release.set()
+        service.stop()
+        call.stop()
+        serve.stop()
+
+
+def test_serve_refuses_a_drain_that_is_not_a_number_of_seconds() -> None:
+    """serve --drain -1 (or nan) says so in one line and exits 2."""
+    for bad in ("-1", "nan"):
+        result = run("serve", "--port", "0", "--drain", bad)
+        assert result.returncode == 2 and "--drain" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_second_sigterm_ends_the_drain_at_once() -> None:
+    """A second SIGTERM while serve drains stops it at once: exit 0 within a couple of seconds, and the call in flight fails."""
+    serve, url, call, service, release = _serve_with_a_blocked_call("--drain", "60")
+    try:
+        serve.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(url), timeout=10)
+        assert serve.proc.poll() is None
+        started = time.monotonic()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(10) == 0
+        assert time.monotonic() - started < 3.0
+        assert call.proc.wait(10) == 1
+    finally:
+        release.set()
+        service.stop()
+        call.stop()
         serve.stop()
 
 

@@ -8,7 +8,17 @@ import json
 import pytest
 
 from syncws.exceptions import HandshakeError
-from syncws.handshake import accept_key, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request, parse_request
+from syncws.handshake import (
+    accept_key,
+    accept_response,
+    check_upgrade,
+    content_response,
+    error_response,
+    is_upgrade,
+    offered_subprotocols,
+    parse_http_request,
+    parse_request,
+)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -111,3 +121,17 @@ def test_content_response_carries_the_body() -> None:
     response = content_response(b"console.log(1)", "text/javascript")
     assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\nconsole.log(1)")
     assert b"Content-Type: text/javascript\r\n" in response and b"Content-Length: 14\r\n" in response
+
+
+def test_offered_subprotocols_keep_the_client_order_across_repeated_headers() -> None:
+    """Sec-WebSocket-Protocol lists, repeated or not, give the client's names in order, without blanks."""
+    request = parse_request(head(extra="\r\nSec-WebSocket-Protocol: v2.json , v1.json,\r\nsec-websocket-protocol: chat"), ADDRESS)
+    assert offered_subprotocols(request.headers) == ["v2.json", "v1.json", "chat"]
+    assert offered_subprotocols(parse_request(head(), ADDRESS).headers) == []
+
+
+def test_accept_response_names_the_chosen_subprotocol_only_when_there_is_one() -> None:
+    """The 101 carries Sec-WebSocket-Protocol with the chosen name, and no such header without one."""
+    request = parse_request(head(), ADDRESS)
+    assert b"\r\nSec-WebSocket-Protocol: v1.json\r\n" in accept_response(request, "v1.json")
+    assert b"Sec-WebSocket-Protocol" not in accept_response(request)

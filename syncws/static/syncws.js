@@ -167,6 +167,8 @@
       this.partSize = options.partSize || 1 << 20;
       this.backoffMin = options.backoffMin || 500;
       this.backoffMax = options.backoffMax || 30000;
+      // Subprotocols to offer, in order of preference; the server's choice is this.socket.protocol.
+      this.protocols = options.protocols || [];
       this.commands = new Map();
       this.onmessage = null;
       this.onopen = null;
@@ -291,7 +293,7 @@
     }
 
     _connect() {
-      const socket = new WebSocket(this.url);
+      const socket = new WebSocket(this.url, this.protocols);
       socket.binaryType = "arraybuffer";
       socket._syncwsAnswering = new Map(); // callId -> IncomingCall: the server's calls this page answers on this socket
       this.socket = socket;
