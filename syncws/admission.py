@@ -141,6 +141,7 @@ class AdmissionHost(HandlerHost, Protocol):
     ping_interval: Optional[float]
     ping_timeout: Optional[float]
     send_timeout: Optional[float]
+    max_send_queue: int
     close_timeout: float
 
     def _track_handshake(self, sock: socket.socket) -> None:
@@ -191,6 +192,7 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
         ping_interval=host.ping_interval,
         ping_timeout=host.ping_timeout,
         send_timeout=host.send_timeout,
+        max_send_queue=host.max_send_queue,
         close_timeout=host.close_timeout,
         initial_data=rest,
         preamble=accept_response(request, subprotocol),

@@ -126,9 +126,9 @@ class ClosingHandshake:
             self.closed.set()
             self._io.shutdown()
 
-    def abort(self) -> None:
-        """Drop the connection without a closing handshake. Safe from any thread."""
-        self._protocol.closed(CloseCode.ABNORMAL_CLOSURE, "")
+    def abort(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> None:
+        """Drop the connection without a closing handshake (``code`` and ``reason`` recorded here). Safe from any thread."""
+        self._protocol.closed(code, reason)
         self._notify(self._protocol.close_code or CloseCode.ABNORMAL_CLOSURE, self._protocol.close_reason)
         self.closed.set()
         self._io.shutdown()

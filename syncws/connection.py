@@ -39,6 +39,7 @@ from . import frames, timeouts
 from .closing import ClosingHandshake
 from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
 from .keepalive import Keepalive
+from .outbox import Item, Outbox
 from .protocol import Close, CloseCode, Message, Ping, Pong, Protocol, State
 from .transport import Abort, ReadTimeout, Transport
 
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 #: What ``send`` takes: str (text), a bytes-like object (binary), or a dict or list (JSON text).
 Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Bytes that may wait in a connection's outbox (send_nowait) before the peer is given up as too slow.
+DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
 
 _COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
 
@@ -115,6 +118,7 @@ class Connection:
         close_timeout: float = 5.0,
         initial_data: bytes = b"",
         preamble: bytes = b"",
+        max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         name: str = "connection",
     ) -> None:
         self.sock = sock
@@ -157,6 +161,8 @@ class Connection:
         self._closing = ClosingHandshake(self.protocol, self._io, self._send_lock, close_timeout=close_timeout, notify=self._notify_closing)
         self._closed = self._closing.closed  # an Event: set once the connection is closed for good
         self._keepalive = Keepalive(self.protocol, self._closing, self.ping, interval=ping_interval, timeout=ping_timeout, name=name)
+        # What send_nowait could not send at once; its writer thread runs only while something waits.
+        self._outbox = Outbox(self._drain_outbox, max_send_queue, self._send_queue_full, name)
         frames.load_accelerator()
 
     # ------------------------------------------------------------------ state
@@ -185,6 +191,11 @@ class Connection:
     def max_message_size(self) -> Optional[int]:
         """The largest message accepted (None: no limit)."""
         return self.protocol.max_message_size
+
+    @property
+    def send_queue_bytes(self) -> int:
+        """Bytes of messages from :meth:`send_nowait` waiting for the socket now."""
+        return self._outbox.queued_bytes
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         """Block until the connection is closed; return False on timeout. Safe from any thread."""
@@ -297,6 +308,66 @@ class Connection:
         them first where that can be avoided. Safe from any thread."""
         self._send_frame(frames.OP_BINARY, *parts)
 
+    def send_nowait(self, message: Outgoing, binary: bool = False, frame: Optional[bytes] = None) -> None:
+        """Send one message without waiting for the socket: what it does not take at once waits. Safe from any thread.
+
+        For broadcasts: a peer that stops reading must not hold up the
+        sender. The part of the frame the socket does not take now, and any
+        message that cannot start now (another thread is writing, or earlier
+        ones wait), wait in this connection's outbox, which a thread of its
+        own writes out in order (:mod:`syncws.outbox`); if more than
+        ``max_send_queue`` bytes would wait, the peer is too slow and the
+        connection is aborted (close code 1008, "send queue full").
+        ``frame``: this message's whole frame, made once for many server
+        connections (unmasked and uncompressed), used as it is. Raises
+        TypeError as :meth:`send` does, and ConnectionClosed once the
+        connection is closed or closing.
+        """
+        opcode, payload = encode_message(message, binary)
+        item = (opcode, payload, frame if not self.is_client else None)
+        if self._outbox or not self._send_lock.acquire(blocking=False):
+            self._outbox.put(item)
+            return
+        try:
+            if self._outbox:  # a writer started meanwhile: go behind what it writes
+                self._outbox.put(item)
+                return
+            self.protocol.check_open()
+            if not self._io.write_now(self._frame_of(item)):
+                self._outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out
+        finally:
+            self._send_lock.release()
+
+    def _frame_of(self, item: Item) -> Union[bytes, bytearray, memoryview]:
+        """The whole frame of a message from the outbox or send_nowait. Requires the send lock."""
+        opcode, payload, frame = item
+        if frame is not None:
+            return frame
+        mask_key = self.protocol.mask_key()
+        data = frames.masked(payload, mask_key) if mask_key is not None and len(payload) else payload
+        return frames.encode_header(opcode, len(payload), True, mask_key) + data
+
+    def _flush_outbox(self) -> None:
+        """Write every waiting message, in order, and the rest of a frame written in part. Requires the send lock."""
+        while True:
+            item = self._outbox.take()
+            if item is None:
+                break
+            self.protocol.check_open()
+            self._io.write(self._frame_of(item))
+        if self._io.pending:
+            self._io.write(b"")
+
+    def _drain_outbox(self) -> None:
+        """The outbox's writer: take the send lock and write out what waits (a ``syncws-outbox-N`` thread)."""
+        with self._send_lock:
+            self._flush_outbox()
+
+    def _send_queue_full(self, queued: int) -> None:
+        """More than ``max_send_queue`` bytes would wait: the peer is too slow; give it up (any thread)."""
+        logger.warning("%s: %d bytes would wait to be sent (max_send_queue %d); closing the connection", self.name, queued, self._outbox.limit)
+        self.abort(CloseCode.POLICY_VIOLATION, "send queue full")
+
     def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
         payload = parts[0] if len(parts) == 1 else None
         length = len(payload) if payload is not None else sum(map(len, parts))
@@ -310,10 +381,14 @@ class Connection:
             frame = header + data
             with self._send_lock:
                 self.protocol.check_open()
+                if self._outbox:
+                    self._flush_outbox()
                 self._io.write(frame)
             return
         with self._send_lock:
             self.protocol.check_open()
+            if self._outbox:
+                self._flush_outbox()
             self._io.write(header)
             if mask_key is not None:
                 self._io.write_masked(parts, mask_key)
@@ -341,12 +416,14 @@ class Connection:
         """
         self._closing.close(code, reason)
 
-    def abort(self) -> None:
+    def abort(self, code: int = CloseCode.ABNORMAL_CLOSURE, reason: str = "") -> None:
         """Drop the connection without a closing handshake. Safe from any thread.
 
-        A reader blocked in :meth:`recv` wakes up and returns None.
+        A reader blocked in :meth:`recv` wakes up and returns None. ``code``
+        and ``reason`` are what ``close_code`` and ``close_reason`` say here
+        (no close frame carries them to the peer).
         """
-        self._closing.abort()
+        self._closing.abort(code, reason)
 
     def release(self) -> None:
         """Close the socket's file descriptor; the reader calls this when it is done."""
@@ -355,6 +432,7 @@ class Connection:
 
     def _notify_closing(self, code: int, reason: str) -> None:
         """Call ``on_closing`` if no thread did yet (any thread; see on_closing)."""
+        self._outbox.drop()  # messages still waiting are not sent once the connection ends
         if self.on_closing is None or not self._closing_notified.acquire(blocking=False):
             return  # the lock is never released: a one-shot
         try:

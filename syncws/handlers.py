@@ -18,7 +18,8 @@ import json
 import logging
 from typing import Any, Callable, Optional, Protocol
 
-from .connection import Connection, Message, Outgoing
+from . import frames
+from .connection import Connection, Message, Outgoing, encode_message
 from .exceptions import ClusterError, ConnectionClosed, NotConnected, SendTimeout
 from .handshake import Request
 from .lograte import RateLimitedLog
@@ -217,12 +218,22 @@ def sendWebSocketMessage(
 
 
 def deliver(registry: ConnectionRegistry[BaseWebSocketHandler], name: str, targets: list[BaseWebSocketHandler], msg: Outgoing) -> None:
-    """Send ``msg`` to each of ``targets`` (connections of ``name``); drop and abort one that fails. Safe from any thread."""
-    # JSON-encode once, not once per connection.
-    payload: Outgoing = json.dumps(msg) if isinstance(msg, (dict, list)) else msg
+    """Send ``msg`` to each of ``targets`` (connections of ``name``) without waiting on any one. Safe from any thread.
+
+    The frame is made once for them all. Each connection takes what its
+    socket takes at once and keeps the rest for its own writer thread
+    (``Connection.send_nowait``), so a client that stops reading delays no
+    other; one whose queue passes ``max_send_queue`` is closed. A connection
+    that is closed is dropped from the registry.
+    """
+    # JSON-encoded once, not once per connection.
+    message: Outgoing = json.dumps(msg) if isinstance(msg, (dict, list)) else msg
+    opcode, payload = encode_message(message)
+    # Server connections send unmasked frames: one frame object serves every one of them.
+    frame = frames.encode_header(opcode, len(payload)) + payload if len(targets) > 1 else None
     for handler in targets:
         try:
-            handler.write_message(payload)
+            handler.connection.send_nowait(message, frame=frame)
         except (ConnectionClosed, SendTimeout, OSError) as exc:
             logger.info("dropping %r after a failed send: %s", handler, exc)
             registry.remove(name, handler)

@@ -27,6 +27,7 @@ Threads:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -36,10 +37,11 @@ import threading
 import time
 from typing import Any, Callable, Optional, Union
 
+from . import frames
 from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector
 from .cluster import RedisCluster
 from .conn_threads import ConnectionHandler, ConnectionThreads
-from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
+from .connection import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_SEND_QUEUE, Connection, Outgoing, encode_message
 from .drain import Drain, DrainCheck, check_drain
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
@@ -83,6 +85,11 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
             ``ping_interval`` is pinged and dropped if it does not answer in
             ``ping_timeout``. None turns it off.
         send_timeout: a send that makes no progress this long aborts the connection.
+        max_send_queue: bytes of broadcast messages (``sendWebSocketMessage``
+            to every connection of a name, a cluster's sends,
+            ``send_message_to_all``) that may wait for one slow client's
+            socket, so that it delays no other; past it that client is
+            closed (1008, "send queue full").
         close_timeout: how long to wait for a peer's close frame.
         cluster: a :class:`~syncws.RedisCluster`, or its Redis URL, to make
             this server a node of that cluster (docs/cluster.md): its
@@ -115,6 +122,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         ping_interval: Optional[float] = 20.0,
         ping_timeout: Optional[float] = 20.0,
         send_timeout: Optional[float] = 30.0,
+        max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
         close_timeout: float = 5.0,
         cluster: Union[RedisCluster, str, None] = None,
         unix_socket: Union[str, os.PathLike[str], None] = None,
@@ -140,6 +148,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.send_timeout = send_timeout
+        self.max_send_queue = max_send_queue
         self.close_timeout = close_timeout
         self.thread: Optional[threading.Thread] = None
         #: The cluster this server is a node of, or None.
@@ -426,11 +435,15 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
     def send_message_to_all(self, msg: Outgoing) -> None:
         """Send ``msg`` to every open connection of this server, whatever its endpoint. Safe from any thread.
 
-        One that fails is logged and does not stop the others.
+        One that fails is logged and does not stop the others; none waits on
+        another's socket (see ``max_send_queue``).
         """
+        message: Outgoing = json.dumps(msg) if isinstance(msg, (dict, list)) else msg
+        opcode, payload = encode_message(message)
+        frame = frames.encode_header(opcode, len(payload)) + payload  # one frame for every connection
         for client in self.clients:
             try:
-                client["handler"].write_message(msg)
+                client["handler"].connection.send_nowait(message, frame=frame)
             except (SyncWSError, OSError) as exc:
                 logger.info("send to %r failed: %s", client["handler"], exc)
 

@@ -80,7 +80,9 @@ class Transport:
         self.sock, self.send_timeout, self.name = sock, send_timeout, name
         self._write_lock = write_lock
         self._on_idle, self._on_broken = on_idle, on_broken
-        self._preamble = preamble  # written (and emptied) under write_lock only
+        # Written ahead of the next write, under write_lock only: the 101 response, or the
+        # rest of a frame that write_now wrote in part.
+        self._preamble = preamble
         #: The reader's: when the current read gives up with ReadTimeout (None: never).
         self.deadline: Optional[float] = None
         #: Shortened (never lengthened) by any thread, read by the reader: a stale
@@ -215,6 +217,43 @@ class Transport:
                 raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
             view = view[sent:]
             last_progress = time.monotonic()
+
+    @property
+    def pending(self) -> int:
+        """Bytes waiting to go out ahead of the next write: the preamble, or the rest of a frame :meth:`write_now` wrote in part."""
+        return len(self._preamble)
+
+    def write_now(self, data: Buffer) -> bool:
+        """Write what the socket takes at once, without waiting; the rest goes out ahead of the next write. Requires ``write_lock``.
+
+        Returns True when all of ``data`` went out. While bytes wait already,
+        nothing is written: ``data`` waits behind them. The next
+        :meth:`write` (``write(b"")`` to flush alone) writes what waits
+        first, so a frame never has another written into its middle. On TLS
+        the rest is the whole of ``data`` (OpenSSL's retry after it would
+        block must carry the same bytes, which the next write does).
+        """
+        assert self._write_lock.locked()
+        if self._preamble:
+            self._preamble += bytes(data)
+            return False
+        try:
+            if self._tls_lock is not None:
+                with self._tls_lock:
+                    sent = self.sock.send(data)  # the socket is non-blocking on TLS
+            elif select.select([], [self.sock], [], 0)[1]:
+                sent = self.sock.send(data)  # writable: sends what fits, without waiting
+            else:
+                sent = 0
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, socket.timeout):
+            sent = 0
+        except (OSError, ValueError) as exc:  # ValueError: select on a socket closed under us
+            self._on_broken()
+            raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
+        if sent < len(data):
+            self._preamble = bytes(memoryview(data)[sent:])
+            return False
+        return True
 
     def write_masked(self, parts: tuple[Buffer, ...], mask_key: bytes) -> None:
         """Mask ``parts``, one payload end to end, with ``mask_key`` and write it a slice at a time. Requires ``write_lock``.
