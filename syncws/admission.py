@@ -21,9 +21,10 @@ import time
 from typing import Any, Callable, Optional, Protocol, Union
 
 from .connection import Connection
+from .deflate import DeflateOptions, PerMessageDeflate
 from .exceptions import HandshakeError
 from .handlers import BaseWebSocketHandler, HandlerHost
-from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, parse_http_request
+from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_upgrade, negotiate_deflate, parse_http_request
 
 __all__ = ["AuthCheck", "Endpoint", "Routes", "AdmissionHost", "start_tls", "handshake", "refuse", "end_tls", "read_head", "check_auth", "check_origin"]
 
@@ -104,6 +105,7 @@ class AdmissionHost(HandlerHost, Protocol):
     ping_timeout: Optional[float]
     send_timeout: Optional[float]
     close_timeout: float
+    compression: Optional[DeflateOptions]
 
     def _track_handshake(self, sock: socket.socket) -> None:
         """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping."""
@@ -144,6 +146,7 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
     if not is_upgrade(request) and _serve_static(host.routes, sock, request):
         return None
     check_upgrade(request.headers)
+    agreed = negotiate_deflate(request, host.compression)
     connection = Connection(
         sock,
         is_client=False,
@@ -153,7 +156,8 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
         send_timeout=host.send_timeout,
         close_timeout=host.close_timeout,
         initial_data=rest,
-        preamble=accept_response(request),
+        preamble=accept_response(request, agreed[0] if agreed else None),
+        deflate=PerMessageDeflate(agreed[1], False, host.compression) if agreed and host.compression else None,
         name=f"{threading.current_thread().name} {address[0]}:{address[1]}",
     )
     return connection, _admit(host, request, connection)

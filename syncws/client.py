@@ -17,6 +17,7 @@ import websocket
 
 from . import timeouts
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
+from .deflate import DeflateOptions, NegotiationError, PerMessageDeflate, check_response, client_offer, resolve
 from .exceptions import HandshakeError, NotConnected
 
 __all__ = ["ClientConnection", "connect"]
@@ -88,6 +89,7 @@ def connect(
     ping_timeout: Optional[float] = 20.0,
     send_timeout: Optional[float] = 30.0,
     close_timeout: float = 5.0,
+    compression: Union[str, DeflateOptions, None] = None,
 ) -> ClientConnection:
     """Open a websocket connection to ``url`` (``ws://`` or ``wss://``) and return it.
 
@@ -101,14 +103,22 @@ def connect(
     error text (the ``error`` of a JSON body, else the body, else the status
     line's words). NotConnected when the server cannot be reached within
     ``timeout``.
+
+    ``compression="deflate"`` (or a :class:`syncws.deflate.DeflateOptions`)
+    offers permessage-deflate (RFC 7692); the connection's ``extensions``
+    says whether the server took it. A server's answer that breaks the
+    extension's rules fails the handshake with HandshakeError (status 101).
+    None, the default, offers nothing: on a LAN, compression costs more time
+    than it saves (docs/tuning.md).
     """
     limit = timeouts.check_timeout(timeout)  # None: websocket-client blocks
+    deflate_options = resolve(compression)
     ws = websocket.WebSocket(sslopt=sslopt, skip_utf8_validation=True)
     # websocket-client sends an Origin header of its own unless told not to;
     # a program is not a browser, so it sends one only when asked to.
     options: dict[str, Any] = {"timeout": limit, "suppress_origin": origin is None}
-    if header is not None:
-        options["header"] = header
+    if header is not None or deflate_options is not None:
+        options["header"] = _with_offer(header, deflate_options)
     if cookie is not None:
         options["cookie"] = cookie
     if origin is not None:
@@ -128,6 +138,7 @@ def connect(
     except (OSError, websocket.WebSocketException) as exc:
         ws.close()
         raise NotConnected(f"cannot connect to {url}: {exc}") from exc
+    deflate = _agreed_deflate(ws, deflate_options)
     return ClientConnection(
         ws,
         max_message_size=max_message_size,
@@ -135,5 +146,31 @@ def connect(
         ping_timeout=ping_timeout,
         send_timeout=send_timeout,
         close_timeout=close_timeout,
+        deflate=deflate,
         name=f"client {url}",
     )
+
+
+def _with_offer(header: Union[list[str], dict[str, str], None], options: Optional[DeflateOptions]) -> Union[list[str], dict[str, str]]:
+    """The handshake's extra headers: the caller's, and the permessage-deflate offer if compression is asked for."""
+    if options is None:
+        return header if header is not None else []
+    offer = f"Sec-WebSocket-Extensions: {client_offer(options)}"
+    if isinstance(header, dict):
+        return [*(f"{name}: {value}" for name, value in header.items() if value is not None), offer]
+    return [*(header or []), offer]
+
+
+def _agreed_deflate(ws: websocket.WebSocket, options: Optional[DeflateOptions]) -> Optional[PerMessageDeflate]:
+    """The codec for what the server's 101 agreed to, or None; HandshakeError (socket closed) when it breaks the rules."""
+    response = (ws.getheaders() or {}).get("sec-websocket-extensions")
+    try:
+        if options is None:
+            if response:
+                raise NegotiationError(f"the server accepted extensions that were not offered: {response!r}")
+            return None
+        agreement = check_response(response, options)
+    except NegotiationError as exc:
+        ws.shutdown()  # failing the connection (RFC 6455 4.1): no closing handshake on a stream we cannot read
+        raise HandshakeError(101, f"invalid Sec-WebSocket-Extensions in the server's response: {exc}") from None
+    return PerMessageDeflate(agreement, True, options) if agreement is not None else None

@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import frames, timeouts
 from .closing import ClosingHandshake
+from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
 from .keepalive import Keepalive
 from .protocol import Close, CloseCode, Message, Ping, Pong, Protocol, State
@@ -94,6 +95,8 @@ class Connection:
         initial_data: bytes read past the handshake that belong to the frame stream.
         preamble: bytes to write before the first frame (the server's 101
             response): see :meth:`flush_preamble`.
+        deflate: the permessage-deflate codec when the handshake agreed on
+            it (:mod:`syncws.deflate`); None: no compression.
         name: used in log lines.
 
     Who touches what: ``protocol.reader`` (the receiving half), the transport's
@@ -115,6 +118,7 @@ class Connection:
         close_timeout: float = 5.0,
         initial_data: bytes = b"",
         preamble: bytes = b"",
+        deflate: Optional[PerMessageDeflate] = None,
         name: str = "connection",
     ) -> None:
         self.sock = sock
@@ -126,7 +130,7 @@ class Connection:
         self.name = name
         #: The protocol's rules and state. Its receiving half (``protocol.reader``) belongs
         #: to the reader thread; its sending half and its state are used under the send lock.
-        self.protocol = Protocol(is_client, max_message_size)
+        self.protocol = Protocol(is_client, max_message_size, deflate)
         self.protocol.receive_data(initial_data)
         self._reader = self.protocol.reader  # called directly on the hot path, one layer less
 
@@ -185,6 +189,12 @@ class Connection:
     def max_message_size(self) -> Optional[int]:
         """The largest message accepted (None: no limit)."""
         return self.protocol.max_message_size
+
+    @property
+    def extensions(self) -> str:
+        """The extensions agreed in the handshake, as the server's ``Sec-WebSocket-Extensions`` said ("" for none)."""
+        deflate = self.protocol.deflate
+        return deflate.agreement.header_value() if deflate is not None else ""
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         """Block until the connection is closed; return False on timeout. Safe from any thread."""
@@ -268,7 +278,7 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, message: Outgoing, binary: bool = False) -> None:
+    def send(self, message: Outgoing, binary: bool = False, compress: Optional[bool] = None) -> None:
         """Send one message: str as text, bytes-like as binary, a dict or list as JSON text.
 
         ``binary=True`` sends text (and JSON) as a binary frame of its UTF-8
@@ -276,8 +286,18 @@ class Connection:
         from any thread; blocks until the frame is handed to the kernel.
         Raises ConnectionClosed once a close frame was sent or the socket is
         gone, and SendTimeout (after aborting) if the peer stopped reading.
+
+        Where permessage-deflate was agreed, ``compress`` says whether this
+        message goes compressed: None (the default) compresses text from the
+        codec's ``min_size`` up (and binary if its options say so), False
+        sends it as it is, True compresses it whatever its kind and size.
+        Without the extension it changes nothing.
         """
-        self._send_frame(*encode_message(message, binary))
+        opcode, payload = encode_message(message, binary)
+        if self.protocol.deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
+            self._send_compressed(opcode, payload)
+        else:
+            self._send_frame(opcode, payload)
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes). Safe from any thread."""
@@ -294,8 +314,27 @@ class Connection:
 
     def send_parts(self, *parts: Union[bytes, bytearray, memoryview]) -> None:
         """Send one binary message made of ``parts`` put end to end, without joining
-        them first where that can be avoided. Safe from any thread."""
+        them first where that can be avoided. Safe from any thread.
+
+        Never compressed: this is how the parts of a binary reply go, which are
+        bulk data that compression would slow down many times over on a LAN.
+        """
         self._send_frame(frames.OP_BINARY, *parts)
+
+    def _send_compressed(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> None:
+        """Compress and send one message under the send lock: with context takeover, messages
+        must reach the peer in the order the compressor saw them."""
+        mask_key = self.protocol.mask_key()
+        with self._send_lock:
+            header, data = self.protocol.compressed_frame(opcode, payload, mask_key)
+            if len(data) < _COALESCE_LIMIT:
+                self._io.write(header + (frames.masked(data, mask_key) if mask_key is not None and data else data))
+            elif mask_key is not None:
+                self._io.write(header)
+                self._io.write_masked((data,), mask_key)
+            else:
+                self._io.write(header)
+                self._io.write(data)
 
     def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
         payload = parts[0] if len(parts) == 1 else None

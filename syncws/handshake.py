@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Optional
 from urllib.parse import parse_qs
 
+from .deflate import Agreement, DeflateOptions, accept_offers
 from .exceptions import HandshakeError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "is_upgrade",
     "accept_key",
     "accept_response",
+    "negotiate_deflate",
     "error_response",
     "content_response",
 ]
@@ -165,15 +167,27 @@ def accept_key(key: str) -> str:
     return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode("ascii")
 
 
-def accept_response(request: Request) -> bytes:
-    """The 101 response that completes the handshake."""
+def accept_response(request: Request, extensions: Optional[str] = None) -> bytes:
+    """The 101 response that completes the handshake, with the agreed ``Sec-WebSocket-Extensions`` if any."""
+    extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept_key(request.headers['Sec-WebSocket-Key'])}\r\n"
+        f"{extra}"
         "\r\n"
     ).encode("ascii")
+
+
+def negotiate_deflate(request: Request, options: Optional[DeflateOptions]) -> Optional[tuple[str, Agreement]]:
+    """The server's answer to the request's permessage-deflate offers: ``(Sec-WebSocket-Extensions value,
+    agreement)``, or None (compression off, nothing offered, or no offer acceptable: see
+    :func:`syncws.deflate.accept_offers`)."""
+    offers = request.headers.get("Sec-WebSocket-Extensions")
+    if options is None or not offers:
+        return None
+    return accept_offers(offers, options)
 
 
 def error_response(status: int, reason: str) -> bytes:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import callformat, lograte, timeouts
 from .client import ClientConnection, connect
+from .deflate import DeflateOptions
 from .exceptions import HandshakeError, NotConnected
 from .remote_worker import CommandFunction, Session
 
@@ -61,6 +62,9 @@ class RemoteService:
         log_interval: junk from the server is logged at most once per this
             many seconds per connection; the next line says how many were
             suppressed.
+        compression: ``"deflate"`` or a :class:`syncws.deflate.DeflateOptions`
+            offers permessage-deflate, as :func:`syncws.connect` does; None
+            (the default) does not.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class RemoteService:
         max_message_size: Optional[int] = 64 * 1024 * 1024,
         close_timeout: float = 1.0,
         log_interval: float = lograte.DEFAULT_INTERVAL,
+        compression: Union[str, DeflateOptions, None] = None,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
@@ -99,6 +104,7 @@ class RemoteService:
             "ping_timeout": ping_timeout,
             "max_message_size": max_message_size,
             "close_timeout": close_timeout,
+            "compression": compression,
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max

@@ -46,6 +46,7 @@ from .admission import AuthCheck, Endpoint, Routes, end_tls, handshake, refuse, 
 from .cluster import RedisCluster
 from .conn_threads import ConnectionThreads
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Outgoing
+from .deflate import DeflateOptions, resolve
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
 from .node import ClusterNode
@@ -154,6 +155,12 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
             connections are published, the registry's sends and
             ``closeAllConnections`` reach every node, and a RequestHandler
             reaches peers on any node. None (the default): one process, no Redis.
+        compression: ``"deflate"`` (the default) accepts a client's
+            permessage-deflate offer (RFC 7692), as every browser makes one;
+            a :class:`syncws.deflate.DeflateOptions` does so with those
+            settings (window, memory level, the size below which messages go
+            uncompressed); None refuses every offer. docs/tuning.md says
+            what it costs and saves.
     """
 
     # Rebind a port at once after stop(), while its closed connections are in TIME_WAIT.
@@ -182,7 +189,10 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         send_timeout: Optional[float] = 30.0,
         close_timeout: float = 5.0,
         cluster: Union[RedisCluster, str, None] = None,
+        compression: Union[str, DeflateOptions, None] = "deflate",
     ) -> None:
+        #: The permessage-deflate settings offers are accepted with, or None: no compression.
+        self.compression: Optional[DeflateOptions] = resolve(compression)
         super().__init__((host, port), _ConnectionThread)
         self.host = host
         self.port: int = self.socket.getsockname()[1]
