@@ -66,6 +66,8 @@ peer.register("bytes", (m) => pattern(m.n));
 peer.register("crc", (m) => syncws.crc32(new TextEncoder().encode(m.text)));
 peer.register("fail", (m) => { throw new TypeError("page says no: " + m.why); });
 peer.register("unencodable", (m) => { const o = {}; o.self = o; return o; });
+peer.register("extensions", (m) => peer.socket.extensions);
+peer.register("echo", (m) => m.text);
 peer.register("hang", (m) => { peer.send({cmd: "ack", got: "hanging"}); return new Promise(() => {}); });
 peer.onmessage = (msg) => {
   const got = msg instanceof ArrayBuffer ? {binary: msg.byteLength} : msg;
@@ -333,3 +335,14 @@ def test_reply_like_message_goes_to_onmessage_unanswered(page: Browser) -> None:
     assert conn is not None
     conn.write_message({"callId": 987654, "status": 200, "data": "stray"})
     assert page.ack() == {"callId": 987654, "status": 200, "data": "stray"}
+
+
+def test_page_negotiates_permessage_deflate_and_exchanges_compressed_messages(page: Browser) -> None:
+    """Chromium and the server agree on permessage-deflate (both sides say so) and long text goes both ways intact."""
+    assert page.rh.doRequest({"cmd": "extensions"}, timeout=10)["data"] == "permessage-deflate"
+    conn = page.registry.newest(NAME)
+    assert conn is not None and conn.connection.extensions == "permessage-deflate"
+    text = json.dumps({"rows": [{"id": i, "name": f"sensor {i}", "ok": True} for i in range(2000)]})
+    assert page.rh.doRequest({"cmd": "echo", "text": text}, timeout=10)["data"] == text
+    syncws.sendWebSocketMessage(NAME, {"cmd": "tick", "pad": "x" * 5000}, registry=page.registry)
+    assert page.ack() == {"cmd": "tick", "pad": "x" * 5000}
