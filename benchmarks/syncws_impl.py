@@ -4,7 +4,9 @@ The server is a ``WebSocketServer``; fan-out and the connection counts use its
 registry (``sendWebSocketMessage``, ``registry.connections``); the client is
 ``syncws.connect``; requests go through ``RequestHandler.doRequest`` to a
 ``RemoteService`` peer, whose ``echo`` command is registered ``inline=True``
-for ``syncws_inline``. The module is named ``syncws_impl`` so as not to
+for ``syncws_inline``. ``syncws_deflate`` is syncws with permessage-deflate:
+the server accepts it (its default), and its fan-out clients and its peer
+offer it (``RemoteService(compression="deflate")``). The module is named ``syncws_impl`` so as not to
 shadow the package.
 """
 
@@ -15,7 +17,7 @@ from typing import Any
 
 import syncws
 
-from .common import HOST, BenchError, RequesterBase, ServeBase, payload, ws_url
+from .common import HOST, BenchError, RequesterBase, ServeBase, json_message, payload, tcp_bytes, ws_url
 
 
 class Serve(ServeBase):
@@ -107,10 +109,16 @@ class Requester(RequesterBase):
         """``RequestHandler.doRequest``."""
         return self.rh.doRequest(msg, timeout=timeout)
 
+    def wire_bytes(self) -> int:
+        """Bytes sent and received so far on the peer's connection, as TCP counts them."""
+        handler = self.server.registry.newest("wsData")
+        return tcp_bytes(handler.connection.sock) if handler is not None else 0
+
 
 def run_peer(impl: str, url: str) -> None:
     """A ``RemoteService`` answering echo (inline for ``syncws_inline``) and blob, until the process ends."""
-    svc = syncws.RemoteService(url)
+    svc = syncws.RemoteService(url, compression="deflate" if impl == "syncws_deflate" else None)
     svc.register("echo", lambda msg: msg.get("x"), inline=impl == "syncws_inline")
     svc.register("blob", lambda msg: bytes(int(msg["size"])))
+    svc.register("json", lambda msg: json_message(int(msg["seed"])))
     svc.run_forever()
