@@ -100,7 +100,7 @@ class DeflateOptions:
     client_no_context_takeover: bool = False
     window_bits: int = 12
     mem_level: int = 5
-    level: int = 6
+    level: int = 1
     min_size: int = 64
     compress_binary: bool = False
 
