@@ -133,6 +133,7 @@ class Connection:
         self.protocol = Protocol(is_client, max_message_size, deflate)
         self.protocol.receive_data(initial_data)
         self._reader = self.protocol.reader  # called directly on the hot path, one layer less
+        self._deflate = deflate  # checked on every send: None keeps the uncompressed path as it was
 
         # Synchronize writes to the socket (through the transport, which asserts it, and
         # with them its pending preamble) and the sending half of the protocol
@@ -294,7 +295,7 @@ class Connection:
         Without the extension it changes nothing.
         """
         opcode, payload = encode_message(message, binary)
-        if self.protocol.deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
+        if self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
             self._send_compressed(opcode, payload)
         else:
             self._send_frame(opcode, payload)
