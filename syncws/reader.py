@@ -298,9 +298,9 @@ class FrameReader:
                 return None
             payload = frames.masked(buf[6 : 6 + length], bytes(buf[2:6]))
             del buf[: 6 + length]
-        if b1 & frames.RSV1:
+        if b1 & 0x40:  # RSV1: compressed (checked above: only with permessage-deflate agreed)
             payload = self._inflate_whole(payload)
-        if b1 & 0x0F == frames.OP_BINARY:
+        if b1 & 0x0F == 0x2:  # binary
             return bytes(payload)
         try:
             return payload.decode("utf-8")
