@@ -367,11 +367,6 @@ class PerMessageDeflate:
         self._compressor: Optional[zlib._Compress] = None  # made on first use (send lock)
         self._decompressor: Optional[zlib._Decompress] = None  # made on first use (reader thread)
 
-    @classmethod
-    def from_options(cls, agreement: Agreement, is_client: bool, options: Optional[DeflateOptions]) -> PerMessageDeflate:
-        """The codec for ``agreement`` with the local settings of ``options`` (the defaults when None)."""
-        return cls(agreement, is_client, options if options is not None else DeflateOptions())
-
     # ------------------------------------------------------------------ sending (send lock)
 
     def wants(self, binary: bool, length: int) -> bool:
