@@ -99,9 +99,10 @@ class Connection:
             it (:mod:`syncws.deflate`); None: no compression.
         name: used in log lines.
 
-    Who touches what: ``protocol.reader`` (the receiving half), the transport's
-    reads and deadline, and ``_keepalive`` belong to the reader thread;
-    ``protocol``'s sending half, the transport's writes and the closing
+    Who touches what: ``protocol.reader`` (the receiving half, with the
+    permessage-deflate inflater), the transport's reads and deadline, and
+    ``_keepalive`` belong to the reader thread; ``protocol``'s sending half
+    (with the compressor), the transport's writes and the closing
     handshake's deadline are used under ``_send_lock``; ``_closed`` is an Event
     and ``_closing_notified`` a one-shot lock, safe from anywhere.
     """
@@ -137,7 +138,8 @@ class Connection:
 
         # Synchronize writes to the socket (through the transport, which asserts it, and
         # with them its pending preamble) and the sending half of the protocol
-        # (close_sent, state): each frame goes out whole, and none after the close frame.
+        # (close_sent, state, the permessage-deflate compressor): each frame goes out
+        # whole, none after the close frame, and compressed ones in the order compressed.
         # The closing handshake's deadline is written under it too.
         self._send_lock = threading.Lock()
         # One-shot: taken by whichever thread first decides that the connection ends (see on_closing).
