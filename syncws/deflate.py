@@ -396,7 +396,9 @@ class PerMessageDeflate:
         """
         decompressor = self._decompressor
         if decompressor is None:
-            decompressor = self._decompressor = zlib.decompressobj(-self.remote_window_bits)
+            # Never below 9: zlib, which most peers use, deflates into a 512-byte window when
+            # asked for 8 bits, and a 9-bit inflater reads a true 8-bit stream as well.
+            decompressor = self._decompressor = zlib.decompressobj(-max(9, self.remote_window_bits))
         try:
             if room is None:
                 return decompressor.decompress(data)
