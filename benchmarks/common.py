@@ -37,6 +37,43 @@ def ws_url(port: int, path: str) -> str:
     return "ws://%s:%d%s" % (HOST, port, path)
 
 
+def json_message(seed: int, rows: int = 12) -> dict[str, Any]:
+    """A dashboard update as a JSON object (about 1.5 KB as text for 12 rows), different for every ``seed``.
+
+    Its keys repeat from message to message and its numbers do not, as in a
+    real feed: a compressor with context takeover gains from the first, not
+    from sending one message over and over.
+    """
+    import random
+
+    rnd = random.Random(seed)
+    return {
+        "cmd": "update",
+        "seq": seed,
+        "time": 1_700_000_000 + seed * 0.25,
+        "sensors": [
+            {"id": f"sensor-{i:03d}", "status": rnd.choice(["ok", "ok", "ok", "warn"]), "temperature": round(rnd.uniform(18, 30), 2),
+             "pressure": round(rnd.uniform(990, 1030), 1), "counts": [rnd.randrange(1000) for _ in range(4)]}
+            for i in range(rows)
+        ],
+    }
+
+
+def tcp_bytes(sock: socket.socket) -> int:
+    """Bytes this TCP socket sent (acknowledged by the peer) and received, from the kernel's TCP_INFO (Linux); 0 elsewhere.
+
+    What is on the wire, websocket framing included, whatever the library does above the socket.
+    """
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except (AttributeError, OSError):
+        return 0
+    if len(info) < 136:
+        return 0
+    acked, received = struct.unpack_from("=QQ", info, 120)  # tcpi_bytes_acked, tcpi_bytes_received (Linux 4.1+)
+    return int(acked + received)
+
+
 def pct(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values`` by nearest rank; NaN when empty."""
     s = sorted(values)
@@ -357,6 +394,8 @@ def measure(req: Any, workload: str, params: dict[str, Any]) -> dict[str, float]
 
         elapsed = run_workers(threads, many, timeout)
         return {"rps": threads * n / elapsed}
+    if workload == "json":
+        return _measure_json(req, int(params["n"]), timeout)
     if workload == "large":
         size = int(params["size"])
         base = proc_status()
@@ -377,6 +416,23 @@ def measure(req: Any, workload: str, params: dict[str, Any]) -> dict[str, float]
             "base_MiB": base["VmRSS"] / 1024.0,
         }
     raise ValueError(workload)
+
+
+def _measure_json(req: Any, n: int, timeout: float) -> dict[str, float]:
+    """Sequential requests answered with a dashboard update (json_message): p50 and the bytes on the wire per request."""
+    lat: list[float] = []
+    start = req.wire_bytes()
+
+    def one(_: int) -> None:
+        for i in range(n):
+            t = time.perf_counter()
+            r = req.doRequest({"cmd": "json", "seed": i}, timeout=10)
+            lat.append(time.perf_counter() - t)
+            if r.get("data", {}).get("seq") != i:
+                raise RuntimeError(f"bad reply {str(r)[:200]}")
+
+    run_workers(1, one, timeout)
+    return {"p50_us": pct(lat, 0.5) * 1e6, "bytes_per_req": (req.wire_bytes() - start) / n}
 
 
 # --------------------------------------------------------------------------
@@ -436,6 +492,7 @@ MODULES = {
     "syncws": "syncws_impl",
     "syncws_inline": "syncws_impl",
     "syncws_peer_asks": "syncws_impl",
+    "syncws_deflate": "syncws_impl",
     "websockets": "websockets_impl",
     "tornado_seed": "tornado_design",
     "tornado_seed_b64": "tornado_design",

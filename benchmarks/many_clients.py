@@ -22,6 +22,9 @@ class ManyClients:
 
     def __init__(self, impl: str, port: int, path: str, n: int) -> None:
         self.raw = impl == "raw"
+        # syncws_deflate's clients offer permessage-deflate as a browser does: the
+        # server then compresses what it sends them (they only count the frames).
+        self.offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if impl == "syncws_deflate" else ""
         self.socks: list[socket.socket] = []
         self.state: dict[int, dict[str, Any]] = {}
         self.sel = selectors.DefaultSelector()
@@ -33,7 +36,7 @@ class ManyClients:
             for _ in range(n):
                 s = self._open(port, path)
                 self.socks.append(s)
-                st = self.state[s.fileno()] = {"sock": s, "buf": bytearray(), "msgs": 0}
+                st = self.state[s.fileno()] = {"sock": s, "buf": bytearray(), "msgs": 0, "bytes": 0}
                 self.sel.register(s, selectors.EVENT_READ, st)
         except BaseException:
             self.close()
@@ -50,7 +53,7 @@ class ManyClients:
                 (
                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                    "Sec-WebSocket-Version: 13\r\n\r\n" % (path, HOST, port, key)
+                    "Sec-WebSocket-Version: 13\r\n%s\r\n" % (path, HOST, port, key, self.offer)
                 ).encode()
             )
             resp = b""
@@ -123,6 +126,7 @@ class ManyClients:
                 if not chunk:
                     raise BenchError("server closed a fan-out connection")
                 st["buf"] += chunk
+                st["bytes"] += len(chunk)
                 self._parse(st)
                 fd = key.fd
                 if fd in waiting and st["msgs"] >= target:
@@ -130,6 +134,10 @@ class ManyClients:
                     if not waiting:
                         t_last = time.monotonic()
         return t_last
+
+    def bytes_received(self) -> int:
+        """Bytes read so far on every connection together (frames as they came on the wire)."""
+        return sum(st["bytes"] for st in self.state.values())
 
     def close(self) -> None:
         """Close every connection."""

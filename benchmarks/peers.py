@@ -13,13 +13,13 @@ can never outlive the benchmark by more than its time limit):
         Starts IMPL's websocket server (or the raw TCP floor) with the
         endpoints /echo, /bulkup, /bulkdown, /fanout and /idle, prints
         {"port": N} and then obeys line commands on stdin:
-        "stat", "count PATH", "bcast SIZE", "quit".
+        "stat", "count PATH", "bcast SIZE", "jbcast SEED" (a JSON update), "quit".
     reqserver IMPL WORKLOAD PARAMS_JSON
         Starts IMPL's request server, spawns a `reqpeer` process that
         answers the requests, runs WORKLOAD (latency, throughput, large)
         from worker threads and prints the figures as one JSON line.
     reqpeer IMPL URL
-        The remote service answering {"cmd": "echo"} and {"cmd": "blob"}.
+        The remote service answering {"cmd": "echo"}, {"cmd": "blob"} and {"cmd": "json"}.
     cluster-node, cluster-caller, cluster-peer ...
         The cluster group's nodes, caller without a server and peer: see
         benchmarks.cluster_peers.
@@ -35,7 +35,7 @@ import sys
 import time
 from typing import Any
 
-from .common import emit, implementation, measure, proc_status, raise_nofile
+from .common import emit, implementation, json_message, measure, proc_status, raise_nofile
 
 PROCESS_TIME_LIMIT = 900  # seconds; SIGALRM kills any peer left behind
 
@@ -74,6 +74,11 @@ def role_serve(impl: str) -> None:
             t0 = time.monotonic()
             srv.broadcast(msg)
             emit({"t0": t0, "t1": time.monotonic()})
+        elif cmd == "jbcast":
+            msg = json.dumps(json_message(int(parts[1])))
+            t0 = time.monotonic()
+            srv.broadcast(msg)
+            emit({"t0": t0, "t1": time.monotonic(), "size": len(msg)})
         elif cmd == "quit":
             break
     sys.stdout.flush()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
-IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
-WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle"]
+IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_deflate", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle", "json_fanout", "json_req"]
 ALIASES = {
     "latency": "req_latency",
     "throughput": "req_throughput",
@@ -45,6 +45,13 @@ FIGURES = {
     ],
     "fanout": [("p50_ms", "last client, p50", "ms", "lower")],
     "idle": [("KiB_per_conn", "RSS per conn", "KiB", "lower"), ("threads_per_conn", "threads per conn", "", "lower")],
+    "json_fanout": [
+        ("p50_ms", "last client, p50", "ms", "lower"),
+        ("bytes_per_msg", "wire bytes per client", "B", "lower"),
+        ("json_bytes", "JSON text", "B", "lower"),
+        ("KiB_per_conn", "server RSS per conn", "KiB", "lower"),
+    ],
+    "json_req": [("p50_us", "p50", "us", "lower"), ("bytes_per_req", "wire bytes per request", "B", "lower")],
     "redis_rtt": [
         ("ping_us", "PING p50", "us", "lower"),
         ("lookup_us", "connections() p50", "us", "lower"),
@@ -57,12 +64,20 @@ FIGURES = {
 }
 # where the workload is impossible or not meant to run
 NA = {("websocket_server", "bulk"): "n/a: websocket-server 0.6.4 has no binary frames"}
+# The JSON workloads compare syncws with and without permessage-deflate; the other stacks have no peer for them.
+JSON_WORKLOADS = {"json_fanout", "json_req"}
 ONLY_FOR = {
+    "raw": set(WORKLOADS) - JSON_WORKLOADS,
+    "websockets": set(WORKLOADS) - JSON_WORKLOADS,
+    "tornado_seed": set(WORKLOADS) - JSON_WORKLOADS,
+    "websocket_server": set(WORKLOADS) - JSON_WORKLOADS,
     "tornado_seed_b64": {"large_reply"},
     "syncws_inline": {"req_latency", "req_throughput"},
     "syncws_peer_asks": {"req_latency", "req_throughput"},
+    "syncws_deflate": {"req_latency", "fanout", "idle"} | JSON_WORKLOADS,
 }
 NOTES = {
+    **{("syncws_deflate", wl): "permessage-deflate agreed" for wl in ("req_latency", "fanout", "idle", "json_fanout", "json_req")},
     ("websocket_server", "large_reply"): "base64 text",
     ("tornado_seed_b64", "large_reply"): "base64 text",
     ("tornado_seed", "large_reply"): "binary frame",

@@ -7,8 +7,10 @@ registry (``sendWebSocketMessage``, ``registry.connections``); the client is
 for ``syncws_inline``. ``syncws_peer_asks`` measures the other direction: the
 measuring process is the peer, calling ``RemoteService.request``, and the
 child process is the server, answering with commands registered on its
-``RequestHandler``. The module is named ``syncws_impl`` so as not to shadow
-the package.
+``RequestHandler``. ``syncws_deflate`` is syncws with permessage-deflate:
+the server accepts it (its default), and its fan-out clients and its peer
+offer it (``RemoteService(compression="deflate")``). The module is named
+``syncws_impl`` so as not to shadow the package.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 import syncws
 
-from .common import HOST, BenchError, RequesterBase, ServeBase, payload, ws_url
+from .common import HOST, BenchError, RequesterBase, ServeBase, json_message, payload, tcp_bytes, ws_url
 
 
 class Serve(ServeBase):
@@ -117,6 +119,11 @@ class ServerAsks(RequesterBase):
         """``RequestHandler.doRequest``."""
         return self.rh.doRequest(msg, timeout=timeout)
 
+    def wire_bytes(self) -> int:
+        """Bytes sent and received so far on the peer's connection, as TCP counts them."""
+        handler = self.server.registry.newest("wsData")
+        return tcp_bytes(handler.connection.sock) if handler is not None else 0
+
 
 class PeerAsks(RequesterBase):
     """A ``RemoteService`` that calls the server in the child process (``run_peer`` serves there, on ``url``)."""
@@ -145,9 +152,10 @@ def run_peer(impl: str, url: str) -> None:
     if impl == "syncws_peer_asks":
         _serve_commands(url)
         return
-    svc = syncws.RemoteService(url)
+    svc = syncws.RemoteService(url, compression="deflate" if impl == "syncws_deflate" else None)
     svc.register("echo", lambda msg: msg.get("x"), inline=impl == "syncws_inline")
     svc.register("blob", lambda msg: bytes(int(msg["size"])))
+    svc.register("json", lambda msg: json_message(int(msg["seed"])))
     svc.run_forever()
 
 

@@ -261,6 +261,38 @@ def wl_fanout(impl: str, cfg: dict[str, Any]) -> dict[str, float]:
     return {"p50_ms": pct(lat, 0.5) * 1e3}
 
 
+def wl_json_fanout(impl: str, cfg: dict[str, Any]) -> dict[str, float]:
+    """A JSON update broadcast to many clients: p50 of the time until the last has it, bytes on the wire per client,
+    and the server's RSS growth per connection once each has been sent to (its compressor made, where one is)."""
+    n, rounds = cfg["fan_clients"], cfg["fan_rounds"]
+    with Server(impl) as srv:
+        s0 = srv.cmd("stat")
+        clients = ManyClients(impl, srv.port, "/fanout", n)
+        try:
+            srv.wait_count("/fanout", n)
+            lat, sizes = [], []
+            base = 0
+            for r in range(rounds + 1):  # round 0 is a warm-up
+                srv.peer.send("jbcast %d" % r)
+                t_last = clients.collect(r + 1, 30)
+                sent = srv.peer.read(15)
+                if r:
+                    lat.append(t_last - sent["t0"])
+                    sizes.append(sent["size"])
+                else:
+                    base = clients.bytes_received()
+            wire = (clients.bytes_received() - base) / (n * rounds)
+            s1 = srv.cmd("stat")
+        finally:
+            clients.close()
+    return {"p50_ms": pct(lat, 0.5) * 1e3, "bytes_per_msg": wire, "json_bytes": sum(sizes) / len(sizes), "KiB_per_conn": (s1["VmRSS"] - s0["VmRSS"]) / n}
+
+
+def wl_json_req(impl: str, cfg: dict[str, Any]) -> dict[str, float]:
+    """Sequential requests answered with a JSON update: p50, and bytes on the wire per request and reply."""
+    return run_reqserver(impl, "json", {"n": cfg["lat_n"]})
+
+
 def wl_idle(impl: str, cfg: dict[str, Any]) -> dict[str, float]:
     """Many idle connections: the server's RSS and threads per connection."""
     n, warm = cfg["idle_n"], 10
@@ -283,4 +315,4 @@ def wl_idle(impl: str, cfg: dict[str, Any]) -> dict[str, float]:
 
 
 RUNNERS = {"echo": wl_echo, "bulk": wl_bulk, "req_latency": wl_req_latency, "req_throughput": wl_req_throughput,
-           "large_reply": wl_large_reply, "fanout": wl_fanout, "idle": wl_idle}
+           "large_reply": wl_large_reply, "fanout": wl_fanout, "idle": wl_idle, "json_fanout": wl_json_fanout, "json_req": wl_json_req}

@@ -22,9 +22,21 @@ from collections.abc import Sequence
 from typing import Any, Callable, Optional, Protocol, Union
 
 from .connection import Connection
+from .deflate import DeflateOptions, PerMessageDeflate
 from .exceptions import HandshakeError
 from .handlers import BaseWebSocketHandler, HandlerHost
-from .handshake import Request, accept_response, check_upgrade, content_response, error_response, is_token, is_upgrade, offered_subprotocols, parse_http_request
+from .handshake import (
+    Request,
+    accept_response,
+    check_upgrade,
+    content_response,
+    error_response,
+    is_token,
+    is_upgrade,
+    negotiate_deflate,
+    offered_subprotocols,
+    parse_http_request,
+)
 from .listening import describe_address
 
 __all__ = [
@@ -143,6 +155,7 @@ class AdmissionHost(HandlerHost, Protocol):
     send_timeout: Optional[float]
     max_send_queue: int
     close_timeout: float
+    compression: Optional[DeflateOptions]
 
     def _track_handshake(self, sock: socket.socket) -> None:
         """Make ``sock`` the socket that stop() cuts short for this thread; raise if stopping."""
@@ -185,6 +198,7 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
     check_upgrade(request.headers)
     endpoint = _check(host, request)
     subprotocol = select_subprotocol(endpoint, request)
+    agreed = negotiate_deflate(request, host.compression)
     connection = Connection(
         sock,
         is_client=False,
@@ -195,7 +209,8 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
         max_send_queue=host.max_send_queue,
         close_timeout=host.close_timeout,
         initial_data=rest,
-        preamble=accept_response(request, subprotocol),
+        preamble=accept_response(request, subprotocol, agreed[0] if agreed else None),
+        deflate=PerMessageDeflate(agreed[1], False, host.compression) if agreed and host.compression else None,
         name=f"{threading.current_thread().name} {describe_address(address)}",
     )
     return connection, _admit(host, request, connection, endpoint, subprotocol)

@@ -12,16 +12,21 @@ import logging
 from urllib.parse import quote
 
 from .client import connect
+from .deflate import DeflateOptions
 from .exceptions import SyncWSError
 
 __all__ = ["run_autobahn_client"]
 
 logger = logging.getLogger(__name__)
 
+# Cases 12 and 13 test permessage-deflate: offer it, and echo what came compressed
+# compressed, whatever its kind or size, so that the suite sees both directions work.
+_COMPRESSION = DeflateOptions(min_size=0, compress_binary=True)
+
 
 def _echo_case(url: str) -> None:
     try:
-        connection = connect(url, max_message_size=None, ping_interval=None)
+        connection = connect(url, max_message_size=None, ping_interval=None, compression=_COMPRESSION)
     except SyncWSError as exc:
         logger.info("case connection %s failed: %s", url, exc)
         return

@@ -25,6 +25,7 @@ import websocket
 
 from . import timeouts
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, Connection, Message
+from .deflate import DeflateOptions, NegotiationError, PerMessageDeflate, check_response, client_offer, resolve
 from .exceptions import HandshakeError, NotConnected
 from .handshake import is_token, offered_subprotocols
 from .proxy import Proxy, proxy_failure, proxy_options
@@ -104,6 +105,7 @@ def connect(
     require_subprotocol: bool = False,
     proxy: Proxy = None,
     unix_socket: Union[str, os.PathLike[str], None] = None,
+    compression: Union[str, DeflateOptions, None] = None,
 ) -> ClientConnection:
     """Open a websocket connection to ``url`` (``ws://`` or ``wss://``) and return it.
 
@@ -123,17 +125,24 @@ def connect(
     ``unix_socket``: reach the server on this Unix domain socket path (the
     URL then gives only the Host header and the path; ``ws://`` only).
 
+    ``compression="deflate"`` (or a :class:`syncws.deflate.DeflateOptions`)
+    offers permessage-deflate (RFC 7692); the connection's ``extensions``
+    says whether the server took it. None, the default, offers nothing: on
+    a LAN, compression costs more time than it saves (docs/tuning.md).
+
     Raises HandshakeError when the server answers the handshake with an HTTP
     error: its ``status`` is the HTTP status and its ``reason`` the server's
     error text (the ``error`` of a JSON body, else the body, else the status
     line's words); also when a proxy refuses the tunnel (its HTTP status,
     e.g. 407), and, with status 101, when the server chose a subprotocol
-    that was not offered or none where one was required. NotConnected when
-    the server (or the proxy) cannot be reached within ``timeout``.
+    that was not offered or none where one was required, or answered with
+    extensions that break permessage-deflate's rules. NotConnected when the
+    server (or the proxy) cannot be reached within ``timeout``.
     """
     limit = timeouts.check_timeout(timeout)  # None: websocket-client blocks
     offered = _check_subprotocols(subprotocols, require_subprotocol)
-    options: dict[str, Any] = _handshake_options(limit, header, cookie, origin, offered)
+    deflate_options = resolve(compression)
+    options: dict[str, Any] = _handshake_options(limit, header, cookie, origin, offered, deflate_options)
     if unix_socket is not None:
         if urlsplit(url).scheme != "ws" or proxy:
             raise ValueError("a Unix socket takes a ws:// URL, without a proxy")
@@ -168,6 +177,7 @@ def connect(
     except HandshakeError:
         ws.close()
         raise
+    deflate = _agreed_deflate(ws, deflate_options)
     connection = ClientConnection(
         ws,
         max_message_size=max_message_size,
@@ -175,6 +185,7 @@ def connect(
         ping_timeout=ping_timeout,
         send_timeout=send_timeout,
         close_timeout=close_timeout,
+        deflate=deflate,
         name=f"client {url}",
     )
     connection.subprotocol = chosen
@@ -182,15 +193,23 @@ def connect(
 
 
 def _handshake_options(
-    limit: Optional[float], header: Union[list[str], dict[str, str], None], cookie: Optional[str], origin: Optional[str], offered: list[str]
+    limit: Optional[float],
+    header: Union[list[str], dict[str, str], None],
+    cookie: Optional[str],
+    origin: Optional[str],
+    offered: list[str],
+    deflate_options: Optional[DeflateOptions],
 ) -> dict[str, Any]:
-    """websocket-client's handshake options: the timeout, headers (with the subprotocols offered), cookie and Origin."""
+    """websocket-client's handshake options: the timeout, headers (with the subprotocols and extensions offered), cookie and Origin."""
     # websocket-client sends an Origin header of its own unless told not to;
     # a program is not a browser, so it sends one only when asked to.
     options: dict[str, Any] = {"timeout": limit, "suppress_origin": origin is None}
-    if offered:
-        lines = [f"{k}: {v}" for k, v in header.items()] if isinstance(header, dict) else list(header or [])
-        header = [*lines, f"Sec-WebSocket-Protocol: {', '.join(offered)}"]
+    extra = [f"Sec-WebSocket-Protocol: {', '.join(offered)}"] if offered else []
+    if deflate_options is not None:
+        extra.append(f"Sec-WebSocket-Extensions: {client_offer(deflate_options)}")
+    if extra:
+        lines = [f"{k}: {v}" for k, v in header.items() if v is not None] if isinstance(header, dict) else list(header or [])
+        header = [*lines, *extra]
     if header is not None:
         options["header"] = header
     if cookie is not None:
@@ -237,3 +256,18 @@ def _unix_connection(path: str, limit: Optional[float], url: str) -> socket.sock
         sock.close()
         raise NotConnected(f"cannot connect to {url} on the Unix socket {path}: {exc.strerror or exc}") from exc
     return sock
+
+
+def _agreed_deflate(ws: websocket.WebSocket, options: Optional[DeflateOptions]) -> Optional[PerMessageDeflate]:
+    """The codec for what the server's 101 agreed to, or None; HandshakeError (socket closed) when it breaks the rules."""
+    response = (ws.getheaders() or {}).get("sec-websocket-extensions")
+    try:
+        if options is None:
+            if response:
+                raise NegotiationError(f"the server accepted extensions that were not offered: {response!r}")
+            return None
+        agreement = check_response(response, options)
+    except NegotiationError as exc:
+        ws.shutdown()  # failing the connection (RFC 6455 4.1): no closing handshake on a stream we cannot read
+        raise HandshakeError(101, f"invalid Sec-WebSocket-Extensions in the server's response: {exc}") from None
+    return PerMessageDeflate(agreement, True, options) if agreement is not None else None

@@ -37,6 +37,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import frames, timeouts
 from .closing import ClosingHandshake
+from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
 from .keepalive import Keepalive
 from .outbox import Item, Outbox
@@ -97,11 +98,14 @@ class Connection:
         initial_data: bytes read past the handshake that belong to the frame stream.
         preamble: bytes to write before the first frame (the server's 101
             response): see :meth:`flush_preamble`.
+        deflate: the permessage-deflate codec when the handshake agreed on
+            it (:mod:`syncws.deflate`); None: no compression.
         name: used in log lines.
 
-    Who touches what: ``protocol.reader`` (the receiving half), the transport's
-    reads and deadline, and ``_keepalive`` belong to the reader thread;
-    ``protocol``'s sending half, the transport's writes and the closing
+    Who touches what: ``protocol.reader`` (the receiving half, with the
+    permessage-deflate inflater), the transport's reads and deadline, and
+    ``_keepalive`` belong to the reader thread; ``protocol``'s sending half
+    (with the compressor), the transport's writes and the closing
     handshake's deadline are used under ``_send_lock``; ``_closed`` is an Event
     and ``_closing_notified`` a one-shot lock, safe from anywhere.
     """
@@ -119,6 +123,7 @@ class Connection:
         initial_data: bytes = b"",
         preamble: bytes = b"",
         max_send_queue: int = DEFAULT_MAX_SEND_QUEUE,
+        deflate: Optional[PerMessageDeflate] = None,
         name: str = "connection",
     ) -> None:
         self.sock = sock
@@ -130,13 +135,15 @@ class Connection:
         self.name = name
         #: The protocol's rules and state. Its receiving half (``protocol.reader``) belongs
         #: to the reader thread; its sending half and its state are used under the send lock.
-        self.protocol = Protocol(is_client, max_message_size)
+        self.protocol = Protocol(is_client, max_message_size, deflate)
         self.protocol.receive_data(initial_data)
         self._reader = self.protocol.reader  # called directly on the hot path, one layer less
+        self._deflate = deflate  # checked on every send: None keeps the uncompressed path as it was
 
         # Synchronize writes to the socket (through the transport, which asserts it, and
         # with them its pending preamble) and the sending half of the protocol
-        # (close_sent, state): each frame goes out whole, and none after the close frame.
+        # (close_sent, state, the permessage-deflate compressor): each frame goes out
+        # whole, none after the close frame, and compressed ones in the order compressed.
         # The closing handshake's deadline is written under it too.
         self._send_lock = threading.Lock()
         # One-shot: taken by whichever thread first decides that the connection ends (see on_closing).
@@ -196,6 +203,12 @@ class Connection:
     def send_queue_bytes(self) -> int:
         """Bytes of messages from :meth:`send_nowait` waiting for the socket now."""
         return self._outbox.queued_bytes
+
+    @property
+    def extensions(self) -> str:
+        """The extensions agreed in the handshake, as the server's ``Sec-WebSocket-Extensions`` said ("" for none)."""
+        deflate = self.protocol.deflate
+        return deflate.agreement.header_value() if deflate is not None else ""
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         """Block until the connection is closed; return False on timeout. Safe from any thread."""
@@ -279,7 +292,7 @@ class Connection:
 
     # ------------------------------------------------------------------ writing
 
-    def send(self, message: Outgoing, binary: bool = False) -> None:
+    def send(self, message: Outgoing, binary: bool = False, compress: Optional[bool] = None) -> None:
         """Send one message: str as text, bytes-like as binary, a dict or list as JSON text.
 
         ``binary=True`` sends text (and JSON) as a binary frame of its UTF-8
@@ -287,8 +300,18 @@ class Connection:
         from any thread; blocks until the frame is handed to the kernel.
         Raises ConnectionClosed once a close frame was sent or the socket is
         gone, and SendTimeout (after aborting) if the peer stopped reading.
+
+        Where permessage-deflate was agreed, ``compress`` says whether this
+        message goes compressed: None (the default) compresses text from the
+        codec's ``min_size`` up (and binary if its options say so), False
+        sends it as it is, True compresses it whatever its kind and size.
+        Without the extension it changes nothing.
         """
-        self._send_frame(*encode_message(message, binary))
+        opcode, payload = encode_message(message, binary)
+        if self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
+            self._send_compressed(opcode, payload)
+        else:
+            self._send_frame(opcode, payload)
 
     def ping(self, payload: bytes = b"") -> None:
         """Send a ping (at most 125 bytes). Safe from any thread."""
@@ -305,7 +328,11 @@ class Connection:
 
     def send_parts(self, *parts: Union[bytes, bytearray, memoryview]) -> None:
         """Send one binary message made of ``parts`` put end to end, without joining
-        them first where that can be avoided. Safe from any thread."""
+        them first where that can be avoided. Safe from any thread.
+
+        Never compressed: this is how the parts of a binary reply go, which are
+        bulk data that compression would slow down many times over on a LAN.
+        """
         self._send_frame(frames.OP_BINARY, *parts)
 
     def send_nowait(self, message: Outgoing, binary: bool = False, frame: Optional[bytes] = None) -> None:
@@ -319,12 +346,15 @@ class Connection:
         ``max_send_queue`` bytes would wait, the peer is too slow and the
         connection is aborted (close code 1008, "send queue full").
         ``frame``: this message's whole frame, made once for many server
-        connections (unmasked and uncompressed), used as it is. Raises
+        connections (unmasked and uncompressed), used as it is where it
+        fits (a connection that compresses makes its own). Raises
         TypeError as :meth:`send` does, and ConnectionClosed once the
         connection is closed or closing.
         """
         opcode, payload = encode_message(message, binary)
-        item = (opcode, payload, frame if not self.is_client else None)
+        # A shared frame fits only a server connection that sends this message as it is (no mask, no compression).
+        shared = frame is not None and not self.is_client and not self._compresses(opcode, payload)
+        item = (opcode, payload, frame if shared else None)
         if self._outbox or not self._send_lock.acquire(blocking=False):
             self._outbox.put(item)
             return
@@ -344,8 +374,16 @@ class Connection:
         if frame is not None:
             return frame
         mask_key = self.protocol.mask_key()
-        data = frames.masked(payload, mask_key) if mask_key is not None and len(payload) else payload
-        return frames.encode_header(opcode, len(payload), True, mask_key) + data
+        if self._compresses(opcode, payload):
+            # Compressed here, under the send lock, and written before it is let go: in the compressor's order.
+            header, payload = self.protocol.compressed_frame(opcode, payload, mask_key)
+        else:
+            header = frames.encode_header(opcode, len(payload), True, mask_key)
+        return header + (frames.masked(payload, mask_key) if mask_key is not None and len(payload) else payload)
+
+    def _compresses(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> bool:
+        """Whether a message from send_nowait goes compressed (the server's settings decide, as for send)."""
+        return self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), None)
 
     def _flush_outbox(self) -> None:
         """Write every waiting message, in order, and the rest of a frame written in part. Requires the send lock."""
@@ -367,6 +405,23 @@ class Connection:
         """More than ``max_send_queue`` bytes would wait: the peer is too slow; give it up (any thread)."""
         logger.warning("%s: %d bytes would wait to be sent (max_send_queue %d); closing the connection", self.name, queued, self._outbox.limit)
         self.abort(CloseCode.POLICY_VIOLATION, "send queue full")
+
+    def _send_compressed(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> None:
+        """Compress and send one message under the send lock: with context takeover, messages
+        must reach the peer in the order the compressor saw them."""
+        mask_key = self.protocol.mask_key()
+        with self._send_lock:
+            if self._outbox:
+                self._flush_outbox()
+            header, data = self.protocol.compressed_frame(opcode, payload, mask_key)
+            if len(data) < _COALESCE_LIMIT:
+                self._io.write(header + (frames.masked(data, mask_key) if mask_key is not None and data else data))
+            elif mask_key is not None:
+                self._io.write(header)
+                self._io.write_masked((data,), mask_key)
+            else:
+                self._io.write(header)
+                self._io.write(data)
 
     def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
         payload = parts[0] if len(parts) == 1 else None

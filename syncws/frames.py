@@ -30,6 +30,7 @@ __all__ = [
     "OP_CLOSE",
     "OP_PING",
     "OP_PONG",
+    "RSV1",
     "DATA_OPCODES",
     "CONTROL_OPCODES",
     "FrameHeader",
@@ -53,6 +54,7 @@ OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
+RSV1 = 0x40  #: the first byte's bit that marks a message compressed with permessage-deflate (RFC 7692 section 6)
 
 DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
 CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
@@ -104,15 +106,17 @@ def parse_header(b1: int, b2: int) -> FrameHeader:
     return FrameHeader(bool(b1 & 0x80), b1 & 0x70, b1 & 0x0F, bool(b2 & 0x80), b2 & 0x7F)
 
 
-def check_header(header: FrameHeader, expect_masked: bool) -> None:
+def check_header(header: FrameHeader, expect_masked: bool, allowed_rsv: int = 0) -> None:
     """Raise :class:`ProtocolError` (close 1002) if the header breaks RFC 6455 section 5.
 
     ``expect_masked`` is True on a server (clients must mask, section 5.1) and
-    False on a client (servers must not). No extension is negotiated, so any
-    RSV bit is an error (section 5.2).
+    False on a client (servers must not). ``allowed_rsv`` holds the RSV bits a
+    negotiated extension defines (``RSV1`` for permessage-deflate); they are
+    allowed on the first frame of a text or binary message only (RFC 7692
+    section 6), any other RSV bit is an error (section 5.2).
     """
-    if header.rsv:
-        raise ProtocolError("reserved bits set without a negotiated extension")
+    if header.rsv and (header.rsv & ~allowed_rsv or header.opcode not in (OP_TEXT, OP_BINARY)):
+        raise ProtocolError(_rsv_error(header, allowed_rsv))
     if header.opcode not in DATA_OPCODES and header.opcode not in CONTROL_OPCODES:
         raise ProtocolError(f"reserved opcode {header.opcode:#x}")
     if header.masked != expect_masked:
@@ -125,9 +129,17 @@ def check_header(header: FrameHeader, expect_masked: bool) -> None:
             raise ProtocolError("control frame payload longer than 125 bytes")
 
 
-def encode_header(opcode: int, length: int, fin: bool = True, mask_key: Optional[bytes] = None) -> bytes:
-    """Build a frame header for a payload of ``length`` bytes (with the mask key, if any)."""
-    b1 = (0x80 if fin else 0) | opcode
+def _rsv_error(header: FrameHeader, allowed_rsv: int) -> str:
+    if not allowed_rsv:
+        return "reserved bits set without a negotiated extension"
+    if header.rsv & ~allowed_rsv:
+        return "reserved bits set that no negotiated extension defines"
+    return "compressed bit set on a frame other than a message's first (a continuation or control frame)"
+
+
+def encode_header(opcode: int, length: int, fin: bool = True, mask_key: Optional[bytes] = None, rsv: int = 0) -> bytes:
+    """Build a frame header for a payload of ``length`` bytes (with the mask key, if any; ``rsv``: RSV1 for a compressed message)."""
+    b1 = (0x80 if fin else 0) | rsv | opcode
     mask_bit = 0x80 if mask_key is not None else 0
     if length < 126:
         header = bytes((b1, mask_bit | length))

@@ -117,15 +117,17 @@ class BaseWebSocketHandler:
         except Exception:
             logger.exception("connNotify of %r failed on %r", self.name, event)
 
-    def write_message(self, message: Outgoing, binary: bool = False) -> None:
+    def write_message(self, message: Outgoing, binary: bool = False, compress: Optional[bool] = None) -> None:
         """Send a message: str as text, bytes-like (or ``binary=True``) as binary, dict or list as JSON text.
 
         Safe from any thread; messages written from one thread arrive in the
         order written. Raises TypeError for anything else (before sending),
         ConnectionClosed if the connection is closed or closing, SendTimeout
-        if the peer stopped reading.
+        if the peer stopped reading. ``compress`` (where permessage-deflate
+        was agreed): False sends this message uncompressed, True compresses
+        it, None follows the server's settings (see ``Connection.send``).
         """
-        self.connection.send(message, binary)
+        self.connection.send(message, binary, compress)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake; returns at once. Safe from any thread."""

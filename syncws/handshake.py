@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Optional
 from urllib.parse import parse_qs
 
+from .deflate import Agreement, DeflateOptions, accept_offers
 from .exceptions import HandshakeError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "offered_subprotocols",
     "is_token",
     "accept_response",
+    "negotiate_deflate",
     "error_response",
     "content_response",
 ]
@@ -185,17 +187,30 @@ def is_token(name: object) -> bool:
     return isinstance(name, str) and _TOKEN.fullmatch(name) is not None
 
 
-def accept_response(request: Request, subprotocol: Optional[str] = None) -> bytes:
-    """The 101 response that completes the handshake, naming the ``subprotocol`` chosen, if any."""
+def accept_response(request: Request, subprotocol: Optional[str] = None, extensions: Optional[str] = None) -> bytes:
+    """The 101 response that completes the handshake, naming the ``subprotocol`` chosen and the agreed
+    ``Sec-WebSocket-Extensions``, if any."""
     chosen = f"Sec-WebSocket-Protocol: {subprotocol}\r\n" if subprotocol is not None else ""
+    extra = f"Sec-WebSocket-Extensions: {extensions}\r\n" if extensions else ""
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Accept: {accept_key(request.headers['Sec-WebSocket-Key'])}\r\n"
         f"{chosen}"
+        f"{extra}"
         "\r\n"
     ).encode("ascii")
+
+
+def negotiate_deflate(request: Request, options: Optional[DeflateOptions]) -> Optional[tuple[str, Agreement]]:
+    """The server's answer to the request's permessage-deflate offers: ``(Sec-WebSocket-Extensions value,
+    agreement)``, or None (compression off, nothing offered, or no offer acceptable: see
+    :func:`syncws.deflate.accept_offers`)."""
+    offers = request.headers.get("Sec-WebSocket-Extensions")
+    if options is None or not offers:
+        return None
+    return accept_offers(offers, options)
 
 
 def error_response(status: int, reason: str) -> bytes:

@@ -36,6 +36,7 @@ import os
 from typing import Optional, Union
 
 from . import frames
+from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed
 from .reader import Close, CloseCode, Event, FrameReader, Message, Ping, Pong
 
@@ -57,7 +58,11 @@ class Protocol:
         is_client: True on the client side: frames sent are masked, frames
             received must not be (and the reverse on a server).
         max_message_size: a larger message is refused with 1009, decided from
-            the frame headers before its payload is read; None for no limit.
+            the frame headers before its payload is read (for a compressed
+            message, as it is inflated); None for no limit.
+        deflate: the permessage-deflate codec, when the handshake agreed on
+            it (RFC 7692): compressed messages are accepted (RSV1 on their
+            first frame) and :meth:`compressed_frame` may be used to send.
 
     The receiving methods belong to one reader thread at a time; the sending
     methods must be called under one lock (the pump's send lock). ``state``,
@@ -68,8 +73,10 @@ class Protocol:
     once, either account may stand, and both are true.
     """
 
-    def __init__(self, is_client: bool, max_message_size: Optional[int] = None) -> None:
+    def __init__(self, is_client: bool, max_message_size: Optional[int] = None, deflate: Optional[PerMessageDeflate] = None) -> None:
         self.is_client = is_client
+        #: The permessage-deflate codec, or None without compression.
+        self.deflate = deflate
         #: OPEN, CLOSING or CLOSED. Written under the pump's send lock (see the send_* methods).
         self.state = State.OPEN
         #: The close code and reason once known: the peer's close frame, or ours when we fail
@@ -80,7 +87,7 @@ class Protocol:
         self.close_received = False  # the peer's close frame came in (reader only)
         #: The frame parser, the receiving half: the reader thread's. The pump calls it
         #: directly; the receiving methods below hand each call on to it.
-        self.reader = FrameReader(is_client, max_message_size, self._close_received)
+        self.reader = FrameReader(is_client, max_message_size, self._close_received, deflate)
 
     @property
     def max_message_size(self) -> Optional[int]:
@@ -145,6 +152,26 @@ class Protocol:
     def mask_key(self) -> Optional[bytes]:
         """A fresh mask key for the next frame on a client, None on a server."""
         return os.urandom(4) if self.is_client else None
+
+    def compresses(self, binary: bool, length: int, compress: Optional[bool]) -> bool:
+        """Whether to send a message compressed: ``compress`` True or False decides (if compression
+        was agreed and can be used); None leaves it to the codec's defaults (text from ``min_size`` bytes)."""
+        deflate = self.deflate
+        if deflate is None or compress is False or not deflate.can_compress:
+            return False
+        return compress is True or deflate.wants(binary, length)
+
+    def compressed_frame(self, opcode: int, payload: frames.Buffer, mask_key: Optional[bytes]) -> tuple[bytes, bytes]:
+        """The header (RSV1 set) and the compressed, still unmasked, payload of one whole message.
+
+        Requires the send lock, and that the frame goes out before the lock is
+        released: with context takeover, each message refers to those compressed
+        before it, so they must reach the peer in the order they were compressed.
+        """
+        assert self.deflate is not None
+        self.check_open()
+        data = self.deflate.compress(payload)
+        return frames.encode_header(opcode, len(data), True, mask_key, frames.RSV1), data
 
     def send_pong(self, payload: bytes) -> bytes:
         """The pong frame that answers a ping with ``payload``."""

@@ -25,6 +25,7 @@ import io
 from typing import Callable, NamedTuple, Optional, Union
 
 from . import frames
+from .deflate import PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
 
 __all__ = ["FrameReader", "CloseCode", "Ping", "Pong", "Close", "Event", "Message"]
@@ -132,22 +133,30 @@ class _DataFrame:
 
 
 class _PartialMessage:
-    """A text message, or a message in several frames, as it arrives.
+    """A text message, a message in several frames, or a compressed message, as it arrives.
 
     Every frame's payload is appended to one buffer, so a message in progress
     holds its payload so far and a constant, however many fragments it came
     in (a list of fragments would cost some 90 bytes per fragment, even an
     empty one). Text is checked as it arrives, so that an invalid byte fails
-    the message at once (close 1007), not when the whole of it is in.
+    the message at once (close 1007), not when the whole of it is in. A
+    compressed message is inflated as it arrives, never past ``limit``.
     """
 
-    __slots__ = ("data", "decoder")
+    __slots__ = ("data", "decoder", "inflater", "limit")
 
-    def __init__(self, opcode: int) -> None:
+    def __init__(self, opcode: int, inflater: Optional[PerMessageDeflate] = None, limit: Optional[int] = None) -> None:
         self.data = bytearray()
         self.decoder = _utf8_decoder() if opcode == frames.OP_TEXT else None
+        self.inflater = inflater  # set for a compressed message (RSV1 on its first frame)
+        self.limit = limit
 
     def add(self, chunk: Union[bytes, bytearray]) -> None:
+        if self.inflater is not None:
+            chunk = self.inflater.inflate(chunk, self._room(), len(self.data))
+        self._append(chunk)
+
+    def _append(self, chunk: Union[bytes, bytearray]) -> None:
         decoder = self.decoder
         # An ASCII stretch is valid UTF-8 unless it ends a character left open before it.
         if decoder is not None and not (chunk.isascii() and not decoder.getstate()[0]):
@@ -157,7 +166,13 @@ class _PartialMessage:
                 raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
         self.data += chunk
 
+    def _room(self) -> Optional[int]:
+        """How many more bytes the message may grow by (None: no limit)."""
+        return None if self.limit is None else self.limit - len(self.data)
+
     def result(self) -> Message:
+        if self.inflater is not None:
+            self._append(self.inflater.end_message(self._room(), len(self.data)))
         if self.decoder is None:
             return bytes(self.data)
         try:
@@ -177,14 +192,21 @@ class FrameReader:
             the frame headers before its payload is read; None for no limit.
         on_close: called as ``on_close(code, reason)`` when the peer's close
             frame is parsed, before its event is returned.
+        deflate: the permessage-deflate codec when the handshake agreed on
+            it: a data message whose first frame has RSV1 set is inflated
+            (its size limit counts the inflated bytes); None: RSV1 is an error.
 
     One reader thread at a time, but for :attr:`drop_messages`, which the
     owner sets from its sending side.
     """
 
-    def __init__(self, is_client: bool, max_message_size: Optional[int], on_close: Callable[[int, str], None]) -> None:
+    def __init__(
+        self, is_client: bool, max_message_size: Optional[int], on_close: Callable[[int, str], None], deflate: Optional[PerMessageDeflate] = None
+    ) -> None:
         self.is_client = is_client
         self.max_message_size = max_message_size
+        self.deflate = deflate
+        self._allowed_rsv = frames.RSV1 if deflate is not None else 0
         #: Set (once, never cleared) when our close frame went out: data messages are dropped from then on (section 1.4).
         self.drop_messages = False
         self._on_close = on_close
@@ -250,15 +272,18 @@ class FrameReader:
         """The next message if it is one small whole frame already buffered, else None (nothing taken).
 
         A shortcut past the general path for what most traffic is; it accepts
-        only frames that path would accept too (FIN set, no RSV bits, text or
-        binary, the right mask bit, under 126 bytes) and leaves all else to it.
+        only frames that path would accept too (FIN set, no RSV bits but a
+        negotiated RSV1, text or binary, the right mask bit, under 126 bytes)
+        and leaves all else to it.
         """
         buf = self._buffer
         if len(buf) < 2 or self.drop_messages:
             return None
         b1, b2 = buf[0], buf[1]
         length = b2 & 0x7F
-        if (b1 != 0x81 and b1 != 0x82) or length > 125 or bool(b2 & 0x80) == self.is_client:
+        if b1 != 0x81 and b1 != 0x82 and not ((b1 == 0xC1 or b1 == 0xC2) and self.deflate is not None):
+            return None
+        if length > 125 or bool(b2 & 0x80) == self.is_client:
             return None
         if self.max_message_size is not None and length > self.max_message_size:
             return None
@@ -273,17 +298,26 @@ class FrameReader:
                 return None
             payload = frames.masked(buf[6 : 6 + length], bytes(buf[2:6]))
             del buf[: 6 + length]
-        if b1 == 0x82:
+        if b1 & 0x40:  # RSV1: compressed (checked above: only with permessage-deflate agreed)
+            payload = self._inflate_whole(payload)
+        if b1 & 0x0F == 0x2:  # binary
             return bytes(payload)
         try:
             return payload.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
 
+    def _inflate_whole(self, payload: Union[bytes, bytearray]) -> bytes:
+        """A whole compressed message's payload, inflated within the size limit."""
+        deflate, limit = self.deflate, self.max_message_size
+        assert deflate is not None
+        data = deflate.inflate(payload, limit)
+        return data + deflate.end_message(None if limit is None else limit - len(data), len(data))
+
     def _next_frame(self) -> Union[_DataFrame, Ping, Pong, Close]:
         """Take the next frame header: a data frame to read the payload of, or a whole control frame's event."""
         partial = self._message
-        fin, opcode, length, key = self._take_header(len(partial.data) if partial is not None else 0)
+        fin, opcode, length, key, compressed = self._take_header(len(partial.data) if partial is not None else 0)
         if opcode >= 8:
             return self._control(opcode, bytes(self._take_payload(length, key)))
         if opcode == frames.OP_CONTINUATION:
@@ -293,9 +327,10 @@ class FrameReader:
         elif partial is not None:
             self._skip_buffered(length)
             raise ProtocolError("new data frame inside a fragmented message")
-        elif opcode == frames.OP_TEXT or not fin:
-            # Text is checked as it arrives; a message in parts is put together in one buffer.
-            self._message = _PartialMessage(opcode)
+        elif opcode == frames.OP_TEXT or not fin or compressed:
+            # Text is checked as it arrives; a message in parts is put together in one buffer;
+            # a compressed one is inflated as it arrives (check_header allowed RSV1 on text and binary only).
+            self._message = _PartialMessage(opcode, self.deflate if compressed else None, self.max_message_size)
         self._frame = _DataFrame(fin, length, key)
         return self._frame
 
@@ -308,8 +343,8 @@ class FrameReader:
         self._on_close(code, reason)
         return Close(code, reason)
 
-    def _take_header(self, message_size: Optional[int]) -> tuple[bool, int, int, Optional[bytes]]:
-        """Take a checked frame header off the buffer: ``(fin, opcode, payload length, mask key or None)``.
+    def _take_header(self, message_size: Optional[int]) -> tuple[bool, int, int, Optional[bytes], int]:
+        """Take a checked frame header off the buffer: ``(fin, opcode, payload length, mask key or None, RSV1 bit)``.
 
         ``message_size`` is the size of the message so far, for the size
         limit; None skips the limit (frames that are only being dropped).
@@ -320,7 +355,7 @@ class FrameReader:
         buf = self._need(2)
         header = frames.parse_header(buf[0], buf[1])
         try:
-            frames.check_header(header, expect_masked=not self.is_client)
+            frames.check_header(header, not self.is_client, self._allowed_rsv)
         except ProtocolError:
             self._skip_buffered_frame(header)
             raise
@@ -338,7 +373,7 @@ class FrameReader:
         if limit is not None and message_size is not None and header.opcode < 8 and message_size + length > limit:
             # Decided from the header alone: the payload is never read.
             raise PayloadTooBig(message_size + length, limit)
-        return header.fin, header.opcode, length, key
+        return header.fin, header.opcode, length, key, header.rsv & frames.RSV1
 
     def _read_payload(self, frame: _DataFrame) -> Union[bytes, bytearray, None]:
         """A data frame's payload: returned when it is a whole binary message, else added to the message."""
@@ -418,7 +453,7 @@ class FrameReader:
                     if frame.offset < frame.length:
                         raise _NeedData()
                     self._frame = None
-                _, opcode, length, key = self._take_header(None)  # dropped: no size limit
+                _, opcode, length, key, _ = self._take_header(None)  # dropped: no size limit
                 if opcode == frames.OP_CLOSE:
                     self._control(opcode, bytes(self._take_payload(length, key)))
                     return True
@@ -433,3 +468,5 @@ class FrameReader:
     def reset(self) -> None:
         """Forget the frame and the message in progress (the connection is being failed)."""
         self._frame = self._message = None
+        if self.deflate is not None:
+            self.deflate.reset_receiving()

@@ -38,6 +38,7 @@ from .calls import CallTable, PendingCall
 from .client import ClientConnection, connect
 from .commands import CommandFunction, Commands, current_call, send_reply
 from .connection import Connection
+from .deflate import DeflateOptions
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestTimeout, SendTimeout
 from .proxy import Proxy, proxy_options
 from .reassembly import Progress
@@ -77,6 +78,9 @@ class RemoteService:
             :func:`syncws.connect` on every connection attempt; see
             :attr:`subprotocol`. A server that picks a subprotocol not
             offered (or none, when one is required) is a permanent refusal.
+        compression: ``"deflate"`` or a :class:`syncws.deflate.DeflateOptions`
+            offers permessage-deflate, as :func:`syncws.connect` does; None
+            (the default) does not.
     """
 
     def __init__(
@@ -103,6 +107,7 @@ class RemoteService:
         require_subprotocol: bool = False,
         proxy: Proxy = None,
         unix_socket: Optional[str] = None,
+        compression: Union[str, DeflateOptions, None] = None,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
@@ -125,6 +130,7 @@ class RemoteService:
             "require_subprotocol": require_subprotocol,
             "proxy": proxy,
             "unix_socket": unix_socket,
+            "compression": compression,
         }
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max

@@ -42,6 +42,7 @@ from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector
 from .cluster import RedisCluster
 from .conn_threads import ConnectionHandler, ConnectionThreads
 from .connection import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_SEND_QUEUE, Connection, Outgoing, encode_message
+from .deflate import DeflateOptions, resolve
 from .drain import Drain, DrainCheck, check_drain
 from .exceptions import HandshakeError, SyncWSError
 from .handlers import BaseWebSocketHandler, websocketState
@@ -96,6 +97,12 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
             connections are published, the registry's sends and
             ``closeAllConnections`` reach every node, and a RequestHandler
             reaches peers on any node. None (the default): one process, no Redis.
+        compression: ``"deflate"`` (the default) accepts a client's
+            permessage-deflate offer (RFC 7692), as every browser makes one;
+            a :class:`syncws.deflate.DeflateOptions` does so with those
+            settings (window, memory level, the size below which messages go
+            uncompressed); None refuses every offer. docs/tuning.md says
+            what it costs and saves.
     """
 
     # Rebind a port at once after stop(), while its closed connections are in TIME_WAIT.
@@ -126,7 +133,10 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         close_timeout: float = 5.0,
         cluster: Union[RedisCluster, str, None] = None,
         unix_socket: Union[str, os.PathLike[str], None] = None,
+        compression: Union[str, DeflateOptions, None] = "deflate",
     ) -> None:
+        #: The permessage-deflate settings offers are accepted with, or None: no compression.
+        self.compression: Optional[DeflateOptions] = resolve(compression)
         self._listen = ListenAddress(host, port, unix_socket)
         self.address_family = self._listen.family  # read by TCPServer.__init__ to make the socket
         # A str for a Unix socket, as socketserver.UnixStreamServer (a TCPServer too) passes it.

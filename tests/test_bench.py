@@ -16,14 +16,17 @@ ROOT = Path(__file__).resolve().parent.parent
 # here, not taken from the package, so that a figure the benchmark stops producing fails).
 EVERY = ("raw", "syncws", "websockets", "tornado_seed", "websocket_server")
 REQUESTS = ("raw", "syncws", "syncws_inline", "syncws_peer_asks", "websockets", "tornado_seed", "websocket_server")
+DEFLATE = ("syncws", "syncws_deflate")  # syncws without and with permessage-deflate
 FIGURES = {
     "echo": (("p50_us", "p99_us"), EVERY),
     "bulk": (("up_MBps", "down_MBps"), EVERY),
-    "req_latency": (("p50_us", "p99_us"), REQUESTS),
+    "req_latency": (("p50_us", "p99_us"), (*REQUESTS, "syncws_deflate")),
     "req_throughput": (("rps",), REQUESTS),
     "large_reply": (("MBps", "peak_MiB", "peak_over_payload"), (*EVERY, "tornado_seed_b64")),
-    "fanout": (("p50_ms",), EVERY),
-    "idle": (("KiB_per_conn", "threads_per_conn"), EVERY),
+    "fanout": (("p50_ms",), (*EVERY, "syncws_deflate")),
+    "idle": (("KiB_per_conn", "threads_per_conn"), (*EVERY, "syncws_deflate")),
+    "json_fanout": (("p50_ms", "bytes_per_msg", "json_bytes", "KiB_per_conn"), DEFLATE),
+    "json_req": (("p50_us", "bytes_per_req"), DEFLATE),
     # the cluster group: three nodes on a redis-server of the benchmark's own
     "redis_rtt": (("ping_us", "lookup_us", "lookup_fan_us"), ("redis",)),
     "cluster_latency": (("p50_us", "p99_us"), ("raw", "syncws", "same_node", "cross_node", "no_server")),

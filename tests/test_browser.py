@@ -85,6 +85,8 @@ peer.register("bytes", (m) => pattern(m.n));
 peer.register("crc", (m) => syncws.crc32(new TextEncoder().encode(m.text)));
 peer.register("fail", (m) => { throw new TypeError("page says no: " + m.why); });
 peer.register("unencodable", (m) => { const o = {}; o.self = o; return o; });
+peer.register("extensions", (m) => peer.socket.extensions);
+peer.register("echo", (m) => m.text);
 peer.register("hang", (m) => { peer.send({cmd: "ack", got: "hanging"}); return new Promise(() => {}); });
 peer.register("watchCancel", (m, call) => new Promise((resolve) => {
   call.signal.addEventListener("abort", () => {
@@ -707,3 +709,12 @@ def test_browser_offers_subprotocols_and_sees_the_server_choice() -> None:
         proc.wait(10)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+def test_page_negotiates_permessage_deflate_and_exchanges_compressed_messages(page: Browser) -> None:
+    """Chromium and the server agree on permessage-deflate (both sides say so) and long text goes both ways intact."""
+    assert page.rh.doRequest({"cmd": "extensions"}, timeout=10)["data"] == "permessage-deflate"
+    conn = page.registry.newest(NAME)
+    assert conn is not None and conn.connection.extensions == "permessage-deflate"
+    text = json.dumps({"rows": [{"id": i, "name": f"sensor {i}", "ok": True} for i in range(2000)]})
+    assert page.rh.doRequest({"cmd": "echo", "text": text}, timeout=10)["data"] == text
+    syncws.sendWebSocketMessage(NAME, {"cmd": "tick", "pad": "x" * 5000}, registry=page.registry)
+    assert page.ack() == {"cmd": "tick", "pad": "x" * 5000}

@@ -6,6 +6,7 @@ receive buffer kept small, so that the server's socket to it fills up).
 
 from __future__ import annotations
 
+import os
 import queue
 import socket
 import threading
@@ -233,3 +234,29 @@ def test_send_message_to_all_does_not_wait_on_a_stuck_client(server: syncws.WebS
     finally:
         reader.close()
         stuck.close()
+
+
+def test_broadcasts_to_a_compressing_client_that_fell_behind_arrive_whole_and_in_order() -> None:
+    """A permessage-deflate client (python-websockets) that stops reading for a while gets every broadcast, each
+    compressed for it in order (not the shared uncompressed frame), once it reads again; a plain client alongside too."""
+    from websockets.sync.client import connect as ws_connect
+
+    server = make(send_timeout=60, max_send_queue=64 << 20)
+    plain = Reader(server)
+    try:
+        with ws_connect(server.url + "/" + NAME, compression="deflate", max_queue=1, open_timeout=5) as slow:
+            assert wait_for(lambda: len(server.registry.connections(NAME)) == 2)
+            handler = next(h for h in server.registry.connections(NAME) if h.connection.extensions)
+            assert "permessage-deflate" in handler.connection.extensions
+            sent = [f"update {i}: " + os.urandom(6000).hex() for i in range(1500)]  # half compressible: 10 MB on the wire
+            waited = 0
+            for text in sent:
+                syncws.sendWebSocketMessage(NAME, text, registry=server.registry)
+                waited = max(waited, handler.connection.send_queue_bytes)
+            assert waited > 0  # the slow client's share did wait in its outbox
+            got = [slow.recv(timeout=20) for _ in range(len(sent))]
+            assert got == sent
+        assert [plain.next_text(timeout=20)[0] for _ in range(len(sent))] == sent
+    finally:
+        plain.close()
+        server.stop()
