@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import struct
+import threading
 from typing import Any, NamedTuple, Optional, Union
 
 from .exceptions import ProtocolError
@@ -46,6 +47,8 @@ __all__ = [
     "HAVE_NUMPY",
     "load_accelerator",
     "mask_into",
+    "MaskKeys",
+    "mask_keys",
 ]
 
 OP_CONTINUATION = 0x0
@@ -157,6 +160,37 @@ def encode_frame(opcode: int, payload: Buffer, fin: bool = True, mask_key: Optio
     masked = bytearray(payload)
     apply_mask(masked, mask_key)
     return encode_header(opcode, len(payload), fin, mask_key) + masked
+
+
+class MaskKeys:
+    """Fresh mask keys from the system's random source, 4 bytes each, read 4 KiB at a time. Safe from any thread.
+
+    RFC 6455 (section 5.3) wants each frame's key unpredictable: these come
+    from ``os.urandom`` as before, but one call serves 1,024 frames. A call
+    per frame released and re-took the GIL each time, which with many
+    threads sending made every small frame wait its turn for the GIL again.
+    """
+
+    _BATCH = 4096
+
+    def __init__(self) -> None:
+        # Synchronize access to _pool and _at.
+        self._lock = threading.Lock()
+        self._pool = b""
+        self._at = 0
+
+    def next(self) -> bytes:
+        """The next 4-byte key."""
+        with self._lock:
+            if self._at >= len(self._pool):
+                self._pool, self._at = os.urandom(self._BATCH), 0
+            key = self._pool[self._at : self._at + 4]
+            self._at += 4
+            return key
+
+
+#: The process's mask keys (see :class:`MaskKeys`).
+mask_keys = MaskKeys()
 
 
 def key_at(mask_key: bytes, offset: int) -> bytes:

@@ -32,7 +32,6 @@ with :meth:`Protocol.send_pong` and :meth:`Protocol.send_close`, and
 from __future__ import annotations
 
 import enum
-import os
 from typing import Optional, Union
 
 from . import frames
@@ -151,7 +150,7 @@ class Protocol:
 
     def mask_key(self) -> Optional[bytes]:
         """A fresh mask key for the next frame on a client, None on a server."""
-        return os.urandom(4) if self.is_client else None
+        return frames.mask_keys.next() if self.is_client else None
 
     def compresses(self, binary: bool, length: int, compress: Optional[bool]) -> bool:
         """Whether to send a message compressed: ``compress`` True or False decides (if compression

@@ -119,3 +119,25 @@ def test_encode_close_truncates_at_character_boundary() -> None:
 def test_invalid_close_codes(code: int) -> None:
     """Codes that must never appear on the wire are invalid."""
     assert not frames.is_valid_close_code(code)
+
+
+def test_mask_keys_are_four_fresh_bytes_from_every_thread() -> None:
+    """MaskKeys hands out 4-byte keys, never the same run of them twice, to many threads at once (across refills)."""
+    import threading
+
+    keys = frames.MaskKeys()
+    got: list[bytes] = []
+    lock = threading.Lock()
+
+    def take() -> None:
+        mine = [keys.next() for _ in range(1500)]
+        with lock:
+            got.extend(mine)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(got) == 6000 and all(len(k) == 4 for k in got)
+    assert len(set(got)) > 5990  # 6,000 draws from 2**32: a repeat or two by chance at most, not a reused pool
