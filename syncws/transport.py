@@ -16,6 +16,7 @@ block its senders forever.
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import ssl
@@ -241,13 +242,13 @@ class Transport:
             if self._tls_lock is not None:
                 with self._tls_lock:
                     sent = self.sock.send(data)  # the socket is non-blocking on TLS
-            elif select.select([], [self.sock], [], 0)[1]:
-                sent = self.sock.send(data)  # writable: sends what fits, without waiting
             else:
-                sent = 0
+                # One write(2) on the descriptor, which is non-blocking under a socket
+                # timeout: sock.send would first poll, and wait while the buffer is full.
+                sent = os.write(self.sock.fileno(), data)
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, socket.timeout):
             sent = 0
-        except (OSError, ValueError) as exc:  # ValueError: select on a socket closed under us
+        except OSError as exc:  # the peer is gone, or the socket was closed under us
             self._on_broken()
             raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
         if sent < len(data):
