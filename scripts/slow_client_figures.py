@@ -25,14 +25,11 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import websocket
 
-import websocket  # noqa: E402
-
-import syncws  # noqa: E402
+import syncws
 
 NAME = "fanout"
 
