@@ -68,7 +68,7 @@ def measure(server: syncws.WebSocketServer, counts: list[int], arrived: threadin
         started = time.perf_counter()
         syncws.sendWebSocketMessage(NAME, "x" * size, registry=server.registry)
         with arrived:
-            if not arrived.wait_for(lambda: min(counts) >= target, timeout=60):
+            if not arrived.wait_for(lambda target=target: min(counts) >= target, timeout=60):
                 raise SystemExit("a reader missed a broadcast")
         delays.append(time.perf_counter() - started)
     return delays
