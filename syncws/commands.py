@@ -25,7 +25,7 @@ from . import callformat
 from .connection import Connection
 from .exceptions import ConnectionClosed, SendTimeout
 
-__all__ = ["CommandFunction", "Commands", "IncomingCall", "SendResult", "current_call", "send_reply"]
+__all__ = ["CommandFunction", "CommandDecorator", "Commands", "IncomingCall", "SendResult", "current_call", "send_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,22 @@ def current_call() -> Optional[IncomingCall]:
     """The call the calling thread is answering now (on either side), or None outside a command."""
     call: Optional[IncomingCall] = getattr(_local, "call", None)
     return call
+
+
+class CommandDecorator:
+    """``@command(cmd)``, the decorator form of ``register(cmd, fn, inline=...)``, for either side that answers calls."""
+
+    def register(self, cmd: str, fn: CommandFunction, *, inline: bool = False) -> None:
+        raise NotImplementedError
+
+    def command(self, cmd: str, *, inline: bool = False) -> Callable[[CommandFunction], CommandFunction]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(fn: CommandFunction) -> CommandFunction:
+            self.register(cmd, fn, inline=inline)
+            return fn
+
+        return decorate
 
 
 class Commands:

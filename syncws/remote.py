@@ -31,12 +31,12 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from . import callformat, lograte, timeouts
 from .calls import CallTable, PendingCall
 from .client import ClientConnection, connect
-from .commands import CommandFunction, Commands, current_call, send_reply
+from .commands import CommandDecorator, CommandFunction, Commands, current_call, send_reply
 from .connection import Connection
 from .deflate import DeflateOptions
 from .exceptions import ConnectionClosed, HandshakeError, NotConnected, RequestTimeout, SendTimeout
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
 
-class RemoteService:
+class RemoteService(CommandDecorator):
     """Connects to a syncws endpoint and answers its requests.
 
     Args:
@@ -171,15 +171,6 @@ class RemoteService:
         its ``cancelled`` turns True when the server gave up on it.
         """
         self.commands.register(cmd, fn, inline)
-
-    def command(self, cmd: str, *, inline: bool = False) -> Callable[[CommandFunction], CommandFunction]:
-        """Decorator form of :meth:`register`."""
-
-        def decorate(fn: CommandFunction) -> CommandFunction:
-            self.register(cmd, fn, inline=inline)
-            return fn
-
-        return decorate
 
     # ------------------------------------------------------------------ asking the server
 

@@ -19,14 +19,14 @@ connection reads on while the command runs (docs/protocol.md).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 from . import callformat, lograte, timeouts
 from .callformat import CONN_FIELD, Kind
 from .calls import CallTable, PendingCall, RelayCall, RelaySink
 from .cluster import ClusterConnection, RedisCluster
 from .command_pool import CommandPool
-from .commands import CommandFunction, Commands, IncomingCall, current_call, send_reply
+from .commands import CommandDecorator, CommandFunction, Commands, IncomingCall, current_call, send_reply
 from .connection import Connection, Message
 from .exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
 from .handlers import BaseWebSocketHandler, websocketState
@@ -49,7 +49,7 @@ Target = Union[BaseWebSocketHandler, ClusterConnection]
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
 
-class RequestHandler(CallTable):
+class RequestHandler(CallTable, CommandDecorator):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -328,15 +328,6 @@ class RequestHandler(CallTable):
         runs, the connection answers no ping and takes no reply).
         """
         self.commands.register(cmd, fn, inline)
-
-    def command(self, cmd: str, *, inline: bool = False) -> Callable[[CommandFunction], CommandFunction]:
-        """Decorator form of :meth:`register`."""
-
-        def decorate(fn: CommandFunction) -> CommandFunction:
-            self.register(cmd, fn, inline=inline)
-            return fn
-
-        return decorate
 
     def _on_request(self, handler: BaseWebSocketHandler, request: dict[str, Any]) -> None:
         """A peer's request: run its command on the pool, or inline; 503 when the pool is full (connection thread)."""

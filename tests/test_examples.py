@@ -52,12 +52,23 @@ def test_every_example_has_a_docstring_with_how_to_run_it() -> None:
         "thread_pool.py",
         "broadcast_dashboard.py",
         "browser_page/serve.py",
+        "both_ways.py",
     }
     for script in scripts:
         text = script.read_text()
         assert text.startswith('"""'), script
         docstring = text.split('"""')[1]
         assert f"python examples/{script.relative_to(EXAMPLES).as_posix()}" in docstring, script
+
+
+def test_both_ways() -> None:
+    """both_ways.py: the peer asks the server for settings, a cancelled server command stops early, the server asks the peer."""
+    result = run_example("both_ways.py")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "peer: the server's settings: {'TR': 2.0, 'run': 3, 'slices': 36}" in out
+    assert "slowSummary saw the cancel and stopped early" in out
+    assert "server: a volume of 147456 bytes from the peer" in out
 
 
 def test_blocking_script() -> None:
