@@ -24,7 +24,6 @@ arguments or a server that cannot start, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import ssl
@@ -32,17 +31,14 @@ import sys
 import threading
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlsplit, urlunsplit
 
-from . import callformat, gateway
 from .auth import bearer_token
-from .client import ClientConnection, connect
+from .cli_call import run_call
 from .cluster import ClusterError, RedisCluster
 from .demo import DEMO_PEER_COMMANDS
 from .endpoints import BroadcastHandler, CallGatewayHandler, EchoHandler, RelayHandler
 from .exceptions import SyncWSError
 from .handlers import DataWebSocketHandler
-from .progress import ProgressBar
 from .registry import ConnectionRegistry
 from .request_handler import RequestHandler
 from .server import WebSocketServer
@@ -184,127 +180,6 @@ def _drain(server: WebSocketServer, signals: StopSignals, seconds: float) -> Non
     finally:
         signals.wake()
         watcher.join(5)
-
-
-def _client_options(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"timeout": args.timeout, "max_message_size": None}
-    if args.token:
-        options["header"] = [f"Authorization: Bearer {args.token}"]
-    if args.cafile:
-        options["sslopt"] = {"ca_certs": args.cafile}
-    return options
-
-
-def _parse_fields(fields: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; a value that parses as JSON is taken as JSON, else as a string."""
-    result: dict[str, Any] = {}
-    for field in fields:
-        key, sep, value = field.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected key=value, got {field!r}")
-        try:
-            result[key] = json.loads(value)
-        except ValueError:
-            result[key] = value
-    return result
-
-
-def _cmd_call(args: argparse.Namespace) -> int:
-    try:
-        if args.message is not None:
-            return _call_message(args)
-        if not args.cmd:
-            print("syncws call: give a CMD for a request, or --message for a plain message", file=sys.stderr)
-            return 2
-        return _call_request(args)
-    except ValueError as exc:
-        print(f"syncws call: {exc}", file=sys.stderr)
-        return 2
-    except (SyncWSError, TimeoutError, OSError) as exc:
-        print(f"syncws call: {exc}", file=sys.stderr)
-        return 1
-
-
-def _call_message(args: argparse.Namespace) -> int:
-    conn = connect(args.url, **_client_options(args))
-    try:
-        conn.send(args.message)
-        reply = conn.recv(timeout=args.timeout)
-    finally:
-        conn.close()
-    if reply is None:
-        print(f"syncws call: the connection closed without a reply ({_close_status(conn)})", file=sys.stderr)
-        return 1
-    print(reply if isinstance(reply, str) else f"<{len(reply)} bytes>")
-    return 0
-
-
-def _call_request(args: argparse.Namespace) -> int:
-    url = _gateway_url(args.url)
-    request = gateway.encode_gateway_request(args.cmd, _parse_fields(args.fields), args.timeout)
-    conn = connect(url, **_client_options(args))
-    bar = ProgressBar(sys.stderr) if (args.progress or sys.stderr.isatty()) else None
-    try:
-        conn.send(request)
-        reply = _read_reply(conn, args.timeout, bar)
-    finally:
-        if bar is not None:
-            bar.finish()
-        conn.close()
-    data = reply.pop("data", None)
-    if isinstance(data, bytes):
-        if args.output:
-            Path(args.output).write_bytes(data)
-            reply["data"] = f"<{len(data)} bytes written to {args.output}>"
-        else:
-            reply["data"] = f"<{len(data)} bytes; use --output FILE to keep them>"
-    elif data is not None:
-        reply["data"] = data
-    print(json.dumps(reply, indent=2))
-    return 0 if reply.get("status") == 200 else 1
-
-
-def _gateway_url(url: str) -> str:
-    """The URL of the /call gateway of the server at ``url``; raises ValueError if ``url`` names another endpoint."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
-    path = parts.path.rstrip("/")
-    if path.endswith("/call"):
-        return url
-    if path == "":
-        return urlunsplit(parts._replace(path="/call"))
-    server = urlunsplit(parts._replace(path="", query="", fragment=""))
-    raise ValueError(
-        f"{url} names the endpoint {parts.path!r}, but a request CMD goes to the server's /call gateway: "
-        f"give the server's URL ({server}) or its /call; to send a message to {parts.path!r}, use --message TEXT"
-    )
-
-
-def _close_status(conn: ClientConnection) -> str:
-    """How the server closed ``conn``: its close code and reason."""
-    code, reason = conn.close_code, conn.close_reason
-    return f"close code {code}{': ' + reason if reason else ''}" if code is not None else "no close code"
-
-
-def _read_reply(conn: ClientConnection, timeout: float, bar: Optional[ProgressBar]) -> dict[str, Any]:
-    """Read the gateway's answer: progress messages, then the reply (and its bytes)."""
-    for _ in range(10_000_000):  # bounded: one pass per progress message at most
-        message = conn.recv(timeout=timeout + 5)
-        if message is None:
-            raise SyncWSError(f"the connection closed before the reply ({_close_status(conn)})")
-        progress, reply = gateway.parse_gateway_message(message)
-        if progress is not None:
-            if bar is not None:
-                bar.update(*progress)
-            continue
-        if reply.get("dataType") in callformat.BINARY_TYPES:
-            try:
-                return gateway.gateway_attach_bytes(reply, conn.recv(timeout=timeout + 5))
-            except ValueError as exc:
-                raise SyncWSError(str(exc)) from None
-        return reply
-    raise SyncWSError("too many progress messages")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -480,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--output", help="write a bytes result to this file")
     call.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     _add_client_options(call)
-    call.set_defaults(func=_cmd_call)
+    call.set_defaults(func=run_call)
 
     demo = sub.add_parser("demo", help="the main job: a server, a peer process and worker threads making requests")
     demo.add_argument("--requests", type=int, default=400, help="number of requests (default 400)")

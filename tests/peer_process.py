@@ -162,7 +162,7 @@ def main(argv: list[str]) -> int:
     service = syncws.RemoteService(args.url, **options)
 
     @service.command("sleep")
-    def sleep(msg: dict) -> str:
+    def pause(msg: dict) -> str:  # waits on an event that ends with the process, not a sleep
         ending.wait(float(msg["seconds"]))
         return "slept"
 

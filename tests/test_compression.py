@@ -30,16 +30,6 @@ MESSAGES: list[Any] = ["short", json.dumps({"cmd": "tick", "values": list(range(
 
 
 @pytest.fixture
-def deflate_server() -> Iterator[syncws.WebSocketServer]:
-    """A server with an /echo endpoint that accepts permessage-deflate (the default)."""
-    srv = make_server()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
 def websockets_server() -> Iterator[str]:
     """python-websockets' echo server with compression on; its ws:// URL."""
 
@@ -74,9 +64,9 @@ def read_frame(client: RawClient) -> tuple[int, int, bytes]:
     return b1, b1 & 0x0F, client._read(length)
 
 
-def test_websockets_client_negotiates_and_exchanges_both_ways(deflate_server: syncws.WebSocketServer) -> None:
+def test_websockets_client_negotiates_and_exchanges_both_ways(server: syncws.WebSocketServer) -> None:
     """python-websockets' client with compression="deflate" gets permessage-deflate from our server; every message comes back intact."""
-    with websockets_connect(deflate_server.url + "/echo", compression="deflate", open_timeout=10) as ws:
+    with websockets_connect(server.url + "/echo", compression="deflate", open_timeout=10) as ws:
         assert ws.response is not None
         assert ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
         for message in MESSAGES:
@@ -94,18 +84,18 @@ def test_our_client_negotiates_with_websockets_server(websockets_server: str) ->
             assert conn.recv(timeout=10) == message
 
 
-def test_our_client_and_server_agree(deflate_server: syncws.WebSocketServer) -> None:
+def test_our_client_and_server_agree(server: syncws.WebSocketServer) -> None:
     """syncws.connect(compression="deflate") and the server agree on permessage-deflate and echo every kind of message."""
-    with syncws.connect(deflate_server.url + "/echo", compression="deflate") as conn:
+    with syncws.connect(server.url + "/echo", compression="deflate") as conn:
         assert conn.extensions == "permessage-deflate"
         for message in MESSAGES:
             conn.send(message)
             assert conn.recv(timeout=10) == message
 
 
-def test_client_offers_nothing_by_default(deflate_server: syncws.WebSocketServer) -> None:
+def test_client_offers_nothing_by_default(server: syncws.WebSocketServer) -> None:
     """connect() without compression offers nothing, and the connection is uncompressed."""
-    with syncws.connect(deflate_server.url + "/echo") as conn:
+    with syncws.connect(server.url + "/echo") as conn:
         assert conn.extensions == "" and conn.protocol.deflate is None
         conn.send("plain")
         assert conn.recv(timeout=10) == "plain"
@@ -123,7 +113,7 @@ def test_server_without_compression_ignores_the_offer() -> None:
         srv.stop()
 
 
-def test_server_compresses_text_but_not_a_message_sent_with_compress_false(deflate_server: syncws.WebSocketServer) -> None:
+def test_server_compresses_text_but_not_a_message_sent_with_compress_false(server: syncws.WebSocketServer) -> None:
     """Text over min_size goes with RSV1 set; write_message(..., compress=False) and binary go without it."""
     sent = threading.Event()
 
@@ -135,8 +125,8 @@ def test_server_compresses_text_but_not_a_message_sent_with_compress_false(defla
             self.write_message("tiny")
             sent.set()
 
-    deflate_server.add_handler("/sender", Sender)
-    client = RawClient(deflate_server.port)
+    server.add_handler("/sender", Sender)
+    client = RawClient(server.port)
     try:
         head = client.handshake("/sender", "Sec-WebSocket-Extensions: permessage-deflate\r\n")
         assert b"Sec-WebSocket-Extensions: permessage-deflate" in head

@@ -27,8 +27,6 @@ import pytest
 import syncws
 from syncws.proxy import display_proxy, proxy_options
 
-from .helpers import make_server
-
 pytestmark = pytest.mark.timeout(60)
 
 needs_tinyproxy = pytest.mark.skipif(shutil.which("tinyproxy") is None, reason="needs tinyproxy (Debian's tinyproxy package) on PATH")
@@ -133,15 +131,6 @@ def socks_proxy() -> Iterator[ProxyProcess]:
     proxy = ProxyProcess([sys.executable, "-u", "-m", "pproxy", "-l", f"socks5://127.0.0.1:{port}", "-v"], "Serving on", port)
     yield proxy
     proxy.stop()
-
-
-@pytest.fixture
-def server() -> Iterator[syncws.WebSocketServer]:
-    srv = make_server()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture
