@@ -7,9 +7,13 @@ Threads:
   jitter when the connection drops.
 * ``syncws-remote-worker-N``: ``workers + 1`` threads per connection
   (:mod:`syncws.remote_worker`) that take turns reading (leader and
-  followers): the thread that reads a request runs it itself once another worker has taken over reading, so a request
-  costs no hand-off between threads, one slow request holds up neither the
-  others nor the pings, and at most ``workers`` functions run at once.
+  followers): the thread that reads a request runs it itself, so a request
+  costs no hand-off between threads; if it has not returned within 2 ms,
+  another worker takes over the reading, so one slow request holds up
+  neither the others nor the pings for longer than that. At most
+  ``workers`` functions run at once.
+* ``syncws-remote-watchdog``: one per connection; it times the command the
+  reading worker runs and gives the reading to another when it runs long.
 * ``request`` (the service calls a command of the server's RequestHandler
   and blocks until its reply, as ``doRequest`` does the other way) is safe
   from any number of threads, a command function answering the server
@@ -158,14 +162,16 @@ class RemoteService(CommandDecorator):
     def register(self, cmd: str, fn: CommandFunction, *, inline: bool = False) -> None:
         """Answer requests whose ``cmd`` is ``cmd`` with ``fn(request)``. Safe from any thread.
 
-        By default ``fn`` runs on a worker thread while another reads on. With
-        ``inline=True`` it runs on the thread that read the request, before
-        anything else is read: no thread is woken to take over the reading,
-        which takes about a quarter off the round trip of a quick request
-        (docs/benchmarks.md). Only for functions that return in well under a
-        millisecond and never block: while one runs, pings go unanswered and
-        every other request waits behind it; nor may one call :meth:`request`
-        (RuntimeError: its thread is the one that would read the reply).
+        By default ``fn`` runs on the worker thread that read the request; if
+        it has not returned within 2 ms
+        (:data:`syncws.remote_worker.HAND_OVER_AFTER`), another worker takes
+        over the reading, so a quick command costs no thread switch and a slow
+        one holds up nothing else. With ``inline=True`` the reading is never
+        handed over: while ``fn`` runs, pings go unanswered and every other
+        request waits behind it, however long it takes, and it may not call
+        :meth:`request` (RuntimeError: its thread is the one that would read
+        the reply). It is kept for functions that must see the requests
+        strictly one at a time; it is no faster than the default.
 
         Inside ``fn``, :func:`syncws.current_call` is the call it answers;
         its ``cancelled`` turns True when the server gave up on it.

@@ -1,7 +1,9 @@
 """The worker threads of one RemoteService connection: :class:`Session`.
 
 ``workers + 1`` threads named ``syncws-remote-worker-N`` take turns reading
-the connection (leader and followers); see :class:`Session`. The service
+the connection (leader and followers), and one thread named
+``syncws-remote-watchdog`` hands the reading on when the leader's command
+runs long; see :class:`Session`. The service
 gives the session its commands (what a request is answered with), its call
 table (the service's own requests to the server, whose replies the reader
 matches) and how a result is sent. The session tells requests, replies and
@@ -12,9 +14,11 @@ the service's calls on the connection at once when it closes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any, Optional, Union
 
@@ -32,18 +36,32 @@ logger = logging.getLogger(__name__)
 
 _Task = tuple[IncomingCall, Optional[CommandFunction]]  # a request and its function (None: unknown command)
 
+#: Seconds a command may run on the thread that read it before another worker
+#: takes over the reading. Waking a thread to read costs about a quarter of a
+#: quick request's round trip (docs/benchmarks.md); holding pings and the
+#: next requests this long costs nothing a peer would notice.
+HAND_OVER_AFTER = 0.002
+
 
 class Session:
     """The worker threads of one connection, taking turns as its reader (leader/followers).
 
     One worker at a time, the leader, reads. When a request comes in and
-    another worker is idle, the leader wakes it to lead and runs the request
-    itself; when all others are busy, it queues the request and goes on
-    reading, so pings are always answered. A worker that finishes takes
-    queued requests first. Requests for inline commands (and for unknown
-    ones, a quick 404) the leader answers itself before it reads on, waking
-    no one; so are replies to the service's own calls, and cancels. The lock
-    of ``condition`` guards queued, leading, idle and ended.
+    another worker is idle, the leader runs it itself, still leading: a
+    command that returns within :data:`HAND_OVER_AFTER` costs no thread
+    switch at all, and the leader reads on. If it runs longer, the watchdog
+    thread takes the lead from it and wakes an idle worker to read, so a slow
+    command holds up neither the pings nor the requests behind it; the old
+    leader, once its command returns, becomes a follower. When all others
+    are busy, the leader queues the request and goes on reading, so pings are
+    always answered. A worker that finishes takes queued requests first.
+    Requests for inline commands (and for unknown ones, a quick 404) the
+    leader answers itself and is never relieved of the lead; so are replies
+    to the service's own calls, and cancels.
+
+    The watchdog costs no wake-up per request: it is told when a command
+    starts only if it is not already timing one, and while requests keep
+    coming it wakes once per :data:`HAND_OVER_AFTER` at most.
     """
 
     def __init__(
@@ -64,14 +82,22 @@ class Session:
         self._send_result = send_result
         self._draining = draining  # set: the service is stopping, new requests get 503
         connection.on_closing = self._closing
-        # Synchronize access to queued, leading, idle and ended; condition (on
-        # this lock) wakes an idle worker to lead or to take a queued request.
+        # Synchronize access to queued, leading, idle, ended, _leader_busy and
+        # _watching; condition (on this lock) wakes an idle worker to lead or to
+        # take a queued request, _watch (on this lock) wakes the watchdog.
         self._lock = threading.Lock()
         self.condition = threading.Condition(self._lock)
+        self._watch = threading.Condition(self._lock)
         self.queued: deque[_Task] = deque()
         self.leading = False
         self.idle = 0
         self.ended = False
+        # (turn, start time) of the command the leader runs while it still
+        # leads; None while it reads. Each such run has a turn of its own, so a
+        # leader whose lead was taken never mistakes a later run for its own.
+        self._leader_busy: Optional[tuple[int, float]] = None
+        self._turns = itertools.count(1)
+        self._watching = False  # the watchdog times a command (and needs no notify for the next)
         # Set with ended; the supervisor waits on it, not on the condition, so
         # that a notify() meant for an idle worker never wakes it instead.
         self.finished = threading.Event()
@@ -92,6 +118,7 @@ class Session:
         # while all the others are busy, so there is always a reader.
         count = max(1, workers) + 1
         threads = [threading.Thread(target=self._work, name=f"syncws-remote-worker-{i + 1}", daemon=True) for i in range(count)]
+        threads.append(threading.Thread(target=self._watchdog, name="syncws-remote-watchdog", daemon=True))
         for thread in threads:
             thread.start()
         self.finished.wait()
@@ -104,22 +131,26 @@ class Session:
         except Exception:  # a bug here must not leave the session without a reader
             logger.exception("worker of %s failed; dropping the connection", self.url)
             self.connection.abort()
-            with self.condition:
-                self.ended, self.leading = True, False
-                self.condition.notify_all()
-            self.finished.set()
+            self._end()
+
+    def _end(self) -> None:
+        """Mark the session ended and wake every thread waiting in it (any worker)."""
+        with self.condition:
+            self.ended, self.leading = True, False
+            self.condition.notify_all()
+            self._watch.notify_all()
+        self.finished.set()
 
     def _work_loop(self) -> None:
         while True:
             with self.condition:
                 task = self._next_task()
-            if task is None:
-                if self.ended:
-                    return
-                task = self._lead()
-                if task is None:
-                    return
-            self._answer(self.connection, *task)
+            if task is not None:
+                self._answer(self.connection, *task)
+            elif self.ended:
+                return
+            else:
+                self._lead()
 
     def _next_task(self) -> Optional[_Task]:
         """A queued request, or None when this worker is to lead or the session ended. This method requires holding _lock."""
@@ -136,18 +167,15 @@ class Session:
             self.condition.wait()
             self.idle -= 1
 
-    def _lead(self) -> Optional[_Task]:
-        """Read until a request can be handed to this worker; None when the connection closed."""
+    def _lead(self) -> None:
+        """Read and answer until the connection closes or the watchdog takes the lead from this worker."""
         while True:
             message = self.connection.recv()
             if message is None:
                 # on_closing did this already, unless the connection ended in a way that skips it.
                 self._closing(self.connection.close_code or 1006, self.connection.close_reason)
-                with self.condition:
-                    self.ended, self.leading = True, False
-                    self.condition.notify_all()
-                self.finished.set()
-                return None
+                self._end()
+                return
             call = self._take(self.connection, message)
             if call is None:
                 continue
@@ -161,12 +189,37 @@ class Session:
                 self._answer(self.connection, call, fn)
                 continue
             with self.condition:
-                if self.idle:
-                    # Hand the reading on and run this request here: no hand-off of the request itself.
-                    self.leading = False
-                    self.condition.notify()
-                    return call, fn
-                self.queued.append((call, fn))
+                if not self.idle:
+                    self.queued.append((call, fn))
+                    continue
+                # Run it here, still leading; the watchdog takes the lead if it runs long.
+                turn = next(self._turns)
+                self._leader_busy = (turn, time.monotonic())
+                if not self._watching:
+                    self._watch.notify()
+            self._answer(self.connection, call, fn)
+            with self.condition:
+                if self._leader_busy is None or self._leader_busy[0] != turn:
+                    return  # the watchdog gave the lead to another worker meanwhile
+                self._leader_busy = None
+
+    def _watchdog(self) -> None:
+        """Give the lead to an idle worker when the leader's command has run :data:`HAND_OVER_AFTER` (watchdog thread)."""
+        with self.condition:
+            while not self.ended:
+                busy = self._leader_busy
+                if busy is None:
+                    self._watching = False
+                    self._watch.wait()
+                    continue
+                self._watching = True
+                left = busy[1] + HAND_OVER_AFTER - time.monotonic()
+                if left > 0:
+                    self._watch.wait(left)
+                    continue
+                self._leader_busy = None
+                self.leading = False
+                self.condition.notify()  # an idle worker leads; the old leader follows once its command returns
 
     def _take(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[IncomingCall]:
         """The request in a message; None for a reply, a part or a cancel (taken here) and for junk (reader thread).

@@ -118,6 +118,38 @@ def test_slow_request_does_not_hold_up_a_fast_one(env: Env, workers: int) -> Non
     assert fast_done < slow_done
 
 
+def test_quick_commands_run_on_the_thread_that_read_them(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that returns before the hand-over time runs on the leader, which reads on: one thread answers a series of requests."""
+    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)  # no command here is slow enough to be relieved
+    names: list[str] = []
+    env.service({"name": lambda m: names.append(threading.current_thread().name)}, workers=4)
+    for _ in range(20):
+        env.rh.doRequest({"cmd": "name"}, timeout=10)
+    assert len(names) == 20 and len(set(names)) == 1, names
+
+
+def test_long_command_gives_the_reading_to_another_worker(env: Env) -> None:
+    """A command still running after the hand-over time is relieved of the reading: requests behind it are answered while it runs."""
+    gate = threading.Event()
+    names: queue.Queue = queue.Queue()
+
+    def held(msg: dict) -> str:
+        names.put(threading.current_thread().name)
+        gate.wait(10)
+        return "held"
+
+    env.service({"held": held, "name": lambda m: threading.current_thread().name}, workers=2)
+    held_caller, held_results = in_thread(lambda: env.rh.doRequest({"cmd": "held"}, timeout=20))
+    held_by = names.get(timeout=10)
+    try:
+        answered_by = {env.rh.doRequest({"cmd": "name"}, timeout=10)["data"] for _ in range(3)}
+        assert held_by not in answered_by, (held_by, answered_by)
+    finally:
+        gate.set()
+    held_caller.join(10)
+    assert held_results.get_nowait()[1]["data"] == "held"
+
+
 def test_inline_command_runs_before_anything_else_is_read(env: Env) -> None:
     """An inline command runs on the reading thread: a request that arrives while it runs waits until it returns."""
     entered: queue.Queue = queue.Queue()
