@@ -1,9 +1,10 @@
 """The result of one call, delivered by one thread to another: :class:`CallFuture`.
 
 The shape of CPython's ``concurrent.futures.Future``, cut down to what a
-call needs: one ``threading.Condition``, one state (pending or finished), a
-result or an exception. The connection's thread (or whichever thread sees
-the connection close) finishes it; the caller blocks in :meth:`CallFuture.result`.
+call needs: one state (pending or finished), a result or an exception, and
+a bare lock that the waiter blocks on until the outcome is in. The
+connection's thread (or whichever thread sees the connection close)
+finishes it; the caller blocks in :meth:`CallFuture.result`.
 """
 
 from __future__ import annotations
@@ -39,15 +40,19 @@ class CallFuture(Generic[T]):
     decides it; the others are expected, not a bug.
     """
 
-    __slots__ = ("_condition", "_exception", "_lock", "_result", "_state", "call_id", "cmd")
+    __slots__ = ("_done", "_exception", "_lock", "_result", "_state", "call_id", "cmd")
 
     def __init__(self, call_id: int, cmd: Any) -> None:
         self.call_id = call_id
         self.cmd = cmd
-        # Synchronize access to _state, _result and _exception; _condition (on
-        # this lock) is notified once, when the state becomes FINISHED.
+        # Synchronize access to _state, _result and _exception.
         self._lock = threading.Lock()
-        self._condition = threading.Condition(self._lock)
+        # Held from here until the future finishes, when _finish releases it;
+        # a waiter blocks acquiring it, and passes it on by releasing it again,
+        # so that every waiter wakes. A bare lock rather than a Condition: no
+        # waiter list and no lock of its own per wait, on the path of every call.
+        self._done = threading.Lock()
+        self._done.acquire()
         self._state = _PENDING
         self._result: Optional[T] = None
         self._exception: Optional[BaseException] = None
@@ -55,12 +60,12 @@ class CallFuture(Generic[T]):
     @property
     def state(self) -> State:
         """PENDING or FINISHED."""
-        with self._condition:
+        with self._lock:
             return self._state
 
     def done(self) -> bool:
         """True once a result or an exception is set. Safe from any thread."""
-        with self._condition:
+        with self._lock:
             return self._state is _FINISHED
 
     def set_result(self, result: T) -> bool:
@@ -72,12 +77,12 @@ class CallFuture(Generic[T]):
         return self._finish(None, exception)
 
     def _finish(self, result: Optional[T], exception: Optional[BaseException]) -> bool:
-        with self._condition:
+        with self._lock:
             if self._state is _FINISHED:
                 return False
             self._result, self._exception = result, exception
             self._state = _FINISHED
-            self._condition.notify_all()
+        self._done.release()  # wakes the waiter, which passes it on to the next
         return True
 
     def result(self, timeout: Optional[float] = None) -> T:
@@ -87,16 +92,15 @@ class CallFuture(Generic[T]):
         caller: see :func:`syncws.timeouts.check_timeout`). Raises
         RequestTimeout when it runs out first; the future stays pending.
         """
-        with self._condition:
+        if self._done.acquire(True, -1 if timeout is None else timeout):
+            self._done.release()  # for the next waiter, and for every later call
+        with self._lock:
             if self._state is _PENDING:
-                # Only finishing notifies, so one wait is enough (no spurious wake-ups in threading).
-                self._condition.wait(timeout)
-                if self._state is _PENDING:
-                    raise RequestTimeout(self.call_id, self.cmd, timeout)
+                raise RequestTimeout(self.call_id, self.cmd, timeout)
             return self._get_result()
 
     def _get_result(self) -> T:
-        """The result, or raise the exception. This method requires holding _condition."""
+        """The result, or raise the exception. This method requires holding _lock."""
         assert self._lock.locked()
         if self._exception is not None:
             raise self._exception

@@ -47,14 +47,16 @@ class Session:
     """The worker threads of one connection, taking turns as its reader (leader/followers).
 
     One worker at a time, the leader, reads. When a request comes in and
-    another worker is idle, the leader runs it itself, still leading: a
-    command that returns within :data:`HAND_OVER_AFTER` costs no thread
-    switch at all, and the leader reads on. If it runs longer, the watchdog
-    thread takes the lead from it and wakes an idle worker to read, so a slow
-    command holds up neither the pings nor the requests behind it; the old
-    leader, once its command returns, becomes a follower. When all others
-    are busy, the leader queues the request and goes on reading, so pings are
-    always answered. A worker that finishes takes queued requests first.
+    fewer than ``workers`` functions run, the leader runs it itself, still
+    leading: a command that returns within :data:`HAND_OVER_AFTER` costs no
+    thread switch at all, and the leader reads on. If it runs longer, the
+    watchdog thread takes the lead from it and wakes an idle worker to read
+    (there is one thread more than functions may run, so one is always free
+    to), so a slow command holds up neither the pings nor the requests
+    behind it; the old leader, once its command returns, becomes a follower.
+    When ``workers`` functions run already, the leader queues the request and
+    goes on reading, so pings are always answered. A worker that finishes
+    takes queued requests first.
     Requests for inline commands (and for unknown ones, a quick 404) the
     leader answers itself and is never relieved of the lead; so are replies
     to the service's own calls, and cancels.
@@ -82,15 +84,16 @@ class Session:
         self._send_result = send_result
         self._draining = draining  # set: the service is stopping, new requests get 503
         connection.on_closing = self._closing
-        # Synchronize access to queued, leading, idle, ended, _leader_busy and
-        # _watching; condition (on this lock) wakes an idle worker to lead or to
+        # Synchronize access to queued, leading, running, ended, _leader_busy
+        # and _watching; condition (on this lock) wakes an idle worker to lead or to
         # take a queued request, _watch (on this lock) wakes the watchdog.
         self._lock = threading.Lock()
         self.condition = threading.Condition(self._lock)
         self._watch = threading.Condition(self._lock)
         self.queued: deque[_Task] = deque()
         self.leading = False
-        self.idle = 0
+        self.running = 0  # functions running now, the leader's own included
+        self.workers = 1  # how many may run at once (set by run)
         self.ended = False
         # (turn, start time) of the command the leader runs while it still
         # leads; None while it reads. Each such run has a turn of its own, so a
@@ -116,7 +119,8 @@ class Session:
         """Start the workers and wait until the connection closed (supervisor thread)."""
         # One thread more than may run functions: whoever leads never runs one
         # while all the others are busy, so there is always a reader.
-        count = max(1, workers) + 1
+        self.workers = max(1, workers)
+        count = self.workers + 1
         threads = [threading.Thread(target=self._work, name=f"syncws-remote-worker-{i + 1}", daemon=True) for i in range(count)]
         threads.append(threading.Thread(target=self._watchdog, name="syncws-remote-watchdog", daemon=True))
         for thread in threads:
@@ -145,8 +149,12 @@ class Session:
         while True:
             with self.condition:
                 task = self._next_task()
+                if task is not None:
+                    self.running += 1
             if task is not None:
                 self._answer(self.connection, *task)
+                with self.condition:
+                    self.running -= 1
             elif self.ended:
                 return
             else:
@@ -163,9 +171,7 @@ class Session:
             if not self.leading:
                 self.leading = True
                 return None
-            self.idle += 1
             self.condition.wait()
-            self.idle -= 1
 
     def _lead(self) -> None:
         """Read and answer until the connection closes or the watchdog takes the lead from this worker."""
@@ -189,9 +195,10 @@ class Session:
                 self._answer(self.connection, call, fn)
                 continue
             with self.condition:
-                if not self.idle:
+                if self.running >= self.workers:
                     self.queued.append((call, fn))
                     continue
+                self.running += 1
                 # Run it here, still leading; the watchdog takes the lead if it runs long.
                 turn = next(self._turns)
                 self._leader_busy = (turn, time.monotonic())
@@ -199,12 +206,13 @@ class Session:
                     self._watch.notify()
             self._answer(self.connection, call, fn)
             with self.condition:
+                self.running -= 1
                 if self._leader_busy is None or self._leader_busy[0] != turn:
                     return  # the watchdog gave the lead to another worker meanwhile
                 self._leader_busy = None
 
     def _watchdog(self) -> None:
-        """Give the lead to an idle worker when the leader's command has run :data:`HAND_OVER_AFTER` (watchdog thread)."""
+        """Give the lead to another worker when the leader's command has run :data:`HAND_OVER_AFTER` (watchdog thread)."""
         with self.condition:
             while not self.ended:
                 busy = self._leader_busy
@@ -219,7 +227,9 @@ class Session:
                     continue
                 self._leader_busy = None
                 self.leading = False
-                self.condition.notify()  # an idle worker leads; the old leader follows once its command returns
+                # An idle worker leads (or, were none idle yet, the first to look for
+                # work); the old leader follows once its command returns.
+                self.condition.notify()
 
     def _take(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[IncomingCall]:
         """The request in a message; None for a reply, a part or a cancel (taken here) and for junk (reader thread).

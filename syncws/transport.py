@@ -12,14 +12,20 @@ progress for ``send_timeout`` seconds is: the peer stopped reading, so the
 transport reports the stream broken and raises
 :class:`~syncws.exceptions.SendTimeout`, rather than letting one stuck peer
 block its senders forever.
+
+A plain socket stays blocking, and the kernel bounds each wait by the tick
+(``SO_RCVTIMEO`` and ``SO_SNDTIMEO``): a read or a write is one system call.
+Python's own socket timeout would poll before each of them, a second system
+call and a second release of the GIL per read and per write (measured on a
+socket pair: 54 to 66 us per round trip against 42 to 43 blocking).
 """
 
 from __future__ import annotations
 
-import os
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from typing import Any, Callable, Optional, TypeVar, Union
@@ -94,13 +100,41 @@ class Transport:
         # socket is made non-blocking and every SSL call runs under this lock,
         # held only for the call itself: waiting happens in select(), unlocked.
         self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
-        sock.settimeout(0.0 if self._tls_lock is not None else tick)
+        # Synchronize access to _read_wait, the kernel's bound on a read (SO_RCVTIMEO) as
+        # last set: the reader lowers it for a read with a deadline, shorten_tick from any
+        # thread, and neither may raise it over the other's value.
+        self._wait_lock = threading.Lock()
+        self._read_wait = tick
+        if self._tls_lock is not None:
+            sock.settimeout(0.0)
+        else:
+            sock.settimeout(None)
+            self._set_kernel_timeout(socket.SO_SNDTIMEO, tick)
+            self._set_kernel_timeout(socket.SO_RCVTIMEO, tick)
 
     def shorten_tick(self, tick: float) -> None:
         """Make waits last at most ``tick`` seconds from now on. Safe from any thread."""
         self.tick = min(self.tick, tick)
         if self._tls_lock is None:
-            self.sock.settimeout(self.tick)
+            self._set_kernel_timeout(socket.SO_SNDTIMEO, self.tick)
+            self._bound_read_wait(self.tick, lower_only=True)
+
+    def _bound_read_wait(self, wait: float, lower_only: bool = False) -> None:
+        """Make the kernel end a blocking read after ``wait`` seconds without data (any thread)."""
+        with self._wait_lock:
+            if wait == self._read_wait or (lower_only and wait > self._read_wait):
+                return
+            self._read_wait = wait
+            self._set_kernel_timeout(socket.SO_RCVTIMEO, wait)
+
+    def _set_kernel_timeout(self, option: int, seconds: float) -> None:
+        """Bound each blocking read (SO_RCVTIMEO) or write (SO_SNDTIMEO) of the plain socket: it then fails with EAGAIN."""
+        # A zero timeval means "wait forever" to the kernel: never less than a microsecond.
+        whole, micros = divmod(max(1, round(seconds * 1e6)), 1_000_000)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@ll", whole, micros))
+        except OSError:  # closed under us: the next read or write says so
+            pass
 
     # ------------------------------------------------------------------ reading (reader thread)
 
@@ -124,33 +158,26 @@ class Transport:
             result = self._tls_call(call, arg, reading=True)
         else:
             while True:
-                if self.deadline is not None:
-                    self._wait_readable()
+                deadline = self.deadline
+                if deadline is None:
+                    if self._read_wait != self.tick:  # a read with a deadline lowered it
+                        self._bound_read_wait(self.tick)
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ReadTimeout()
+                    # Whole milliseconds, so that reads in a row rarely need a new value.
+                    self._bound_read_wait(min(self.tick, max(0.001, round(left, 3))))
                 try:
                     result = call(arg)
                     break
-                except socket.timeout:
+                except (BlockingIOError, socket.timeout):  # the kernel's bound passed without data
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise ReadTimeout() from None
                     self._on_idle()
         if not result:
             raise Abort("end of stream")
         return result
-
-    def _wait_readable(self) -> None:
-        """Wait, under a deadline, until the (plain) socket is readable; raise ReadTimeout once the deadline passes.
-
-        The idle hook still runs every tick meanwhile.
-        """
-        assert self.deadline is not None
-        while True:
-            wait = min(self.deadline - time.monotonic(), self.tick)
-            try:
-                if select.select([self.sock], [], [], max(0.0, wait))[0]:
-                    return
-            except ValueError:  # the socket was closed under us
-                raise Abort("closed") from None
-            if time.monotonic() >= self.deadline:
-                raise ReadTimeout()
-            self._on_idle()
 
     def _tls_call(self, call: Callable[[Any], T], arg: Any, reading: bool) -> T:
         """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
@@ -208,7 +235,7 @@ class Transport:
         while view:
             try:
                 sent = self._tls_call(self.sock.send, view, reading=False) if self._tls_lock is not None else self.sock.send(view)
-            except socket.timeout:
+            except (BlockingIOError, socket.timeout):  # a tick without progress (SO_SNDTIMEO, or the TLS loop)
                 if self.send_timeout is not None and time.monotonic() - last_progress >= self.send_timeout:
                     self._on_broken()
                     raise SendTimeout(f"{self.name}: peer read nothing for {self.send_timeout} s") from None
@@ -243,9 +270,7 @@ class Transport:
                 with self._tls_lock:
                     sent = self.sock.send(data)  # the socket is non-blocking on TLS
             else:
-                # One write(2) on the descriptor, which is non-blocking under a socket
-                # timeout: sock.send would first poll, and wait while the buffer is full.
-                sent = os.write(self.sock.fileno(), data)
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)  # what fits now, without waiting
         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError, socket.timeout):
             sent = 0
         except OSError as exc:  # the peer is gone, or the socket was closed under us
