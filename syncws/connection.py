@@ -19,8 +19,9 @@ Threads:
 * :meth:`Connection.send`, :meth:`Connection.ping` and :meth:`Connection.close`
   are safe from any thread. The send lock makes each frame go out whole and in order.
 
-Every socket call carries a timeout of a few seconds (the *tick*). A read that
-times out is not an error: it is when the reader checks its keepalive and close
+Every socket call waits at most a few seconds (the *tick*, which the kernel
+enforces on a plain socket: see :mod:`syncws.transport`). A read that times
+out is not an error: it is when the reader checks its keepalive and close
 deadlines. A write that makes no progress for ``send_timeout`` seconds is: the
 peer stopped reading, so the connection is aborted rather than letting one
 stuck peer block its senders forever.

@@ -57,6 +57,24 @@ def test_deadline_raises_before_anything_is_read(ends: Ends) -> None:
     assert ends.io.recv_some() == b"kept"
 
 
+def test_read_after_a_deadline_waits_whole_ticks_again() -> None:
+    """A read with a short deadline lowers the wait for data; the next read without one waits a whole tick at a time again."""
+    pair = Ends(tick=0.2)
+    try:
+        pair.io.deadline = time.monotonic() + 0.01
+        with pytest.raises(ReadTimeout):
+            pair.io.recv_some()
+        pair.io.deadline = None
+        pair.idle_calls = 0
+        started = time.monotonic()
+        threading.Timer(0.5, pair.near.sendall, (b"late",)).start()
+        assert pair.io.recv_some() == b"late"
+        # Whole ticks: about elapsed / 0.2 idle calls; still waiting 10 ms at a time would make some 50.
+        assert pair.idle_calls <= (time.monotonic() - started) / 0.2 + 2, pair.idle_calls
+    finally:
+        pair.close()
+
+
 def test_end_of_stream_aborts_the_read(ends: Ends) -> None:
     """A read at the end of the stream raises Abort."""
     ends.near.shutdown(socket.SHUT_WR)
