@@ -147,6 +147,10 @@ class Connection:
         # whole, none after the close frame, and compressed ones in the order compressed.
         # The closing handshake's deadline is written under it too.
         self._send_lock = threading.Lock()
+        # True while a thread in _send_small holds the send lock: one that writes
+        # the frames other senders leave once it lets go. Written under the send
+        # lock, read without it (see _send_small for why a stale read is safe).
+        self._combining = False
         # One-shot: taken by whichever thread first decides that the connection ends (see on_closing).
         self._closing_notified = threading.Lock()
         #: Called once, as ``on_closing(code, reason)``, when the connection starts to end:
@@ -298,9 +302,13 @@ class Connection:
 
         ``binary=True`` sends text (and JSON) as a binary frame of its UTF-8
         bytes. Anything else raises TypeError before anything is sent. Safe
-        from any thread; blocks until the frame is handed to the kernel.
-        Raises ConnectionClosed once a close frame was sent or the socket is
-        gone, and SendTimeout (after aborting) if the peer stopped reading.
+        from any thread; blocks until the frame is handed to the kernel, or,
+        for a message under 16 KiB while another thread is writing, to that
+        thread, which writes it next with its own (so a failure of that write
+        ends the connection without raising here, as one after the kernel
+        took the frame would). Raises ConnectionClosed once a close frame was
+        sent or the socket is gone, and SendTimeout (after aborting) if the
+        peer stopped reading.
 
         Where permessage-deflate was agreed, ``compress`` says whether this
         message goes compressed: None (the default) compresses text from the
@@ -422,7 +430,7 @@ class Connection:
                 self._io.write_masked((data,), mask_key)
             else:
                 self._io.write(header)
-                self._io.write(data)
+                self._io.write(data, continuing=True)
 
     def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
         payload = parts[0] if len(parts) == 1 else None
@@ -434,12 +442,7 @@ class Connection:
             data = payload if payload is not None else b"".join(parts)
             if mask_key is not None and length:
                 data = frames.masked(data, mask_key)
-            frame = header + data
-            with self._send_lock:
-                self.protocol.check_open()
-                if self._outbox:
-                    self._flush_outbox()
-                self._io.write(frame)
+            self._send_small(header + data)
             return
         with self._send_lock:
             self.protocol.check_open()
@@ -450,7 +453,65 @@ class Connection:
                 self._io.write_masked(parts, mask_key)
             else:
                 for part in parts:
-                    self._io.write(part)
+                    self._io.write(part, continuing=True)
+
+    def _send_small(self, frame: bytes) -> None:
+        """Write one whole frame of a small message, or leave it to the thread that holds the send lock. Any thread.
+
+        Many threads sending on one connection (the callers of a
+        RequestHandler, the workers of a RemoteService) would each wait for
+        the lock while another writes: a sleep and a wake-up per message. A
+        sender that finds the lock taken leaves its frame instead
+        (``Transport.leave``) and returns; the holder writes what was left
+        ahead of its next frame, or, once it lets go of the lock, in
+        :meth:`_write_left`. Only a holder that does so (``_combining``) is
+        trusted with it; a frame left while another holds the lock is written
+        by its sender. Messages still go out in the order each thread sent
+        them, and behind anything waiting in the outbox (nothing is left
+        while something does).
+        """
+        lock = self._send_lock
+        if not lock.acquire(blocking=False):
+            self.protocol.check_open()
+            if self._outbox or not self._io.leave(frame):
+                lock.acquire()
+            elif lock.acquire(blocking=False):
+                frame = b""  # ours waits among the frames left, which the write below takes first
+            elif self._combining:
+                # Read after our frame was left: that holder looks at the frames left after it lets go.
+                return
+            else:
+                lock.acquire()
+                frame = b""
+        self._combining = True
+        try:
+            self.protocol.check_open()
+            if self._outbox:
+                self._flush_outbox()
+            self._io.write(frame)
+        finally:
+            self._combining = False
+            lock.release()
+        self._write_left()
+
+    def _write_left(self) -> None:
+        """Write the frames other senders left while this thread held the send lock (see :meth:`_send_small`). Any thread.
+
+        The senders have returned already: when the connection is closing or
+        the write fails, their frames go with the connection (logged at debug
+        level), as a frame still in the socket's buffer would.
+        """
+        lock = self._send_lock
+        while self._io.frames_left and lock.acquire(blocking=False):
+            self._combining = True
+            try:
+                self.protocol.check_open()
+                self._io.write(b"")
+            except (ConnectionClosed, SendTimeout) as exc:
+                logger.debug("%s: %d frames left by other senders not sent: %s", self.name, self._io.drop_left(), exc)
+            finally:
+                self._combining = False
+                lock.release()
 
     def flush_preamble(self) -> None:
         """Write the preamble now if no frame has carried it out yet. Safe from any thread.

@@ -31,6 +31,11 @@ def check_timeout(timeout: Optional[float], name: str = "timeout") -> Optional[f
     """
     if timeout is None:
         return None
+    if type(timeout) is float or type(timeout) is int:  # the common case, without the ABC check below
+        if timeout >= 0:
+            return None if timeout >= _FOREVER else float(timeout)
+        if timeout < 0:
+            raise ValueError(f"{name} must not be negative, got {timeout!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"{name} must be a number of seconds or None, not {type(timeout).__name__}")
     try:

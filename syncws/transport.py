@@ -28,6 +28,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import frames
@@ -39,6 +40,8 @@ T = TypeVar("T")
 Buffer = Union[bytes, bytearray, memoryview]
 
 RECV_SIZE = 64 * 1024  # one read for many small frames; below malloc's mmap threshold
+LEFT_FRAME_LIMIT = 16 * 1024  # a frame up to this size may be left for the writer (see Transport.leave)
+_LEFT_FRAMES_MAX = 32  # frames that may wait so: at most 512 KiB
 _MASK_SLICE = 256 * 1024  # masked writes go out in slices of this size
 
 
@@ -68,8 +71,8 @@ class Transport:
 
     Threads: the reads and :attr:`deadline` belong to one reader thread at a
     time; the writes and ``_preamble`` to the holder of ``write_lock``;
-    :meth:`shorten_tick`, :meth:`shutdown` and :meth:`close` are safe from
-    any thread.
+    :meth:`leave`, :meth:`shorten_tick`, :meth:`shutdown` and :meth:`close`
+    are safe from any thread.
     """
 
     def __init__(
@@ -90,6 +93,10 @@ class Transport:
         # Written ahead of the next write, under write_lock only: the 101 response, or the
         # rest of a frame that write_now wrote in part.
         self._preamble = preamble
+        # Whole small frames that writers who found write_lock taken left for its holder
+        # (flat combining: see leave). Appended by any thread without the lock
+        # (deque.append and popleft are atomic), taken by the lock's holder.
+        self._left: deque[bytes] = deque()
         #: The reader's: when the current read gives up with ReadTimeout (None: never).
         self.deadline: Optional[float] = None
         #: Shortened (never lengthened) by any thread, read by the reader: a stale
@@ -220,14 +227,53 @@ class Transport:
 
     # ------------------------------------------------------------------ writing (under write_lock)
 
-    def write(self, data: Buffer) -> None:
+    def leave(self, frame: bytes) -> bool:
+        """Leave a whole frame for the holder of ``write_lock`` to write ahead of its next frame. Any thread.
+
+        For a writer that found the lock taken: instead of waiting for it (a
+        sleep and a wake-up per write when many threads send on one
+        connection), it leaves its frame, and whoever holds the lock writes
+        the frames left, in order and in one system call with its own. False
+        (nothing left) for a frame over :data:`LEFT_FRAME_LIMIT` or when 32
+        wait already: the writer then waits for the lock as usual. The one
+        that leaves a frame must make sure someone writes it (see
+        ``Connection._send_small``).
+        """
+        if len(frame) > LEFT_FRAME_LIMIT or len(self._left) >= _LEFT_FRAMES_MAX:
+            return False
+        self._left.append(frame)
+        return True
+
+    @property
+    def frames_left(self) -> bool:
+        """Whether frames left by other writers wait. A read without the lock."""
+        return bool(self._left)
+
+    def drop_left(self) -> int:
+        """Forget the frames left (the connection cannot send them any more); how many. Requires ``write_lock``."""
+        assert self._write_lock.locked()
+        count = len(self._left)
+        self._left.clear()
+        return count
+
+    def _take_left(self) -> bytes:
+        """The frames left so far, end to end, taken off the queue. Requires ``write_lock``."""
+        left = self._left
+        return b"".join([left.popleft() for _ in range(len(left))])
+
+    def write(self, data: Buffer, continuing: bool = False) -> None:
         """Write all of ``data`` (after the preamble, if still pending). Requires ``write_lock``.
 
+        Unless ``continuing`` (``data`` goes on a frame whose start the last
+        write carried), the frames other writers left go out ahead of it.
         Raises SendTimeout if the peer read nothing for ``send_timeout``, and
         ConnectionClosed if the socket failed; ``on_broken`` runs first.
         """
         assert self._write_lock.locked()
-        if self._preamble:
+        if self._left and not continuing:
+            data = self._preamble + self._take_left() + data
+            self._preamble = b""
+        elif self._preamble:
             data = self._preamble + data
             self._preamble = b""
         view = memoryview(data)
@@ -263,8 +309,10 @@ class Transport:
         """
         assert self._write_lock.locked()
         if self._preamble:
-            self._preamble += bytes(data)
+            self._preamble += self._take_left() + bytes(data)
             return False
+        if self._left:
+            data = self._take_left() + data
         try:
             if self._tls_lock is not None:
                 with self._tls_lock:
@@ -284,6 +332,8 @@ class Transport:
     def write_masked(self, parts: tuple[Buffer, ...], mask_key: bytes) -> None:
         """Mask ``parts``, one payload end to end, with ``mask_key`` and write it a slice at a time. Requires ``write_lock``.
 
+        The payload goes on the frame whose header the last write carried.
+
         Masking needs a copy. One small buffer, reused for every slice, stays
         in the CPU cache; a copy of the whole payload would cost a page fault
         per 4 KiB of fresh memory, which is slower than the masking itself.
@@ -297,7 +347,7 @@ class Transport:
                 piece = view[start : start + _MASK_SLICE]
                 out = memoryview(scratch)[: len(piece)]
                 frames.mask_into(out, piece, frames.key_at(mask_key, offset))
-                self.write(out)
+                self.write(out, continuing=True)
                 offset += len(piece)
 
     # ------------------------------------------------------------------ ending (any thread)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from syncws.exceptions import SendTimeout
-from syncws.transport import Abort, ReadTimeout, Transport
+from syncws.transport import LEFT_FRAME_LIMIT, Abort, ReadTimeout, Transport
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,3 +102,25 @@ def test_preamble_goes_out_ahead_of_the_first_write() -> None:
     finally:
         near.close()
         io.close()
+
+
+def test_frames_left_go_out_ahead_of_the_next_frame_but_never_inside_one(ends: Ends) -> None:
+    """Frames left while the lock is held are written before the next write that starts a frame, not before a continuing one."""
+    with ends.lock:
+        assert ends.io.leave(b"A") and ends.io.leave(b"B")
+        ends.io.write(b"C")
+        assert ends.near.recv(16) == b"ABC"
+        assert ends.io.leave(b"E")
+        ends.io.write(b"D", continuing=True)
+        assert ends.near.recv(16) == b"D"
+        ends.io.write(b"")
+        assert ends.near.recv(16) == b"E"
+
+
+def test_only_small_frames_and_a_few_may_be_left(ends: Ends) -> None:
+    """leave refuses a frame over 16 KiB, and any once 32 wait, so that what waits stays bounded."""
+    assert not ends.io.leave(bytes(LEFT_FRAME_LIMIT + 1))
+    assert all(ends.io.leave(b"x") for _ in range(32))
+    assert not ends.io.leave(b"x")
+    with ends.lock:
+        assert ends.io.drop_left() == 32
