@@ -83,6 +83,20 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
             self.set_result(reply)
         return False  # the caller forgets it once it has the outcome
 
+    def place_part(self, part: callformat.PartHeader, length: int) -> Optional[memoryview]:
+        """Where part ``part`` of the reply, ``length`` bytes, may be read straight into; None: nowhere (reader thread).
+
+        Anything wrong with the part is left to :meth:`take_part`, which sees
+        the same part as bytes and fails the call with 502.
+        """
+        transfer = self.transfer
+        if transfer is None:
+            return None
+        try:
+            return transfer.place(part, length)
+        except Exception:
+            return None
+
     def take_part(self, part: callformat.PartHeader, message: bytes) -> bool:
         """Take a binary part of the reply; whatever goes wrong fails the call with 502 at once (reader thread)."""
         try:
@@ -254,6 +268,23 @@ class CallTable:
         call = self._find(channel, call_id)
         if call is not None and call.take_reply(reply, via_link, self.max_reply_size):
             self.forget(call.call_id)
+
+    def place(self, channel: object, prefix: bytes, length: int) -> Optional[memoryview]:
+        """A :data:`~syncws.reader.Placer` for the connection ``channel`` reads: where a reply part goes (reader thread).
+
+        ``prefix`` is the start of a large binary message of ``length``
+        bytes; when it is the header of the next part of a binary reply to a
+        call on ``channel``, the place of that part's bytes in the result,
+        else None (the message then arrives as bytes, as any other).
+        """
+        part = callformat.decode_part_header(prefix)
+        if part is None:
+            return None
+        with self.callbackLock:
+            call = self._calls.get(part.call_id)
+        if call is None or call.conn is not channel:
+            return None
+        return call.place_part(part, length - callformat.PART_HEADER.size)
 
     def take_part(self, channel: object, message: bytes) -> bool:
         """Match a binary reply part to its call (reader thread); False if ``message`` is not a part at all."""

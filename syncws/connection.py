@@ -43,6 +43,7 @@ from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
 from .keepalive import Keepalive
 from .outbox import Item, Outbox
 from .protocol import Close, CloseCode, Message, Ping, Pong, Protocol, State
+from .reader import Placer
 from .transport import Abort, ReadTimeout, Transport
 
 __all__ = ["Connection", "Message", "Outgoing", "encode_message", "DEFAULT_MAX_MESSAGE_SIZE"]
@@ -203,6 +204,15 @@ class Connection:
     def max_message_size(self) -> Optional[int]:
         """The largest message accepted (None: no limit)."""
         return self.protocol.max_message_size
+
+    @property
+    def placer(self) -> Optional[Placer]:
+        """Where large binary payloads may be read straight into (see :data:`syncws.reader.Placer`); None: nowhere."""
+        return self._reader.placer
+
+    @placer.setter
+    def placer(self, placer: Optional[Placer]) -> None:
+        self._reader.placer = placer  # read by the reader thread when a large payload starts: safe from any thread
 
     @property
     def send_queue_bytes(self) -> int:

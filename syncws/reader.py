@@ -28,9 +28,27 @@ from . import frames
 from .deflate import PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
 
-__all__ = ["FrameReader", "CloseCode", "Ping", "Pong", "Close", "Event", "Message"]
+__all__ = ["FrameReader", "CloseCode", "Ping", "Pong", "Close", "Event", "Message", "PlacedPayload", "Placer", "PLACE_PREFIX"]
 
 Message = Union[str, bytes]
+
+#: How many bytes of a large binary payload a :data:`Placer` sees before it decides.
+PLACE_PREFIX = 32
+#: ``placer(prefix, length)``: where the rest of a large unfragmented binary
+#: payload of ``length`` bytes whose first :data:`PLACE_PREFIX` bytes
+#: (unmasked) are ``prefix`` is to go: a writable view of exactly
+#: ``length - PLACE_PREFIX`` bytes, or None to receive the payload as bytes.
+Placer = Callable[[bytes, int], Optional[memoryview]]
+
+
+class PlacedPayload(bytes):
+    """A binary message whose payload went straight where a :data:`Placer` said: its bytes are the prefix only.
+
+    ``length`` is the whole payload's; the rest of it, ``length - len(self)``
+    bytes, is in the placer's view, unmasked, and the view is released.
+    """
+
+    length: int
 
 _LARGE_PAYLOAD = 64 * 1024  # an unfragmented binary payload this large may be read straight into its bytes
 _EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
@@ -89,7 +107,7 @@ class _NeedData(Exception):
 class _DataFrame:
     """A data frame whose header was taken and whose payload is being read."""
 
-    __slots__ = ("fin", "holder", "key", "length", "offset", "unmasked")
+    __slots__ = ("fin", "holder", "key", "length", "offset", "prefix", "target", "unmasked")
 
     def __init__(self, fin: bool, length: int, key: Optional[bytes]) -> None:
         self.fin = fin
@@ -98,6 +116,57 @@ class _DataFrame:
         self.offset = 0  # payload bytes read so far
         self.unmasked = 0  # of those, how many are unmasked (large payloads only)
         self.holder: Optional[io.BytesIO] = None  # a large payload's bytes, as they are read
+        # Or, where a placer took the payload: the view its bytes after the prefix go into.
+        self.target: Optional[memoryview] = None
+        self.prefix = b""
+
+    @property
+    def large(self) -> bool:
+        """Whether the payload is being read into memory of its own (a holder or a placer's view)."""
+        return self.holder is not None or self.target is not None
+
+    def destination(self) -> memoryview:
+        """A writable view of the rest of the payload, from ``offset`` on (it must be released after use)."""
+        if self.target is not None:
+            return self.target[self.offset - len(self.prefix) :]
+        assert self.holder is not None
+        return self.holder.getbuffer()[self.offset :]
+
+    def place(self, buf: bytearray, placer: Placer) -> None:
+        """Offer the payload to ``placer`` once its prefix is buffered; where it takes it, read on into its view."""
+        if self.length <= PLACE_PREFIX or len(buf) < PLACE_PREFIX:
+            return
+        prefix = bytes(buf[:PLACE_PREFIX])
+        if self.key is not None:
+            prefix = frames.masked(prefix, self.key)
+        target = placer(prefix, self.length)
+        if target is None:
+            return
+        if len(target) != self.length - PLACE_PREFIX or target.readonly:
+            target.release()  # not a place for this payload: it is received as bytes
+            return
+        del buf[:PLACE_PREFIX]
+        self.target, self.prefix = target, prefix
+        self.offset = self.unmasked = PLACE_PREFIX
+
+    def take_placed(self, buf: bytearray) -> PlacedPayload:
+        """Read the rest of a placed payload, from ``buf`` and the socket, into the placer's view."""
+        target, length, key, skip = self.target, self.length, self.key, len(self.prefix)
+        assert target is not None
+        have = min(len(buf), length - self.offset)
+        if have:
+            target[self.offset - skip : self.offset - skip + have] = buf[:have]
+            del buf[:have]
+            self.offset += have
+        if key is not None and self.offset > self.unmasked:
+            frames.apply_mask(target[self.unmasked - skip : self.offset - skip], frames.key_at(key, self.unmasked))
+            self.unmasked = self.offset
+        if self.offset < length:
+            raise _NeedData()
+        target.release()
+        placed = PlacedPayload(self.prefix)
+        placed.length = length
+        return placed
 
     def take_large(self, buf: bytearray) -> bytes:
         """Put a large payload together, from ``buf`` and the socket, in the ``bytes`` object that is returned.
@@ -213,6 +282,10 @@ class FrameReader:
         self._buffer = bytearray()
         self._frame: Optional[_DataFrame] = None  # a data frame being read
         self._message: Optional[_PartialMessage] = None  # a message being put together
+        #: Where large unfragmented binary payloads may go instead of bytes of
+        #: their own (see :data:`Placer`): set by the owner, from any thread; a
+        #: payload is offered once, when its prefix is in.
+        self.placer: Optional[Placer] = None
 
     def receive_data(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Add bytes that came off the socket."""
@@ -259,9 +332,9 @@ class FrameReader:
         must be released before the next call to :meth:`next_event`.
         """
         frame = self._frame
-        if frame is None or frame.holder is None or self._buffer:
+        if frame is None or not frame.large or self._buffer:
             return None
-        return frame.holder.getbuffer()[frame.offset :]
+        return frame.destination()
 
     def payload_received(self, count: int) -> None:
         """``count`` bytes were written into the view of :meth:`payload_buffer`."""
@@ -379,8 +452,14 @@ class FrameReader:
         """A data frame's payload: returned when it is a whole binary message, else added to the message."""
         message = self._message
         if message is None:
-            if frame.holder is None and (frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer)):
+            if not frame.large and (frame.length < _LARGE_PAYLOAD or frame.length <= len(self._buffer)):
                 return self._take_payload(frame.length, frame.key)
+            if not frame.large and self.placer is not None:
+                if len(self._buffer) < PLACE_PREFIX:
+                    raise _NeedData()  # the payload is large: its prefix is on the way
+                frame.place(self._buffer, self.placer)
+            if frame.target is not None:
+                return frame.take_placed(self._buffer)
             return frame.take_large(self._buffer)
         buf = self._buffer
         while frame.offset < frame.length:
@@ -398,7 +477,7 @@ class FrameReader:
         message, self._message = self._message, None
         if message is None:
             assert payload is not None
-            return payload if type(payload) is bytes else bytes(payload)
+            return payload if isinstance(payload, bytes) else bytes(payload)  # a PlacedPayload as it is
         return message.result()
 
     def _need(self, n: int) -> bytearray:

@@ -7,6 +7,12 @@ idle, checks each part's CRC-32 while the next ones arrive (zlib releases the
 GIL, so the two run at once), copies it into the result, allocated once at
 the announced size, and lets it go. A transfer holds the result and the
 parts still queued, never every part and the result at once.
+
+Where the connection lets it (a :data:`~syncws.reader.Placer`, see
+:meth:`Transfer.place`), a large part is read straight into its place in the
+result, unmasked there, and never held in memory of its own: the caller then
+only checks its CRC-32 there. That saves the part's own memory (a page fault
+per 4 KiB of it) and a copy.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import callformat
 from .exceptions import RequestError, RequestTimeout
+from .reader import PlacedPayload
 
 __all__ = ["Transfer", "ReplyAssembler", "Progress", "describe"]
 
@@ -58,20 +65,52 @@ class Transfer:
         # lock) is notified whenever one of them changes.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._queue: list[tuple[memoryview, int]] = []  # parts for the caller: (slice, its CRC-32 as announced)
+        # Parts for the caller: (its bytes, or None when they are in place already; its CRC-32 as announced; its length).
+        self._queue: list[tuple[Optional[memoryview], int, int]] = []
         self._complete = self._size == 0  # the last part is queued
         self._error: Optional[BaseException] = None
 
-    def add(self, part: callformat.PartHeader, message: BytesLike) -> None:
-        """Check a part's place and queue it for the caller (reader thread); ValueError if it is out of place."""
-        data = memoryview(message)[callformat.PART_HEADER.size :]
-        last = callformat.check_part(part, len(data), self._next_index, self._next_offset, self.header)
+    def place(self, part: callformat.PartHeader, length: int) -> Optional[memoryview]:
+        """Where part ``part`` of ``length`` bytes goes in the result, checked as :meth:`add` checks it (reader thread).
+
+        The reader reads it straight there and then hands :meth:`add` a
+        :class:`~syncws.reader.PlacedPayload`. ValueError for a part out of
+        place; None once the transfer failed.
+        """
+        if self.failed:
+            return None
+        callformat.check_part(part, length, self._next_index, self._next_offset, self.header)
+        target = self._assembler.target(part.offset, length)
         self._next_index += 1
-        self._next_offset += len(data)
+        self._next_offset += length
+        return target
+
+    @property
+    def failed(self) -> bool:
+        """Whether the transfer ended with an error."""
+        with self._changed:
+            return self._error is not None
+
+    def add(self, part: callformat.PartHeader, message: BytesLike) -> None:
+        """Check a part's place and queue it for the caller (reader thread); ValueError if it is out of place.
+
+        A :class:`~syncws.reader.PlacedPayload` was checked by :meth:`place`
+        and is in place already: only its CRC-32 is left to check.
+        """
+        data: Optional[memoryview]
+        if isinstance(message, PlacedPayload):
+            data, length = None, message.length - callformat.PART_HEADER.size
+            last = part.part + 1 == part.parts
+        else:
+            data = memoryview(message)[callformat.PART_HEADER.size :]
+            length = len(data)
+            last = callformat.check_part(part, length, self._next_index, self._next_offset, self.header)
+            self._next_index += 1
+            self._next_offset += length
         with self._changed:
             if self._error is not None:
                 return
-            self._queue.append((data, part.crc32))
+            self._queue.append((data, part.crc32, length))
             self._complete = last
             self._changed.notify_all()
         if self._progress is not None:
@@ -113,7 +152,7 @@ class Transfer:
                     raise self._failed(f"damaged binary reply: {describe(exc)}") from None
                 return reply
 
-    def _next_parts(self, timeout: Optional[float]) -> tuple[list[tuple[memoryview, int]], bool]:
+    def _next_parts(self, timeout: Optional[float]) -> tuple[list[tuple[Optional[memoryview], int, int]], bool]:
         """Wait for parts (or the end); take those queued and whether the last is among them (caller thread)."""
         with self._changed:
             if not self._ready():
@@ -130,12 +169,18 @@ class Transfer:
         assert self._lock.locked()
         return bool(self._queue) or self._complete or self._error is not None
 
-    def _copy(self, data: memoryview, checksum: int, index: int) -> None:
-        """Check a part's CRC-32 and copy it into the result (caller thread)."""
-        if callformat.crc32(data) != checksum:
+    def _copy(self, data: Optional[memoryview], checksum: int, length: int, index: int) -> None:
+        """Check a part's CRC-32 and copy it into the result, or check it there when it was placed (caller thread)."""
+        if data is not None and callformat.crc32(data) != checksum:
             raise self._failed(f"damaged binary reply: part {index} failed its CRC-32 check")
         try:
-            self._assembler.add(data)
+            if data is None:
+                if self._assembler.take_placed(length) != checksum:
+                    raise self._failed(f"damaged binary reply: part {index} failed its CRC-32 check")
+            else:
+                self._assembler.add(data)
+        except RequestError:
+            raise
         except Exception as exc:  # whatever the part holds, the call ends with a 502
             raise self._failed(f"damaged binary reply: {describe(exc)}") from None
 
@@ -184,6 +229,26 @@ class ReplyAssembler:
         with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as view:
             view[self._filled : end] = data
         self._filled = end
+
+    def target(self, offset: int, length: int) -> memoryview:
+        """A writable view of ``length`` bytes of the result from ``offset``, for the reader to fill (reader thread).
+
+        The regions the reader fills and the one the caller works on never
+        overlap (parts come in order); the view must be released before
+        :meth:`value` (the reader does so when the part is in).
+        """
+        with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as whole:
+            return whole[offset : offset + length].cast("B")
+
+    def take_placed(self, length: int) -> int:
+        """Count the next ``length`` bytes, written in place by the reader, as added; return their CRC-32."""
+        end = self._filled + length
+        if end > self._size:
+            raise ValueError("parts run past the announced size")
+        with self._holder.getbuffer() if self._holder is not None else memoryview(self._buffer) as whole, whole[self._filled : end] as part:
+            checksum = callformat.crc32(part)
+        self._filled = end
+        return checksum
 
     def value(self) -> Any:
         """The finished value; raises ValueError if the parts fell short of the announced size."""

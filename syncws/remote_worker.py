@@ -14,6 +14,7 @@ the service's calls on the connection at once when it closes.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -84,6 +85,8 @@ class Session:
         self._send_result = send_result
         self._draining = draining  # set: the service is stopping, new requests get 503
         connection.on_closing = self._closing
+        # Large reply parts to the service's own calls are read straight into their results.
+        connection.placer = functools.partial(calls.place, connection)
         # Synchronize access to queued, leading, running, ended, _leader_busy
         # and _watching; condition (on this lock) wakes an idle worker to lead or to
         # take a queued request, _watch (on this lock) wakes the watchdog.

@@ -18,6 +18,7 @@ connection reads on while the command runs (docs/protocol.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Optional, Union
 
@@ -198,6 +199,9 @@ class RequestHandler(CallTable, CommandDecorator):
         return call.call_id, handler
 
     def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
+        if isinstance(channel, BaseWebSocketHandler) and channel.connection.placer is None:
+            # Large reply parts on this connection are read straight into their results (syncws.reassembly).
+            channel.connection.placer = functools.partial(self.place, channel)
         # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
         return self.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), channel, progress, waiting))
 

@@ -361,3 +361,26 @@ def test_server_drain_lets_a_peers_command_finish_and_answer(env: Env) -> None:
     kind, value, _ = result.get(timeout=10)
     assert kind == "ok" and value["data"] == "answered"
     assert stopped.get(timeout=15)[0] == "ok"
+
+
+@pytest.mark.parametrize("direction", ["the server asks", "the peer asks"])
+def test_large_reply_parts_are_read_straight_into_the_result(env: Env, monkeypatch: pytest.MonkeyPatch, direction: str) -> None:
+    """Each part of a large binary reply is read into its place in the result, none into bytes of its own, and the result is intact."""
+    kinds: list[str] = []
+    add = syncws.reassembly.Transfer.add
+
+    def spy(transfer: Any, part: Any, message: Any) -> None:
+        kinds.append(type(message).__name__)
+        add(transfer, part, message)
+
+    monkeypatch.setattr(syncws.reassembly.Transfer, "add", spy)
+    data = det_bytes(7, 6 * 2**20 + 100_000)  # seven parts, the last of 100 kB: each large enough to be placed
+    if direction == "the server asks":
+        env.service({"blob": lambda request: data}, part_size=2**20)
+        reply = env.rh.doRequest({"cmd": "blob"}, timeout=30)
+    else:
+        env.rh.register("blob", lambda request, conn: data)
+        env.rh.part_size = 2**20
+        reply = env.service({}).request({"cmd": "blob"}, timeout=30)
+    assert reply["data"] == data
+    assert kinds == ["PlacedPayload"] * 7, kinds

@@ -12,6 +12,7 @@ import pytest
 
 from syncws import frames
 from syncws.connection import Connection
+from syncws.reader import PLACE_PREFIX, PlacedPayload
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -299,3 +300,48 @@ def test_many_threads_sending_at_once_lose_nothing_and_keep_each_threads_order()
         receiver.release()
         sender.release()
         near.close()
+
+
+def test_placed_payload_lands_unmasked_in_the_placers_view_through_short_reads(masking: str) -> None:
+    """A large masked binary payload that a placer takes arrives in its view, unmasked, even in odd-sized reads; the message is its prefix."""
+    payload = os.urandom(PLACE_PREFIX) + os.urandom(300_001)
+    target = bytearray(len(payload) - PLACE_PREFIX)
+    offered: list[bytes] = []
+
+    def placer(prefix: bytes, length: int) -> memoryview:
+        offered.append(prefix)
+        return memoryview(target)
+
+    near, far = socket.socketpair()
+    reader = ShortReads(fileno=far.detach())
+    conn = Connection(reader, is_client=False, max_message_size=None, ping_interval=None)
+    conn.placer = placer
+    writer = threading.Thread(target=near.sendall, args=(frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4)),), daemon=True)
+    try:
+        writer.start()
+        message = conn.recv()
+    finally:
+        writer.join(10)
+        near.close()
+        reader.close()
+    assert isinstance(message, PlacedPayload) and message.length == len(payload)
+    assert offered == [payload[:PLACE_PREFIX]] and bytes(message) == payload[:PLACE_PREFIX]
+    assert target == payload[PLACE_PREFIX:]
+
+
+def test_payload_a_placer_declines_arrives_as_bytes() -> None:
+    """A large binary payload whose placer returns None (or a view of the wrong size) arrives as plain bytes."""
+    payload = os.urandom(200_000)
+    for answer in (None, memoryview(bytearray(10))):
+        near, far = socket.socketpair()
+        conn = Connection(far, is_client=False, max_message_size=None, ping_interval=None)
+        conn.placer = lambda prefix, length, answer=answer: answer
+        writer = threading.Thread(target=near.sendall, args=(frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4)),), daemon=True)
+        try:
+            writer.start()
+            message = conn.recv()
+        finally:
+            writer.join(10)
+            near.close()
+            conn.release()
+        assert type(message) is bytes and message == payload

@@ -412,11 +412,53 @@ def _object_array(call_id: int) -> list[Any]:
     return [{"cmd": "b", "callId": call_id, "status": 200, "dataType": "ndarray", "dtype": "|O", "shape": [1], "size": 8, "parts": 1}]
 
 
-@pytest.mark.parametrize("damage", [_bad_crc, _part_before_header, _out_of_order, _past_the_end, _short, _bad_size, _array_does_not_fit, _object_array])
+_BIG = bytes(range(256)) * 800  # 200 KiB: large enough to be read straight into the result
+
+
+def _big_reply(call_id: int, size: int) -> dict[str, Any]:
+    return {"cmd": "b", "callId": call_id, "status": 200, "dataType": "bytes", "size": size, "parts": 2 if size > len(_BIG) else 1}
+
+
+def _bad_crc_big(call_id: int) -> list[Any]:
+    header = bytearray(callformat.encode_part_header(call_id, 0, 1, 0, _BIG))
+    header[-1] ^= 0xFF
+    return [_big_reply(call_id, len(_BIG)), bytes(header) + _BIG]
+
+
+def _out_of_order_big(call_id: int) -> list[Any]:
+    return [_big_reply(call_id, 2 * len(_BIG)), callformat.encode_part_header(call_id, 1, 2, len(_BIG), _BIG) + _BIG]
+
+
+def _past_the_end_big(call_id: int) -> list[Any]:
+    return [_big_reply(call_id, len(_BIG) // 2), callformat.encode_part_header(call_id, 0, 1, 0, _BIG) + _BIG]
+
+
+def _short_big(call_id: int) -> list[Any]:
+    reply = dict(_big_reply(call_id, 2 * len(_BIG)), parts=1)
+    return [reply, callformat.encode_part_header(call_id, 0, 1, 0, _BIG) + _BIG]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _bad_crc,
+        _part_before_header,
+        _out_of_order,
+        _past_the_end,
+        _short,
+        _bad_size,
+        _array_does_not_fit,
+        _object_array,
+        _bad_crc_big,
+        _out_of_order_big,
+        _past_the_end_big,
+        _short_big,
+    ],
+)
 def test_damaged_binary_reply_fails_the_call_with_502(env: Env, caplog: pytest.LogCaptureFixture, damage: Callable[[int], list[Any]]) -> None:
     """A damaged binary reply (bad CRC, part before header, out of order, past the end, short, bad size,
-    an array that does not fit its size or holds objects) fails the waiting call at once with RequestError
-    502 instead of leaving it hanging."""
+    an array that does not fit its size or holds objects; large parts, read in place, too) fails the waiting
+    call at once with RequestError 502 instead of leaving it hanging."""
     peer = env.fake_peer()
     start = time.monotonic()
     caller, results = in_thread(lambda: env.rh.doRequest({"cmd": "b"}, timeout=10))
