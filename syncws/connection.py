@@ -371,21 +371,24 @@ class Connection:
         connection is closed or closing.
         """
         opcode, payload = encode_message(message, binary)
+        self.send_encoded_nowait(opcode, payload, frame)
+
+    def send_encoded_nowait(self, opcode: int, payload: Union[bytes, bytearray, memoryview], frame: Optional[bytes] = None) -> None:
+        """:meth:`send_nowait` for a message encoded already (``encode_message``): a broadcast encodes it once. Any thread."""
         # A shared frame fits only a server connection that sends this message as it is (no mask, no compression).
-        shared = frame is not None and not self.is_client and not self._compresses(opcode, payload)
-        item = (opcode, payload, frame if shared else None)
-        if self._outbox or not self._send_lock.acquire(blocking=False):
-            self._outbox.put(item)
-            return
-        try:
-            if self._outbox:  # a writer started meanwhile: go behind what it writes
-                self._outbox.put(item)
-                return
-            self.protocol.check_open()
-            if not self._io.write_now(self._frame_of(item)):
-                self._outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out
-        finally:
-            self._send_lock.release()
+        if frame is not None and (self.is_client or (self._deflate is not None and self._compresses(opcode, payload))):
+            frame = None
+        outbox, lock = self._outbox, self._send_lock
+        if not outbox and lock.acquire(blocking=False):
+            try:
+                if not outbox:  # else a writer started meanwhile: go behind what it writes
+                    self.protocol.check_open()
+                    if not self._io.write_now(frame if frame is not None else self._frame_of((opcode, payload, None))):
+                        outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out
+                    return
+            finally:
+                lock.release()
+        outbox.put((opcode, payload, frame))
 
     def _frame_of(self, item: Item) -> Union[bytes, bytearray, memoryview]:
         """The whole frame of a message from the outbox or send_nowait. Requires the send lock."""

@@ -235,7 +235,7 @@ def deliver(registry: ConnectionRegistry[BaseWebSocketHandler], name: str, targe
     frame = frames.encode_header(opcode, len(payload)) + payload if len(targets) > 1 else None
     for handler in targets:
         try:
-            handler.connection.send_nowait(message, frame=frame)
+            handler.connection.send_encoded_nowait(opcode, payload, frame)
         except (ConnectionClosed, SendTimeout, OSError) as exc:
             logger.info("dropping %r after a failed send: %s", handler, exc)
             registry.remove(name, handler)

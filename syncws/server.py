@@ -453,7 +453,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         frame = frames.encode_header(opcode, len(payload)) + payload  # one frame for every connection
         for client in self.clients:
             try:
-                client["handler"].connection.send_nowait(message, frame=frame)
+                client["handler"].connection.send_encoded_nowait(opcode, payload, frame)
             except (SyncWSError, OSError) as exc:
                 logger.info("send to %r failed: %s", client["handler"], exc)
 

@@ -174,7 +174,9 @@ class Transport:
                     if left <= 0:
                         raise ReadTimeout()
                     # Whole milliseconds, so that reads in a row rarely need a new value.
-                    self._bound_read_wait(min(self.tick, max(0.001, round(left, 3))))
+                    wait = min(self.tick, max(0.001, round(left, 3)))
+                    if wait != self._read_wait:
+                        self._bound_read_wait(wait)
                 try:
                     result = call(arg)
                     break
