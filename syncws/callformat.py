@@ -136,7 +136,10 @@ def check_request(msg: Any) -> None:
 
 def encode_request(msg: dict[str, Any], call_id: int) -> str:
     """The JSON text of request ``msg`` (checked already) as call ``call_id``; the callId goes last."""
-    return json.dumps(dict(msg, callId=call_id))
+    if "callId" in msg:
+        return json.dumps(dict(msg, callId=call_id))
+    # The text json.dumps would give the copy with the callId added, without the copy (msg has a cmd: never empty).
+    return f'{json.dumps(msg)[:-1]}, "callId": {int(call_id)}}}'
 
 
 class Kind(enum.Enum):
