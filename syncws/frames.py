@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import struct
-import threading
+from collections import deque
 from typing import Any, NamedTuple, Optional, Union
 
 from .exceptions import ProtocolError
@@ -174,19 +174,18 @@ class MaskKeys:
     _BATCH = 4096
 
     def __init__(self) -> None:
-        # Synchronize access to _pool and _at.
-        self._lock = threading.Lock()
-        self._pool = b""
-        self._at = 0
+        # No lock: deque.popleft and deque.extend are atomic, and two threads that
+        # find it empty at once both refill it, which only wastes a few random bytes.
+        self._keys: deque[bytes] = deque()
 
     def next(self) -> bytes:
         """The next 4-byte key."""
-        with self._lock:
-            if self._at >= len(self._pool):
-                self._pool, self._at = os.urandom(self._BATCH), 0
-            key = self._pool[self._at : self._at + 4]
-            self._at += 4
-            return key
+        try:
+            return self._keys.popleft()
+        except IndexError:
+            pool = os.urandom(self._BATCH)
+            self._keys.extend(pool[i : i + 4] for i in range(4, self._BATCH, 4))
+            return pool[:4]
 
 
 #: The process's mask keys (see :class:`MaskKeys`).

@@ -304,6 +304,8 @@ class FrameReader:
         is set is dropped. After a ProtocolError, the owner fails the
         connection and calls :meth:`reset`.
         """
+        if self._frame is None and not self._buffer:
+            return None  # a frame header comes next, and nothing is buffered: the common case between messages
         try:
             while True:
                 if self._frame is None and self._message is None:

@@ -278,8 +278,25 @@ class Transport:
         elif self._preamble:
             data = self._preamble + data
             self._preamble = b""
-        view = memoryview(data)
-        last_progress = time.monotonic()
+        if not data:
+            return
+        if self._tls_lock is None:
+            # Most writes go out whole in one call: no view, no clock, unless they do not.
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, socket.timeout):
+                sent = 0
+            except OSError as exc:
+                self._on_broken()
+                raise ConnectionClosed(1006, "", f"{self.name}: send failed: {exc}") from exc
+            if sent == len(data):
+                return
+            view = memoryview(data)[sent:]
+            # A send that took nothing waited a tick (SO_SNDTIMEO) for room first.
+            last_progress = time.monotonic() - (self.tick if not sent else 0.0)
+        else:
+            view = memoryview(data)
+            last_progress = time.monotonic()
         while view:
             try:
                 sent = self._tls_call(self.sock.send, view, reading=False) if self._tls_lock is not None else self.sock.send(view)
