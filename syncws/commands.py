@@ -59,7 +59,7 @@ class IncomingCall:
     from any thread (a command polls it to stop early).
     """
 
-    __slots__ = ("_cancelled", "_event", "call_id", "cmd", "conn", "inline", "request")
+    __slots__ = ("_cancelled", "_event", "before_wait", "call_id", "cmd", "conn", "inline", "request")
 
     def __init__(self, request: dict[str, Any], conn: object, inline: bool = False) -> None:
         self.request = request
@@ -69,6 +69,10 @@ class IncomingCall:
         self.conn = conn
         #: True when it runs on the thread that reads its connection (registered ``inline=True``).
         self.inline = inline
+        #: Called on the command's thread before it waits for something that comes
+        #: on its own connection (a reply, a cancel), where that thread may be the
+        #: one that reads it: a RemoteService's leading worker then hands the reading on.
+        self.before_wait: Optional[Callable[[], None]] = None
         # A flag, and an Event made only for a command that waits on it: most
         # calls are never cancelled, and an Event per call costs a Condition.
         self._cancelled = False
@@ -87,6 +91,8 @@ class IncomingCall:
             if self._event is None:
                 self._event = threading.Event()
             event = self._event
+        if self.before_wait is not None:
+            self.before_wait()  # the cancel is read by the connection's reader: not this thread
         return event.wait(timeout)
 
     def cancel(self) -> None:

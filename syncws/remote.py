@@ -165,8 +165,9 @@ class RemoteService(CommandDecorator):
         By default ``fn`` runs on the worker thread that read the request; if
         it has not returned within 2 ms
         (:data:`syncws.remote_worker.HAND_OVER_AFTER`), another worker takes
-        over the reading, so a quick command costs no thread switch and a slow
-        one holds up nothing else. With ``inline=True`` the reading is never
+        over the reading (at once when ``fn`` calls :meth:`request` or waits in
+        ``wait_cancelled``), so a quick command costs no thread switch and a
+        slow one holds up nothing else. With ``inline=True`` the reading is never
         handed over: while ``fn`` runs, pings go unanswered and every other
         request waits behind it, however long it takes, and it may not call
         :meth:`request` (RuntimeError: its thread is the one that would read
@@ -218,6 +219,8 @@ class RemoteService(CommandDecorator):
             connection = self._connection
         if connection is None or connection.closed:
             raise NotConnected(f"not connected to {self.url}")
+        if answering is not None and answering.before_wait is not None and answering.conn is connection:
+            answering.before_wait()  # this thread may be the one that reads the connection: another reads the reply
         call = self._calls.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), connection, progress, waiting=True))
         try:
             try:

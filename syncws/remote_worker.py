@@ -98,10 +98,10 @@ class Session:
         self.running = 0  # functions running now, the leader's own included
         self.workers = 1  # how many may run at once (set by run)
         self.ended = False
-        # (turn, start time) of the command the leader runs while it still
-        # leads; None while it reads. Each such run has a turn of its own, so a
-        # leader whose lead was taken never mistakes a later run for its own.
-        self._leader_busy: Optional[tuple[int, float]] = None
+        # (turn, start time, thread ident) of the command the leader runs while
+        # it still leads; None while it reads. Each such run has a turn of its
+        # own, so a leader whose lead was taken never mistakes a later run for its own.
+        self._leader_busy: Optional[tuple[int, float, int]] = None
         self._turns = itertools.count(1)
         self._watching = False  # the watchdog times a command (and needs no notify for the next)
         # Set with ended; the supervisor waits on it, not on the condition, so
@@ -204,9 +204,10 @@ class Session:
                 self.running += 1
                 # Run it here, still leading; the watchdog takes the lead if it runs long.
                 turn = next(self._turns)
-                self._leader_busy = (turn, time.monotonic())
+                self._leader_busy = (turn, time.monotonic(), threading.get_ident())
                 if not self._watching:
                     self._watch.notify()
+            call.before_wait = self._give_up_lead  # a command that waits on this connection lets another read at once
             self._answer(self.connection, call, fn)
             with self.condition:
                 self.running -= 1
@@ -228,11 +229,29 @@ class Session:
                 if left > 0:
                     self._watch.wait(left)
                     continue
-                self._leader_busy = None
-                self.leading = False
-                # An idle worker leads (or, were none idle yet, the first to look for
-                # work); the old leader follows once its command returns.
-                self.condition.notify()
+                self._hand_over()
+
+    def _give_up_lead(self) -> None:
+        """The command the calling worker runs while leading is about to wait on the connection: hand the reading on now.
+
+        Run on the command's thread (``IncomingCall.before_wait``), before a
+        ``request()`` to the server or a ``wait_cancelled()``: what it waits
+        for must be read by another worker, so the watchdog's 2 ms is not
+        worth waiting. Nothing to do when the lead was handed on already.
+        """
+        with self.condition:
+            busy = self._leader_busy
+            if busy is not None and busy[2] == threading.get_ident():
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Take the lead from the worker running a command and wake another to read. This method requires holding _lock."""
+        assert self._lock.locked()
+        self._leader_busy = None
+        self.leading = False
+        # An idle worker leads (or, were none idle yet, the first to look for
+        # work); the old leader follows once its command returns.
+        self.condition.notify()
 
     def _take(self, connection: ClientConnection, message: Union[str, bytes]) -> Optional[IncomingCall]:
         """The request in a message; None for a reply, a part or a cancel (taken here) and for junk (reader thread).

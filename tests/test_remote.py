@@ -150,6 +150,34 @@ def test_long_command_gives_the_reading_to_another_worker(env: Env) -> None:
     assert held_results.get_nowait()[1]["data"] == "held"
 
 
+def test_command_that_asks_the_server_back_lets_another_worker_read_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command that calls request() on its own connection hands the reading on before it waits, not after the hand-over time."""
+    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)  # were it left to the watchdog, the reply would wait a minute
+    env.rh.register("settings", lambda request, conn: {"TR": 2.0})
+    holder: dict[str, Any] = {}
+    holder["service"] = env.service({"ask": lambda m: holder["service"].request({"cmd": "settings"}, timeout=10)["data"]})
+    assert env.rh.doRequest({"cmd": "ask"}, timeout=10)["data"] == {"TR": 2.0}
+
+
+def test_command_waiting_for_its_cancel_lets_another_worker_read_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command in wait_cancelled() hands the reading on first, so the caller's cancel reaches it long before the hand-over time."""
+    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)
+    started, cancelled = threading.Event(), threading.Event()
+
+    def wait_for_cancel(msg: dict) -> None:
+        call = syncws.current_call()
+        assert call is not None
+        started.set()
+        if call.wait_cancelled(30):
+            cancelled.set()
+
+    env.service({"wait": wait_for_cancel})
+    with pytest.raises(syncws.RequestTimeout):
+        env.rh.doRequest({"cmd": "wait"}, timeout=0.5)
+    assert started.is_set()
+    assert cancelled.wait(10)
+
+
 def test_inline_command_runs_before_anything_else_is_read(env: Env) -> None:
     """An inline command runs on the reading thread: a request that arrives while it runs waits until it returns."""
     entered: queue.Queue = queue.Queue()
