@@ -41,12 +41,13 @@ def masking(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     yield request.param
 
 
-def _receive_through_short_reads(frame: bytes, is_client: bool) -> Any:
-    """Write ``frame`` into one end of a socket pair; return what a Connection on the other end reads."""
+def _receive_through_short_reads(frame: bytes, is_client: bool, placer: Any = None) -> Any:
+    """Write ``frame`` into one end of a socket pair; return what a Connection on the other end (with ``placer``) reads."""
     near, far = socket.socketpair()
     reader = ShortReads(fileno=far.detach())
     writer = threading.Thread(target=near.sendall, args=(frame,), daemon=True)
     conn = Connection(reader, is_client=is_client, max_message_size=None, ping_interval=None)
+    conn.placer = placer
     try:
         writer.start()
         return conn.recv()
@@ -312,18 +313,7 @@ def test_placed_payload_lands_unmasked_in_the_placers_view_through_short_reads(m
         offered.append(prefix)
         return memoryview(target)
 
-    near, far = socket.socketpair()
-    reader = ShortReads(fileno=far.detach())
-    conn = Connection(reader, is_client=False, max_message_size=None, ping_interval=None)
-    conn.placer = placer
-    writer = threading.Thread(target=near.sendall, args=(frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4)),), daemon=True)
-    try:
-        writer.start()
-        message = conn.recv()
-    finally:
-        writer.join(10)
-        near.close()
-        reader.close()
+    message = _receive_through_short_reads(frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4)), False, placer)
     assert isinstance(message, PlacedPayload) and message.length == len(payload)
     assert offered == [payload[:PLACE_PREFIX]] and bytes(message) == payload[:PLACE_PREFIX]
     assert target == payload[PLACE_PREFIX:]
@@ -333,15 +323,6 @@ def test_payload_a_placer_declines_arrives_as_bytes() -> None:
     """A large binary payload whose placer returns None (or a view of the wrong size) arrives as plain bytes."""
     payload = os.urandom(200_000)
     for answer in (None, memoryview(bytearray(10))):
-        near, far = socket.socketpair()
-        conn = Connection(far, is_client=False, max_message_size=None, ping_interval=None)
-        conn.placer = lambda prefix, length, answer=answer: answer
-        writer = threading.Thread(target=near.sendall, args=(frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4)),), daemon=True)
-        try:
-            writer.start()
-            message = conn.recv()
-        finally:
-            writer.join(10)
-            near.close()
-            conn.release()
+        frame = frames.encode_frame(frames.OP_BINARY, payload, fin=True, mask_key=os.urandom(4))
+        message = _receive_through_short_reads(frame, False, lambda prefix, length, answer=answer: answer)
         assert type(message) is bytes and message == payload
