@@ -270,7 +270,7 @@ class CallTable:
             self.forget(call.call_id)
 
     def place(self, channel: object, prefix: bytes, length: int) -> Optional[memoryview]:
-        """A :data:`~syncws.reader.Placer` for the connection ``channel`` reads: where a reply part goes (reader thread).
+        """A :data:`~syncws.payload.Placer` for the connection ``channel`` reads: where a reply part goes (reader thread).
 
         ``prefix`` is the start of a large binary message of ``length``
         bytes; when it is the header of the next part of a binary reply to a

@@ -29,29 +29,27 @@ stuck peer block its senders forever.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Union
 
 from . import frames, timeouts
 from .closing import ClosingHandshake
 from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed, ProtocolError, SendTimeout
 from .keepalive import Keepalive
-from .outbox import Item, Outbox
+from .outbox import Outbox, OutboxSending
+from .outgoing import Outgoing, encode_message
+from .payload import Placer
 from .protocol import Close, CloseCode, Message, Ping, Pong, Protocol, State
-from .reader import Placer
 from .transport import Abort, ReadTimeout, Transport
 
 __all__ = ["Connection", "Message", "Outgoing", "encode_message", "DEFAULT_MAX_MESSAGE_SIZE"]
 
 logger = logging.getLogger(__name__)
 
-#: What ``send`` takes: str (text), a bytes-like object (binary), or a dict or list (JSON text).
-Outgoing = Union[str, bytes, bytearray, memoryview, dict[str, Any], list[Any]]
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 #: Bytes that may wait in a connection's outbox (send_nowait) before the peer is given up as too slow.
 DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
@@ -59,33 +57,7 @@ DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
 _COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
 
 
-def encode_message(message: Outgoing, binary: bool = False) -> tuple[int, Union[bytes, bytearray, memoryview]]:
-    """The opcode and payload of a message that ``send`` takes; TypeError for anything else.
-
-    str goes as text; bytes, bytearray, memoryview and any other object with
-    the buffer protocol (a numpy array, for instance) as binary, sent from
-    its memory as it is; a dict or list as JSON text. ``binary=True`` sends
-    text and JSON as binary frames of their UTF-8 bytes.
-    """
-    if isinstance(message, (dict, list)):
-        message = json.dumps(message)
-    if isinstance(message, str):
-        return (frames.OP_BINARY if binary else frames.OP_TEXT), message.encode("utf-8")
-    if isinstance(message, (bytes, bytearray)):
-        return frames.OP_BINARY, message
-    try:
-        view = memoryview(message)
-    except TypeError:
-        raise TypeError(
-            f"cannot send a {type(message).__name__}: send takes str (text), bytes-like such as bytes, "
-            "bytearray or memoryview (binary), or a dict or list (JSON text)"
-        ) from None
-    if not view.c_contiguous:
-        raise TypeError(f"cannot send a non-contiguous {type(message).__name__}: make a contiguous copy first")
-    return frames.OP_BINARY, view.cast("B") if view.format != "B" or view.ndim != 1 else view
-
-
-class Connection:
+class Connection(OutboxSending):
     """A websocket connection, after the opening handshake.
 
     Args:
@@ -207,7 +179,7 @@ class Connection:
 
     @property
     def placer(self) -> Optional[Placer]:
-        """Where large binary payloads may be read straight into (see :data:`syncws.reader.Placer`); None: nowhere."""
+        """Where large binary payloads may be read straight into (see :data:`syncws.payload.Placer`); None: nowhere."""
         return self._reader.placer
 
     @placer.setter
@@ -353,80 +325,6 @@ class Connection:
         bulk data that compression would slow down many times over on a LAN.
         """
         self._send_frame(frames.OP_BINARY, *parts)
-
-    def send_nowait(self, message: Outgoing, binary: bool = False, frame: Optional[bytes] = None) -> None:
-        """Send one message without waiting for the socket: what it does not take at once waits. Safe from any thread.
-
-        For broadcasts: a peer that stops reading must not hold up the
-        sender. The part of the frame the socket does not take now, and any
-        message that cannot start now (another thread is writing, or earlier
-        ones wait), wait in this connection's outbox, which a thread of its
-        own writes out in order (:mod:`syncws.outbox`); if more than
-        ``max_send_queue`` bytes would wait, the peer is too slow and the
-        connection is aborted (close code 1008, "send queue full").
-        ``frame``: this message's whole frame, made once for many server
-        connections (unmasked and uncompressed), used as it is where it
-        fits (a connection that compresses makes its own). Raises
-        TypeError as :meth:`send` does, and ConnectionClosed once the
-        connection is closed or closing.
-        """
-        opcode, payload = encode_message(message, binary)
-        self.send_encoded_nowait(opcode, payload, frame)
-
-    def send_encoded_nowait(self, opcode: int, payload: Union[bytes, bytearray, memoryview], frame: Optional[bytes] = None) -> None:
-        """:meth:`send_nowait` for a message encoded already (``encode_message``): a broadcast encodes it once. Any thread."""
-        # A shared frame fits only a server connection that sends this message as it is (no mask, no compression).
-        if frame is not None and (self.is_client or (self._deflate is not None and self._compresses(opcode, payload))):
-            frame = None
-        outbox, lock = self._outbox, self._send_lock
-        if not outbox and lock.acquire(blocking=False):
-            try:
-                if not outbox:  # else a writer started meanwhile: go behind what it writes
-                    self.protocol.check_open()
-                    if not self._io.write_now(frame if frame is not None else self._frame_of((opcode, payload, None))):
-                        outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out
-                    return
-            finally:
-                lock.release()
-        outbox.put((opcode, payload, frame))
-
-    def _frame_of(self, item: Item) -> Union[bytes, bytearray, memoryview]:
-        """The whole frame of a message from the outbox or send_nowait. Requires the send lock."""
-        opcode, payload, frame = item
-        if frame is not None:
-            return frame
-        mask_key = self.protocol.mask_key()
-        if self._compresses(opcode, payload):
-            # Compressed here, under the send lock, and written before it is let go: in the compressor's order.
-            header, payload = self.protocol.compressed_frame(opcode, payload, mask_key)
-        else:
-            header = frames.encode_header(opcode, len(payload), True, mask_key)
-        return header + (frames.masked(payload, mask_key) if mask_key is not None and len(payload) else payload)
-
-    def _compresses(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> bool:
-        """Whether a message from send_nowait goes compressed (the server's settings decide, as for send)."""
-        return self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), None)
-
-    def _flush_outbox(self) -> None:
-        """Write every waiting message, in order, and the rest of a frame written in part. Requires the send lock."""
-        while True:
-            item = self._outbox.take()
-            if item is None:
-                break
-            self.protocol.check_open()
-            self._io.write(self._frame_of(item))
-        if self._io.pending:
-            self._io.write(b"")
-
-    def _drain_outbox(self) -> None:
-        """The outbox's writer: take the send lock and write out what waits (a ``syncws-outbox-N`` thread)."""
-        with self._send_lock:
-            self._flush_outbox()
-
-    def _send_queue_full(self, queued: int) -> None:
-        """More than ``max_send_queue`` bytes would wait: the peer is too slow; give it up (any thread)."""
-        logger.warning("%s: %d bytes would wait to be sent (max_send_queue %d); closing the connection", self.name, queued, self._outbox.limit)
-        self.abort(CloseCode.POLICY_VIOLATION, "send queue full")
 
     def _send_compressed(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> None:
         """Compress and send one message under the send lock: with context takeover, messages

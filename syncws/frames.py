@@ -16,6 +16,7 @@ slices (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import enum
 import importlib.util
 import os
 import struct
@@ -311,3 +312,22 @@ def truncate_utf8(text: str, limit: int) -> bytes:
     if len(data) <= limit:
         return data
     return data[:limit].decode("utf-8", "ignore").encode("utf-8")
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes (RFC 6455 section 7.4.1 and the IANA registry)."""
+
+    NORMAL_CLOSURE = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS_RCVD = 1005  #: never sent: a close frame came without a code
+    ABNORMAL_CLOSURE = 1006  #: never sent: the connection ended without a close frame
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    MANDATORY_EXTENSION = 1010
+    INTERNAL_ERROR = 1011
+    SERVICE_RESTART = 1012
+    TRY_AGAIN_LATER = 1013
+    BAD_GATEWAY = 1014

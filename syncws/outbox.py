@@ -25,9 +25,14 @@ import threading
 from collections import deque
 from typing import Callable, Optional, Union
 
+from . import frames
+from .deflate import PerMessageDeflate
 from .exceptions import ConnectionClosed, SendTimeout
+from .outgoing import Outgoing, encode_message
+from .protocol import CloseCode, Protocol
+from .transport import Transport
 
-__all__ = ["Outbox", "Item"]
+__all__ = ["Outbox", "OutboxSending", "Item"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +146,102 @@ class Outbox:
                 if self._dropped or (not self._items and not self._kicked):
                     self._writer = None
                     return
+
+
+class OutboxSending:
+    """The sending that never waits on the socket, for :class:`syncws.connection.Connection` (which mixes it in).
+
+    :meth:`send_nowait` writes what the socket takes at once and leaves the
+    rest to the connection's :class:`Outbox`; whoever holds the send lock to
+    write anything writes what waits there first (``_flush_outbox``).
+    The attributes below are the connection's.
+    """
+
+    name: str
+    is_client: bool
+    protocol: Protocol
+    _io: Transport
+    _send_lock: threading.Lock
+    _outbox: Outbox
+    _deflate: Optional[PerMessageDeflate]
+
+    def abort(self, code: int, reason: str) -> None:
+        """Drop the connection at once: the connection's own (``Connection.abort``)."""
+        raise NotImplementedError
+
+    def send_nowait(self, message: Outgoing, binary: bool = False, frame: Optional[bytes] = None) -> None:
+        """Send one message without waiting for the socket: what it does not take at once waits. Safe from any thread.
+
+        For broadcasts: a peer that stops reading must not hold up the
+        sender. The part of the frame the socket does not take now, and any
+        message that cannot start now (another thread is writing, or earlier
+        ones wait), wait in this connection's outbox, which a thread of its
+        own writes out in order (:mod:`syncws.outbox`); if more than
+        ``max_send_queue`` bytes would wait, the peer is too slow and the
+        connection is aborted (close code 1008, "send queue full").
+        ``frame``: this message's whole frame, made once for many server
+        connections (unmasked and uncompressed), used as it is where it
+        fits (a connection that compresses makes its own). Raises
+        TypeError as :meth:`send` does, and ConnectionClosed once the
+        connection is closed or closing.
+        """
+        opcode, payload = encode_message(message, binary)
+        self.send_encoded_nowait(opcode, payload, frame)
+
+    def send_encoded_nowait(self, opcode: int, payload: Union[bytes, bytearray, memoryview], frame: Optional[bytes] = None) -> None:
+        """:meth:`send_nowait` for a message encoded already (``encode_message``): a broadcast encodes it once. Any thread."""
+        # A shared frame fits only a server connection that sends this message as it is (no mask, no compression).
+        if frame is not None and (self.is_client or (self._deflate is not None and self._compresses(opcode, payload))):
+            frame = None
+        outbox, lock = self._outbox, self._send_lock
+        if not outbox and lock.acquire(blocking=False):
+            try:
+                if not outbox:  # else a writer started meanwhile: go behind what it writes
+                    self.protocol.check_open()
+                    if not self._io.write_now(frame if frame is not None else self._frame_of((opcode, payload, None))):
+                        outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out
+                    return
+            finally:
+                lock.release()
+        outbox.put((opcode, payload, frame))
+
+    def _frame_of(self, item: Item) -> Union[bytes, bytearray, memoryview]:
+        """The whole frame of a message from the outbox or send_nowait. Requires the send lock."""
+        opcode, payload, frame = item
+        if frame is not None:
+            return frame
+        mask_key = self.protocol.mask_key()
+        if self._compresses(opcode, payload):
+            # Compressed here, under the send lock, and written before it is let go: in the compressor's order.
+            header, payload = self.protocol.compressed_frame(opcode, payload, mask_key)
+        else:
+            header = frames.encode_header(opcode, len(payload), True, mask_key)
+        return header + (frames.masked(payload, mask_key) if mask_key is not None and len(payload) else payload)
+
+    def _compresses(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> bool:
+        """Whether a message from send_nowait goes compressed (the server's settings decide, as for send)."""
+        return self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), None)
+
+    def _flush_outbox(self) -> None:
+        """Write every waiting message, in order, and the rest of a frame written in part. Requires the send lock."""
+        while True:
+            item = self._outbox.take()
+            if item is None:
+                break
+            self.protocol.check_open()
+            self._io.write(self._frame_of(item))
+        if self._io.pending:
+            self._io.write(b"")
+
+    def _drain_outbox(self) -> None:
+        """The outbox's writer: take the send lock and write out what waits (a ``syncws-outbox-N`` thread)."""
+        with self._send_lock:
+            self._flush_outbox()
+
+    def _send_queue_full(self, queued: int) -> None:
+        """More than ``max_send_queue`` bytes would wait: the peer is too slow; give it up (any thread)."""
+        logger.warning("%s: %d bytes would wait to be sent (max_send_queue %d); closing the connection", self.name, queued, self._outbox.limit)
+        self.abort(CloseCode.POLICY_VIOLATION, "send queue full")
 
 
 def _size(item: Item) -> int:

@@ -13,65 +13,28 @@ returns a writable view, the pump may ``recv_into`` it and report the count with
 :meth:`FrameReader.payload_received`; the message then reaches the application in
 the very ``bytes`` object that the socket wrote into.
 
-This module also holds what the reader hands out (the events, and the close
-codes it refuses frames with); :mod:`syncws.protocol` re-exports them.
+A large binary payload may also go straight where its owner says
+(:attr:`FrameReader.placer`); the payload being read and the message being
+put together are :mod:`syncws.payload`'s. This module also holds what the
+reader hands out (the events; the close codes are :mod:`syncws.frames`');
+:mod:`syncws.protocol` re-exports them.
 """
 
 from __future__ import annotations
 
-import codecs
-import enum
-import io
 from typing import Callable, NamedTuple, Optional, Union
 
 from . import frames
 from .deflate import PerMessageDeflate
 from .exceptions import PayloadTooBig, ProtocolError
+from .frames import CloseCode
+from .payload import PLACE_PREFIX, DataFrame, Message, NeedData, PartialMessage, Placer
 
-__all__ = ["FrameReader", "CloseCode", "Ping", "Pong", "Close", "Event", "Message", "PlacedPayload", "Placer", "PLACE_PREFIX"]
-
-Message = Union[str, bytes]
-
-#: How many bytes of a large binary payload a :data:`Placer` sees before it decides.
-PLACE_PREFIX = 32
-#: ``placer(prefix, length)``: where the rest of a large unfragmented binary
-#: payload of ``length`` bytes whose first :data:`PLACE_PREFIX` bytes
-#: (unmasked) are ``prefix`` is to go: a writable view of exactly
-#: ``length - PLACE_PREFIX`` bytes, or None to receive the payload as bytes.
-Placer = Callable[[bytes, int], Optional[memoryview]]
-
-
-class PlacedPayload(bytes):
-    """A binary message whose payload went straight where a :data:`Placer` said: its bytes are the prefix only.
-
-    ``length`` is the whole payload's; the rest of it, ``length - len(self)``
-    bytes, is in the placer's view, unmasked, and the view is released.
-    """
-
-    length: int
+__all__ = ["FrameReader", "CloseCode", "Ping", "Pong", "Close", "Event", "Message"]
 
 _LARGE_PAYLOAD = 64 * 1024  # an unfragmented binary payload this large may be read straight into its bytes
 _EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
-_utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
-
-class CloseCode(enum.IntEnum):
-    """Close codes (RFC 6455 section 7.4.1 and the IANA registry)."""
-
-    NORMAL_CLOSURE = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    NO_STATUS_RCVD = 1005  #: never sent: a close frame came without a code
-    ABNORMAL_CLOSURE = 1006  #: never sent: the connection ended without a close frame
-    INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
-    MESSAGE_TOO_BIG = 1009
-    MANDATORY_EXTENSION = 1010
-    INTERNAL_ERROR = 1011
-    SERVICE_RESTART = 1012
-    TRY_AGAIN_LATER = 1013
-    BAD_GATEWAY = 1014
 
 
 class Ping(NamedTuple):
@@ -98,157 +61,6 @@ class Close(NamedTuple):
 
 
 Event = Union[str, bytes, Ping, Pong, Close]
-
-
-class _NeedData(Exception):
-    """Raised inside the parser when the buffer ends before what it needs; nothing half-taken is lost."""
-
-
-class _DataFrame:
-    """A data frame whose header was taken and whose payload is being read."""
-
-    __slots__ = ("fin", "holder", "key", "length", "offset", "prefix", "target", "unmasked")
-
-    def __init__(self, fin: bool, length: int, key: Optional[bytes]) -> None:
-        self.fin = fin
-        self.length = length
-        self.key = key
-        self.offset = 0  # payload bytes read so far
-        self.unmasked = 0  # of those, how many are unmasked (large payloads only)
-        self.holder: Optional[io.BytesIO] = None  # a large payload's bytes, as they are read
-        # Or, where a placer took the payload: the view its bytes after the prefix go into.
-        self.target: Optional[memoryview] = None
-        self.prefix = b""
-
-    @property
-    def large(self) -> bool:
-        """Whether the payload is being read into memory of its own (a holder or a placer's view)."""
-        return self.holder is not None or self.target is not None
-
-    def destination(self) -> memoryview:
-        """A writable view of the rest of the payload, from ``offset`` on (it must be released after use)."""
-        if self.target is not None:
-            return self.target[self.offset - len(self.prefix) :]
-        assert self.holder is not None
-        return self.holder.getbuffer()[self.offset :]
-
-    def place(self, buf: bytearray, placer: Placer) -> None:
-        """Offer the payload to ``placer`` once its prefix is buffered; where it takes it, read on into its view."""
-        if self.length <= PLACE_PREFIX or len(buf) < PLACE_PREFIX:
-            return
-        prefix = bytes(buf[:PLACE_PREFIX])
-        if self.key is not None:
-            prefix = frames.masked(prefix, self.key)
-        target = placer(prefix, self.length)
-        if target is None:
-            return
-        if len(target) != self.length - PLACE_PREFIX or target.readonly:
-            target.release()  # not a place for this payload: it is received as bytes
-            return
-        del buf[:PLACE_PREFIX]
-        self.target, self.prefix = target, prefix
-        self.offset = self.unmasked = PLACE_PREFIX
-
-    def take_placed(self, buf: bytearray) -> PlacedPayload:
-        """Read the rest of a placed payload, from ``buf`` and the socket, into the placer's view."""
-        target, length, key, skip = self.target, self.length, self.key, len(self.prefix)
-        assert target is not None
-        have = min(len(buf), length - self.offset)
-        if have:
-            target[self.offset - skip : self.offset - skip + have] = buf[:have]
-            del buf[:have]
-            self.offset += have
-        if key is not None and self.offset > self.unmasked:
-            frames.apply_mask(target[self.unmasked - skip : self.offset - skip], frames.key_at(key, self.unmasked))
-            self.unmasked = self.offset
-        if self.offset < length:
-            raise _NeedData()
-        target.release()
-        placed = PlacedPayload(self.prefix)
-        placed.length = length
-        return placed
-
-    def take_large(self, buf: bytearray) -> bytes:
-        """Put a large payload together, from ``buf`` and the socket, in the ``bytes`` object that is returned.
-
-        Fresh memory costs a page fault per 4 KiB on first touch, more than the
-        copying itself, so a large message must not pass through a second big
-        buffer. ``io.BytesIO`` over a zeroed ``bytes`` lends a writable view of
-        that very object (``getbuffer``; see :meth:`FrameReader.payload_buffer`),
-        and once the view is released its ``getvalue()`` hands the object out
-        without copying (CPython; where it copies instead, the result is the
-        same, only slower). Each stretch is unmasked in place as soon as it is
-        in, while it is still in the CPU cache.
-        """
-        length, key = self.length, self.key
-        if self.holder is None:
-            try:
-                self.holder = io.BytesIO(bytes(length))
-            except (MemoryError, OverflowError):
-                # Only without a max_message_size: a claimed length no memory can hold.
-                raise ProtocolError(f"a frame of {length} bytes cannot be held in memory", CloseCode.MESSAGE_TOO_BIG) from None
-        with self.holder.getbuffer() as view:
-            have = min(len(buf), length - self.offset)
-            if have:
-                view[self.offset : self.offset + have] = buf[:have]
-                del buf[:have]
-                self.offset += have
-            if key is not None and self.offset > self.unmasked:
-                frames.apply_mask(view[self.unmasked : self.offset], frames.key_at(key, self.unmasked))
-                self.unmasked = self.offset
-        if self.offset < length:
-            raise _NeedData()
-        return self.holder.getvalue()
-
-
-class _PartialMessage:
-    """A text message, a message in several frames, or a compressed message, as it arrives.
-
-    Every frame's payload is appended to one buffer, so a message in progress
-    holds its payload so far and a constant, however many fragments it came
-    in (a list of fragments would cost some 90 bytes per fragment, even an
-    empty one). Text is checked as it arrives, so that an invalid byte fails
-    the message at once (close 1007), not when the whole of it is in. A
-    compressed message is inflated as it arrives, never past ``limit``.
-    """
-
-    __slots__ = ("data", "decoder", "inflater", "limit")
-
-    def __init__(self, opcode: int, inflater: Optional[PerMessageDeflate] = None, limit: Optional[int] = None) -> None:
-        self.data = bytearray()
-        self.decoder = _utf8_decoder() if opcode == frames.OP_TEXT else None
-        self.inflater = inflater  # set for a compressed message (RSV1 on its first frame)
-        self.limit = limit
-
-    def add(self, chunk: Union[bytes, bytearray]) -> None:
-        if self.inflater is not None:
-            chunk = self.inflater.inflate(chunk, self._room(), len(self.data))
-        self._append(chunk)
-
-    def _append(self, chunk: Union[bytes, bytearray]) -> None:
-        decoder = self.decoder
-        # An ASCII stretch is valid UTF-8 unless it ends a character left open before it.
-        if decoder is not None and not (chunk.isascii() and not decoder.getstate()[0]):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError:
-                raise ProtocolError("text message is not valid UTF-8", CloseCode.INVALID_DATA) from None
-        self.data += chunk
-
-    def _room(self) -> Optional[int]:
-        """How many more bytes the message may grow by (None: no limit)."""
-        return None if self.limit is None else self.limit - len(self.data)
-
-    def result(self) -> Message:
-        if self.inflater is not None:
-            self._append(self.inflater.end_message(self._room(), len(self.data)))
-        if self.decoder is None:
-            return bytes(self.data)
-        try:
-            self.decoder.decode(b"", True)
-        except UnicodeDecodeError:
-            raise ProtocolError("text message ends inside a UTF-8 character", CloseCode.INVALID_DATA) from None
-        return self.data.decode("utf-8")
 
 
 class FrameReader:
@@ -280,8 +92,8 @@ class FrameReader:
         self.drop_messages = False
         self._on_close = on_close
         self._buffer = bytearray()
-        self._frame: Optional[_DataFrame] = None  # a data frame being read
-        self._message: Optional[_PartialMessage] = None  # a message being put together
+        self._frame: Optional[DataFrame] = None  # a data frame being read
+        self._message: Optional[PartialMessage] = None  # a message being put together
         #: Where large unfragmented binary payloads may go instead of bytes of
         #: their own (see :data:`Placer`): set by the owner, from any thread; a
         #: payload is offered once, when its prefix is in.
@@ -313,7 +125,7 @@ class FrameReader:
                     if message is not None:
                         return message
                 frame = self._frame or self._next_frame()
-                if not isinstance(frame, _DataFrame):
+                if not isinstance(frame, DataFrame):
                     return frame  # a control event
                 payload = self._read_payload(frame)
                 self._frame = None
@@ -322,7 +134,7 @@ class FrameReader:
                 message = self._finish_message(payload)
                 if not self.drop_messages:
                     return message
-        except _NeedData:
+        except NeedData:
             return None
 
     def payload_buffer(self) -> Optional[memoryview]:
@@ -389,7 +201,7 @@ class FrameReader:
         data = deflate.inflate(payload, limit)
         return data + deflate.end_message(None if limit is None else limit - len(data), len(data))
 
-    def _next_frame(self) -> Union[_DataFrame, Ping, Pong, Close]:
+    def _next_frame(self) -> Union[DataFrame, Ping, Pong, Close]:
         """Take the next frame header: a data frame to read the payload of, or a whole control frame's event."""
         partial = self._message
         fin, opcode, length, key, compressed = self._take_header(len(partial.data) if partial is not None else 0)
@@ -405,8 +217,8 @@ class FrameReader:
         elif opcode == frames.OP_TEXT or not fin or compressed:
             # Text is checked as it arrives; a message in parts is put together in one buffer;
             # a compressed one is inflated as it arrives (check_header allowed RSV1 on text and binary only).
-            self._message = _PartialMessage(opcode, self.deflate if compressed else None, self.max_message_size)
-        self._frame = _DataFrame(fin, length, key)
+            self._message = PartialMessage(opcode, self.deflate if compressed else None, self.max_message_size)
+        self._frame = DataFrame(fin, length, key)
         return self._frame
 
     def _control(self, opcode: int, payload: bytes) -> Union[Ping, Pong, Close]:
@@ -450,7 +262,7 @@ class FrameReader:
             raise PayloadTooBig(message_size + length, limit)
         return header.fin, header.opcode, length, key, header.rsv & frames.RSV1
 
-    def _read_payload(self, frame: _DataFrame) -> Union[bytes, bytearray, None]:
+    def _read_payload(self, frame: DataFrame) -> Union[bytes, bytearray, None]:
         """A data frame's payload: returned when it is a whole binary message, else added to the message."""
         message = self._message
         if message is None:
@@ -458,7 +270,7 @@ class FrameReader:
                 return self._take_payload(frame.length, frame.key)
             if not frame.large and self.placer is not None:
                 if len(self._buffer) < PLACE_PREFIX:
-                    raise _NeedData()  # the payload is large: its prefix is on the way
+                    raise NeedData()  # the payload is large: its prefix is on the way
                 frame.place(self._buffer, self.placer)
             if frame.target is not None:
                 return frame.take_placed(self._buffer)
@@ -466,7 +278,7 @@ class FrameReader:
         buf = self._buffer
         while frame.offset < frame.length:
             if not buf:
-                raise _NeedData()
+                raise NeedData()
             chunk = buf[: frame.length - frame.offset]
             del buf[: len(chunk)]
             if frame.key is not None:
@@ -484,7 +296,7 @@ class FrameReader:
 
     def _need(self, n: int) -> bytearray:
         if len(self._buffer) < n:
-            raise _NeedData()
+            raise NeedData()
         return self._buffer
 
     def _take_payload(self, length: int, key: Optional[bytes]) -> bytearray:
@@ -532,14 +344,14 @@ class FrameReader:
                     del buf[:dropped]
                     frame.offset += dropped
                     if frame.offset < frame.length:
-                        raise _NeedData()
+                        raise NeedData()
                     self._frame = None
                 _, opcode, length, key, _ = self._take_header(None)  # dropped: no size limit
                 if opcode == frames.OP_CLOSE:
                     self._control(opcode, bytes(self._take_payload(length, key)))
                     return True
-                self._frame = _DataFrame(True, length, None)
-        except _NeedData:
+                self._frame = DataFrame(True, length, None)
+        except NeedData:
             return None
 
     def discard_buffer(self) -> None:

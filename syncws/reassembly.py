@@ -8,7 +8,7 @@ GIL, so the two run at once), copies it into the result, allocated once at
 the announced size, and lets it go. A transfer holds the result and the
 parts still queued, never every part and the result at once.
 
-Where the connection lets it (a :data:`~syncws.reader.Placer`, see
+Where the connection lets it (a :data:`~syncws.payload.Placer`, see
 :meth:`Transfer.place`), a large part is read straight into its place in the
 result, unmasked there, and never held in memory of its own: the caller then
 only checks its CRC-32 there. That saves the part's own memory (a page fault
@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import callformat
 from .exceptions import RequestError, RequestTimeout
-from .reader import PlacedPayload
+from .payload import PlacedPayload
 
 __all__ = ["Transfer", "ReplyAssembler", "Progress", "describe"]
 
@@ -74,7 +74,7 @@ class Transfer:
         """Where part ``part`` of ``length`` bytes goes in the result, checked as :meth:`add` checks it (reader thread).
 
         The reader reads it straight there and then hands :meth:`add` a
-        :class:`~syncws.reader.PlacedPayload`. ValueError for a part out of
+        :class:`~syncws.payload.PlacedPayload`. ValueError for a part out of
         place; None once the transfer failed.
         """
         if self.failed:
@@ -94,7 +94,7 @@ class Transfer:
     def add(self, part: callformat.PartHeader, message: BytesLike) -> None:
         """Check a part's place and queue it for the caller (reader thread); ValueError if it is out of place.
 
-        A :class:`~syncws.reader.PlacedPayload` was checked by :meth:`place`
+        A :class:`~syncws.payload.PlacedPayload` was checked by :meth:`place`
         and is in place already: only its CRC-32 is left to check.
         """
         data: Optional[memoryview]

@@ -12,7 +12,7 @@ import pytest
 
 from syncws import frames
 from syncws.connection import Connection
-from syncws.reader import PLACE_PREFIX, PlacedPayload
+from syncws.payload import PLACE_PREFIX, PlacedPayload
 
 pytestmark = pytest.mark.timeout(60)
 
