@@ -192,9 +192,12 @@ def parse_request(message: Union[str, bytes]) -> dict[str, Any]:
     return parsed
 
 
-def encode_cancel(call_id: int) -> str:
-    """The JSON text that tells the other side its answer to call ``call_id`` is no longer awaited."""
-    return json.dumps({CANCEL_FIELD: call_id})
+def encode_cancel(call_id: int, fields: Optional[dict[str, Any]] = None) -> str:
+    """The JSON text that tells the other side its answer to call ``call_id`` is no longer awaited.
+
+    ``fields`` go along: on a node link, the connection the call was for (``CONN_FIELD``).
+    """
+    return json.dumps({CANCEL_FIELD: call_id, **fields} if fields else {CANCEL_FIELD: call_id})
 
 
 def _is_call_id(value: Any) -> bool:

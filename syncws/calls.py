@@ -248,6 +248,14 @@ class CallTable:
             return None
         return call
 
+    def relayed(self, sink: RelaySink, link_call_id: Any) -> Optional[RelayCall]:
+        """The call relayed for ``sink``'s call ``link_call_id``, or None once it is over (a scan: cancels are rare)."""
+        with self.callbackLock:
+            for call in self._calls.values():
+                if isinstance(call, RelayCall) and call.sink is sink and call.link_call_id == link_call_id:
+                    return call
+        return None
+
     def calls_on(self, channel: Optional[object]) -> list[PendingCall]:
         """The calls sent on ``channel`` (every call when None)."""
         with self.callbackLock:

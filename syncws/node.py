@@ -44,6 +44,8 @@ class Forwarder(Protocol):
 
     def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: Any, link_call_id: Any) -> None: ...
 
+    def cancel_relay(self, sink: Any, link_call_id: Any) -> bool: ...
+
 
 class NodeServer(Protocol):
     """What a ClusterNode needs of its server."""
@@ -177,17 +179,30 @@ class NodeLinkHandler(BaseWebSocketHandler):
         """Nothing to leave (connection thread)."""
 
     def on_message(self, message: Message) -> None:
-        """Send a forwarded call on to its local peer; the reply is relayed back as it comes (connection thread)."""
+        """Send a forwarded call on to its local peer, or pass a cancel of one on (connection thread).
+
+        The reply is relayed back as it comes. A cancel (the caller's timeout
+        passed) names the connection as the request did; the peer is told,
+        so that a long command can stop, and what it still sends is dropped.
+        """
         try:
-            request = callformat.parse_request(message)
+            kind, request = callformat.parse_message(message)
         except callformat.RefusedRequest as exc:
-            self._reply(error_reply(exc.cmd, exc.call_id, 400, str(exc)))
+            if exc.answer:
+                self._reply(error_reply(exc.cmd, exc.call_id, 400, str(exc)))
+            else:
+                logger.debug("node link %r: %s, ignored", self, exc)
+            return
+        if kind is not callformat.Kind.REQUEST:
+            if kind is callformat.Kind.CANCEL:
+                self._cancel(request)
+            else:
+                logger.debug("node link %r: a reply-like message ignored", self)
             return
         call_id = request.pop("callId", None)
         conn_id = request.pop(CONN_FIELD, None)
         cmd = request.get("cmd")
-        handler = self.node.handler(conn_id) if isinstance(conn_id, str) else None
-        forwarder = self.node.forwarder(handler.name) if handler is not None else None
+        handler, forwarder = self._local(conn_id)
         if handler is None or forwarder is None:
             why = f"no connection {conn_id!r} on this node" if handler is None else f"no RequestHandler for {handler.name!r} on this node"
             self._reply({**error_reply(cmd, call_id, 503, why), LINK_FIELD: {"notConnected": why}})
@@ -198,6 +213,19 @@ class NodeLinkHandler(BaseWebSocketHandler):
             self._reply({**error_reply(cmd, call_id, 502, str(exc)), LINK_FIELD: {"closed": [exc.code, exc.reason]}})
         except (NotConnected, ValueError, TypeError) as exc:
             self._reply({**error_reply(cmd, call_id, 503, str(exc)), LINK_FIELD: {"notConnected": str(exc)}})
+
+    def _local(self, conn_id: Any) -> tuple[Optional[BaseWebSocketHandler], Optional[Forwarder]]:
+        """This node's connection ``conn_id`` and the forwarder of its name (either None when missing)."""
+        handler = self.node.handler(conn_id) if isinstance(conn_id, str) else None
+        return handler, self.node.forwarder(handler.name) if handler is not None else None
+
+    def _cancel(self, cancel: dict[str, Any]) -> None:
+        """Pass the caller's cancel on to the peer its call was relayed to; nothing when the call is over."""
+        _, forwarder = self._local(cancel.get(CONN_FIELD))
+        if forwarder is None:
+            logger.debug("node link %r: cancel of callId %r for a connection that is gone, ignored", self, cancel[callformat.CANCEL_FIELD])
+            return
+        forwarder.cancel_relay(self, cancel[callformat.CANCEL_FIELD])
 
     def send_text(self, text: str) -> None:
         """Send a relayed reply's text on the link (the peer's connection thread)."""

@@ -161,7 +161,7 @@ class RequestHandler(CallTable, CommandDecorator):
                     channel.write_message(callformat.encode_request(msg, call.call_id))
             except (ConnectionClosed, SendTimeout) as exc:
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
-            return callformat.check_reply_status(self._outcome(call, channel, timeout))
+            return callformat.check_reply_status(self._outcome(call, channel, extra, timeout))
         finally:
             self.forget(call.call_id)
 
@@ -181,6 +181,25 @@ class RequestHandler(CallTable, CommandDecorator):
         except (ConnectionClosed, SendTimeout) as exc:
             self.forget(call.call_id)
             raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
+
+    def cancel_relay(self, sink: RelaySink, link_call_id: Any) -> bool:
+        """The caller on another node gave up on a call relayed for it: tell the peer, drop the call. False if it was over.
+
+        A node's link endpoint calls this on the link's connection thread,
+        which read the request before the cancel, so a call still going is
+        found. Whatever the peer still sends for it is dropped here.
+        """
+        call = self.relayed(sink, link_call_id)
+        if call is None:
+            logger.debug("%s: cancel of relayed call %r, which is over, ignored", self.name, link_call_id)
+            return False
+        self.forget(call.call_id)
+        channel: Channel = call.conn  # type: ignore[assignment]  # relay put the peer's handler there
+        try:
+            channel.write_message(callformat.encode_cancel(call.call_id))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("cancel of relayed callId %d not sent: %s", call.call_id, exc)
+        return True
 
     def prepare_request(
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
@@ -205,16 +224,19 @@ class RequestHandler(CallTable, CommandDecorator):
         # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
         return self.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), channel, progress, waiting))
 
-    def _outcome(self, call: PendingCall, channel: Channel, timeout: Optional[float]) -> dict[str, Any]:
-        """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too."""
+    def _outcome(self, call: PendingCall, channel: Channel, extra: dict[str, Any], timeout: Optional[float]) -> dict[str, Any]:
+        """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too.
+
+        On a link to another node the cancel names the connection, as the
+        request did (``extra``), and that node passes it on to its peer.
+        """
         try:
             return call.outcome(timeout)
         except RequestTimeout:
-            if isinstance(channel, BaseWebSocketHandler):  # a link's far node has no cancel to pass on (yet)
-                try:
-                    channel.write_message(callformat.encode_cancel(call.call_id))
-                except (ConnectionClosed, SendTimeout) as exc:
-                    logger.debug("cancel of callId %d not sent: %s", call.call_id, exc)
+            try:
+                channel.write_message(callformat.encode_cancel(call.call_id, extra))
+            except (ConnectionClosed, SendTimeout) as exc:
+                logger.debug("cancel of callId %d not sent: %s", call.call_id, exc)
             raise
 
     def _channel(self, conn: Optional[Target]) -> tuple[Channel, dict[str, Any]]:
@@ -262,7 +284,7 @@ class RequestHandler(CallTable, CommandDecorator):
         if call is None:
             raise KeyError(f"no pending call with callId {callId}")
         try:
-            reply = self._outcome(call, call.conn, timeout)  # type: ignore[arg-type]  # a handler or link
+            reply = self._outcome(call, call.conn, {}, timeout)  # type: ignore[arg-type]  # a handler: prepare_request makes no call across nodes
         finally:
             self.forget(callId)
         return callformat.check_reply_status(reply)

@@ -336,3 +336,36 @@ def test_links_over_tls(redis_server: RedisServer, cluster_name: str, tmp_path: 
         peer.stop()
         for server in servers:
             server.stop()
+
+
+def test_timeout_across_nodes_cancels_the_call_on_the_peer(redis_server: RedisServer, cluster_name: str) -> None:
+    """A call from node B that times out is cancelled on node A's peer too, and node A keeps no call for it."""
+    servers, handlers = [], []
+    for _ in range(2):
+        server = syncws.WebSocketServer(port=0, registry=syncws.ConnectionRegistry(), cluster=RedisCluster(redis_server.url, name=cluster_name, ttl=1.0))
+        handler = syncws.RequestHandler("wsData", server)
+        server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=handler.callback)
+        servers.append(server.start())
+        handlers.append(handler)
+    calls: queue.Queue[Any] = queue.Queue()
+
+    def slow(msg: dict[str, Any]) -> str:
+        call = syncws.current_call()
+        calls.put(call)
+        call.wait_cancelled(30)
+        return "late"
+
+    peer = syncws.RemoteService(servers[0].url + "/wsData")
+    peer.register("slow", slow)
+    try:
+        peer.start(timeout=10)
+        assert wait_for(lambda: len(handlers[1].routes.cluster.connections("wsData")) == 1)  # type: ignore[union-attr]
+        with pytest.raises(syncws.RequestTimeout):
+            handlers[1].doRequest({"cmd": "slow"}, timeout=0.5)
+        assert calls.get(timeout=10).wait_cancelled(10)
+        assert wait_for(lambda: handlers[0].pending == 0 and handlers[1].pending == 0)
+        handlers[1].close_links()
+    finally:
+        peer.stop()
+        for server in servers:
+            server.stop()
