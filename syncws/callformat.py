@@ -150,6 +150,11 @@ class Kind(enum.Enum):
     CANCEL = "cancel"  # {"cancel": N}: the caller of call N gave up on it
 
 
+# Module constants for every message parsed: an Enum member looked up on its class costs
+# about 80 ns on Python 3.11, a global 13.
+_REQUEST, _REPLY, _CANCEL = Kind.REQUEST, Kind.REPLY, Kind.CANCEL
+
+
 def parse_message(message: Union[str, bytes]) -> tuple[Kind, dict[str, Any]]:
     """What a message is, and the JSON object it carries; RefusedRequest for anything else.
 
@@ -172,14 +177,14 @@ def parse_message(message: Union[str, bytes]) -> tuple[Kind, dict[str, Any]]:
     if not isinstance(parsed, dict):
         raise RefusedRequest(f"a request must be a JSON object, not {type(parsed).__name__}")
     if "status" in parsed:
-        return Kind.REPLY, parsed
+        return _REPLY, parsed
     cmd = parsed.get("cmd")
     if isinstance(cmd, str):
-        return Kind.REQUEST, parsed
+        return _REQUEST, parsed
     if "cmd" not in parsed and CANCEL_FIELD in parsed:
         if not _is_call_id(parsed[CANCEL_FIELD]):
             raise RefusedRequest(f"cancel of an invalid callId {str(parsed[CANCEL_FIELD])[:50]}", answer=False)
-        return Kind.CANCEL, parsed
+        return _CANCEL, parsed
     problem = "has no cmd" if "cmd" not in parsed else f"has a cmd that is not a string ({type(cmd).__name__})"
     raise RefusedRequest(f"request {problem}", cmd, parsed.get("callId"))
 
@@ -187,7 +192,7 @@ def parse_message(message: Union[str, bytes]) -> tuple[Kind, dict[str, Any]]:
 def parse_request(message: Union[str, bytes]) -> dict[str, Any]:
     """The request in a message, or RefusedRequest with what could be read of it (a reply or a cancel: not answered)."""
     kind, parsed = parse_message(message)
-    if kind is not Kind.REQUEST:
+    if kind is not _REQUEST:
         raise RefusedRequest(f"a {kind.value} is not a request" if kind is Kind.CANCEL else "a reply-like message without a cmd", answer=False)
     return parsed
 

@@ -331,7 +331,7 @@ class Connection(OutboxSending):
         must reach the peer in the order the compressor saw them."""
         mask_key = self.protocol.mask_key()
         with self._send_lock:
-            if self._outbox:
+            if self._outbox.writer is not None:
                 self._flush_outbox()
             header, data = self.protocol.compressed_frame(opcode, payload, mask_key)
             if len(data) < _COALESCE_LIMIT:
@@ -357,7 +357,7 @@ class Connection(OutboxSending):
             return
         with self._send_lock:
             self.protocol.check_open()
-            if self._outbox:
+            if self._outbox.writer is not None:
                 self._flush_outbox()
             self._io.write(header)
             if mask_key is not None:
@@ -382,11 +382,11 @@ class Connection(OutboxSending):
         while something does).
         """
         lock = self._send_lock
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(False):  # positional: the keyword costs CPython twice the call
             self.protocol.check_open()
-            if self._outbox or not self._io.leave(frame):
+            if self._outbox.writer is not None or not self._io.leave(frame):
                 lock.acquire()
-            elif lock.acquire(blocking=False):
+            elif lock.acquire(False):
                 frame = b""  # ours waits among the frames left, which the write below takes first
             elif self._combining:
                 # Read after our frame was left: that holder looks at the frames left after it lets go.
@@ -397,7 +397,7 @@ class Connection(OutboxSending):
         self._combining = True
         try:
             self.protocol.check_open()
-            if self._outbox:
+            if self._outbox.writer is not None:
                 self._flush_outbox()
             self._io.write(frame)
         finally:
@@ -413,7 +413,7 @@ class Connection(OutboxSending):
         level), as a frame still in the socket's buffer would.
         """
         lock = self._send_lock
-        while self._io.frames_left and lock.acquire(blocking=False):
+        while self._io.frames_left and lock.acquire(False):
             self._combining = True
             try:
                 self.protocol.check_open()

@@ -60,21 +60,18 @@ class Outbox:
         self.limit = limit
         self._overflow = overflow
         self.name = name
-        # Synchronize access to _items, _bytes, _writer, _kicked and _dropped. Never held
+        # Synchronize access to _items, _bytes, writer, _kicked and _dropped. Never held
         # while writing or while taking the send lock.
         self._lock = threading.Lock()
         self._items: deque[Item] = deque()
         self._bytes = 0
-        self._writer: Optional[threading.Thread] = None
+        #: The writer thread while one runs, else None. Messages wait only while it
+        #: runs, so a sender that finds it None may write at once; senders read it
+        #: without the lock (an attribute, not a call: broadcasts read it per
+        #: connection) and look again under the send lock.
+        self.writer: Optional[threading.Thread] = None
         self._kicked = False  # something new waits since the writer last looked
         self._dropped = False  # the connection ended: nothing is queued any more
-
-    def __bool__(self) -> bool:
-        """True while messages wait or the writer runs: a new message must go behind them.
-
-        A read without the lock: the sender checks again under the send lock.
-        """
-        return bool(self._items) or self._writer is not None
 
     @property
     def queued_bytes(self) -> int:
@@ -127,9 +124,9 @@ class Outbox:
         """Note that something waits and start the writer if none runs. Requires _lock."""
         assert self._lock.locked()
         self._kicked = True
-        if self._writer is None:
-            self._writer = threading.Thread(target=self._run, name=f"syncws-outbox-{next(_writer_numbers)}", daemon=True)
-            self._writer.start()
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._run, name=f"syncws-outbox-{next(_writer_numbers)}", daemon=True)
+            self.writer.start()
 
     def _run(self) -> None:
         """Write out what waits until nothing does (a ``syncws-outbox-N`` thread)."""
@@ -144,7 +141,7 @@ class Outbox:
                 self.drop()
             with self._lock:
                 if self._dropped or (not self._items and not self._kicked):
-                    self._writer = None
+                    self.writer = None
                     return
 
 
@@ -194,9 +191,9 @@ class OutboxSending:
         if frame is not None and (self.is_client or (self._deflate is not None and self._compresses(opcode, payload))):
             frame = None
         outbox, lock = self._outbox, self._send_lock
-        if not outbox and lock.acquire(blocking=False):
+        if outbox.writer is None and lock.acquire(False):  # positional: the keyword costs CPython twice the call
             try:
-                if not outbox:  # else a writer started meanwhile: go behind what it writes
+                if outbox.writer is None:  # else a writer started meanwhile: go behind what it writes
                     self.protocol.check_open()
                     if not self._io.write_now(frame if frame is not None else self._frame_of((opcode, payload, None))):
                         outbox.kick()  # the rest of the frame waits in the transport: the writer takes it out

@@ -41,6 +41,10 @@ __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
 logger = logging.getLogger(__name__)
 
+# Module constants for the dispatch of every message: an Enum member looked up on its
+# class costs about 80 ns on Python 3.11, a global 13.
+_REPLY, _CANCEL = Kind.REPLY, Kind.CANCEL
+
 #: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
 Channel = Union[BaseWebSocketHandler, NodeLink]
 #: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
@@ -315,11 +319,11 @@ class RequestHandler(CallTable, CommandDecorator):
         except callformat.RefusedRequest as refused:
             self._refuse(client, refused)
             return
-        if kind is Kind.REPLY:
+        if kind is _REPLY:
             self.take_reply(client, parsed, via_link=isinstance(client, NodeLink))
         elif not isinstance(client, BaseWebSocketHandler):
             self._junk_log.log(client, logging.WARNING, "%s: a %s on a node link dropped", self.name, kind.value)
-        elif kind is Kind.CANCEL:
+        elif kind is _CANCEL:
             self.commands.cancel(client, parsed[callformat.CANCEL_FIELD])
         else:
             self._on_request(client, parsed)

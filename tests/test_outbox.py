@@ -126,7 +126,7 @@ def test_outbox_writer_ends_once_nothing_waits() -> None:
     box = Outbox(drain, limit=1 << 20, overflow=lambda n: None, name="test")
     box.put((1, b"a", None))
     box.put((1, b"b", None))
-    assert wait_for(lambda: not box, timeout=5)
+    assert wait_for(lambda: box.writer is None, timeout=5)
     assert taken[:2] == [b"a", b"b"] and box.queued_bytes == 0
 
 
