@@ -201,7 +201,7 @@ class Session:
             if inline or fn is None:
                 self._answer(self.connection, call, fn)
                 continue
-            with self.condition:
+            with self._lock:  # the condition's lock, without Condition.__enter__'s Python call
                 if self.running >= self.workers:
                     self.queued.append((call, fn))
                     continue
@@ -213,7 +213,7 @@ class Session:
                     self._watch.notify()
             call.before_wait = self._give_up_lead  # a command that waits on this connection lets another read at once
             self._answer(self.connection, call, fn)
-            with self.condition:
+            with self._lock:
                 self.running -= 1
                 if self._leader_busy is None or self._leader_busy[0] != turn:
                     return  # the watchdog gave the lead to another worker meanwhile
@@ -222,12 +222,22 @@ class Session:
     def _watchdog(self) -> None:
         """Give the lead to another worker when the leader's command has run :data:`HAND_OVER_AFTER` (watchdog thread)."""
         with self.condition:
+            quiet = False  # the last look found no command running
             while not self.ended:
                 busy = self._leader_busy
                 if busy is None:
-                    self._watching = False
-                    self._watch.wait()
+                    if quiet:
+                        self._watching = False
+                        self._watch.wait()
+                        quiet = False
+                    else:
+                        # Commands may be coming in a stream: look again after one period
+                        # instead of being told of the next run, which would cost the leader
+                        # a notify per request. A whole period without one: wait to be told.
+                        quiet = True
+                        self._watch.wait(HAND_OVER_AFTER)
                     continue
+                quiet = False
                 self._watching = True
                 left = busy[1] + HAND_OVER_AFTER - time.monotonic()
                 if left > 0:
