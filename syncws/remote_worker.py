@@ -67,8 +67,9 @@ class Session:
     to the service's own calls, and cancels.
 
     The watchdog costs no wake-up per request: it is told when a command
-    starts only if it is not already timing one, and while requests keep
-    coming it wakes once per :data:`HAND_OVER_AFTER` at most.
+    starts only if it is not already timing one (nor looking again, one
+    period after the last run ended), and while requests keep coming it
+    wakes once per :data:`HAND_OVER_AFTER` at most.
     """
 
     def __init__(
