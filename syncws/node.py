@@ -193,8 +193,8 @@ class NodeLinkHandler(BaseWebSocketHandler):
             else:
                 logger.debug("node link %r: %s, ignored", self, exc)
             return
-        if kind is not callformat.Kind.REQUEST:
-            if kind is callformat.Kind.CANCEL:
+        if kind is not callformat.REQUEST:
+            if kind is callformat.CANCEL:
                 self._cancel(request)
             else:
                 logger.debug("node link %r: a reply-like message ignored", self)

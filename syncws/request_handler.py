@@ -23,7 +23,7 @@ import logging
 from typing import Any, Optional, Union
 
 from . import callformat, lograte, timeouts
-from .callformat import CONN_FIELD, Kind
+from .callformat import CANCEL, CONN_FIELD, REPLY
 from .calls import CallTable, PendingCall, RelayCall, RelaySink
 from .cluster import ClusterConnection, RedisCluster
 from .command_pool import CommandPool
@@ -40,10 +40,6 @@ from .server import WebSocketServer
 __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
 logger = logging.getLogger(__name__)
-
-# Module constants for the dispatch of every message: an Enum member looked up on its
-# class costs about 80 ns on Python 3.11, a global 13.
-_REPLY, _CANCEL = Kind.REPLY, Kind.CANCEL
 
 #: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
 Channel = Union[BaseWebSocketHandler, NodeLink]
@@ -319,11 +315,11 @@ class RequestHandler(CallTable, CommandDecorator):
         except callformat.RefusedRequest as refused:
             self._refuse(client, refused)
             return
-        if kind is _REPLY:
+        if kind is REPLY:
             self.take_reply(client, parsed, via_link=isinstance(client, NodeLink))
         elif not isinstance(client, BaseWebSocketHandler):
             self._junk_log.log(client, logging.WARNING, "%s: a %s on a node link dropped", self.name, kind.value)
-        elif kind is _CANCEL:
+        elif kind is CANCEL:
             self.commands.cancel(client, parsed[callformat.CANCEL_FIELD])
         else:
             self._on_request(client, parsed)
