@@ -150,6 +150,29 @@ def test_long_command_gives_the_reading_to_another_worker(env: Env) -> None:
     assert held_results.get_nowait()[1]["data"] == "held"
 
 
+def test_long_command_right_after_a_quick_one_is_relieved_too(env: Env) -> None:
+    """A long command that starts while the watchdog still looks after a quick one (untold of the new run) is relieved of the reading."""
+    gate = threading.Event()
+    names: queue.Queue = queue.Queue()
+
+    def held(msg: dict) -> str:
+        names.put(threading.current_thread().name)
+        gate.wait(10)
+        return "held"
+
+    env.service({"held": held, "name": lambda m: threading.current_thread().name}, workers=2)
+    env.rh.doRequest({"cmd": "name"}, timeout=10)  # a quick run ends: the watchdog looks again in 2 ms, untold
+    held_caller, held_results = in_thread(lambda: env.rh.doRequest({"cmd": "held"}, timeout=20))
+    held_by = names.get(timeout=10)
+    try:
+        answered_by = {env.rh.doRequest({"cmd": "name"}, timeout=10)["data"] for _ in range(3)}
+        assert held_by not in answered_by, (held_by, answered_by)
+    finally:
+        gate.set()
+    held_caller.join(10)
+    assert held_results.get_nowait()[1]["data"] == "held"
+
+
 def test_command_that_asks_the_server_back_lets_another_worker_read_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that calls request() on its own connection hands the reading on before it waits, not after the hand-over time."""
     monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)  # were it left to the watchdog, the reply would wait a minute
