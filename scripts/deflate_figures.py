@@ -26,7 +26,7 @@ import tracemalloc
 import zlib
 
 from benchmarks.common import json_message
-from syncws.deflate import Agreement, DeflateOptions, PerMessageDeflate
+from syncws.protocol.deflate import Agreement, DeflateOptions, PerMessageDeflate
 
 SETTINGS = [(15, 8, 6), (15, 8, 1), (12, 5, 6), (12, 5, 1), (10, 4, 1), (9, 1, 1)]  # (window bits, memory level, level)
 

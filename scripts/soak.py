@@ -10,7 +10,7 @@ peers spread over a few subprocesses (this same script in ``--peer`` mode runs
 demo peer's ``echo`` and ``getBytes`` commands), then M worker threads make
 requests for ``--duration`` seconds (and at most ``--max-requests``): three in
 four a small JSON ``echo``, one in four ``getBytes`` of up to 1 MiB, checked
-byte for byte against :func:`syncws.demo.demo_payload`. Each request goes to
+byte for byte against :func:`syncws.cli.demo.demo_payload`. Each request goes to
 the next connection of ``server.registry.connections("wsData")``, round-robin,
 with ``doRequest(..., conn=handler)``.
 
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import syncws
-from syncws.demo import demo_payload
+from syncws.cli.demo import demo_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 

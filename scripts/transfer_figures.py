@@ -186,7 +186,7 @@ def main() -> int:
         for name, value in large_reply(args.large_mib).items():
             print(f"  {name:18} {value:8.2f}")
         return 0
-    print(f"numpy accelerator: {syncws.frames.HAVE_NUMPY}")
+    print(f"numpy accelerator: {syncws.protocol.frames.HAVE_NUMPY}")
     figures = sixteen_mib(args.reps, args.warmup)
     floor = figures["plain socket"]
     print(f"16 MiB message to on_message, median of {args.reps} after {args.warmup} untimed:")

@@ -8,11 +8,11 @@ the peer side (:class:`RemoteService`).
 
 from __future__ import annotations
 
-from .auth import bearer_token, cookie_value
-from .client import ClientConnection, connect
-from .cluster import ClusterConnection, ClusterError, RedisCluster
-from .commands import IncomingCall, current_call
-from .connection import Connection
+from ._moved import install as _install_moved_paths
+from .calls.commands import IncomingCall, current_call
+from .client.client import ClientConnection, connect
+from .cluster.cluster import ClusterConnection, ClusterError, RedisCluster
+from .engine.connection import Connection
 from .exceptions import (
     ConnectionClosed,
     HandshakeError,
@@ -24,7 +24,7 @@ from .exceptions import (
     SendTimeout,
     SyncWSError,
 )
-from .handlers import (
+from .handlers.handlers import (
     BaseWebSocketHandler,
     DataWebSocketHandler,
     RejectWebSocketHandler,
@@ -33,11 +33,14 @@ from .handlers import (
     sendWebSocketMessage,
     websocketState,
 )
-from .handshake import Headers, Request
-from .registry import ConnectionRegistry
-from .remote import RemoteService
-from .request_handler import RequestHandler
-from .server import WebSocketServer
+from .handlers.registry import ConnectionRegistry
+from .peer.remote import RemoteService
+from .protocol.auth import bearer_token, cookie_value
+from .protocol.handshake import Headers, Request
+from .server.request_handler import RequestHandler
+from .server.server import WebSocketServer
+
+_install_moved_paths()  # the flat package's module paths (syncws.deflate, ...) keep working
 
 __version__ = "0.1.0"
 

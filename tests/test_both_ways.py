@@ -367,13 +367,13 @@ def test_server_drain_lets_a_peers_command_finish_and_answer(env: Env) -> None:
 def test_large_reply_parts_are_read_straight_into_the_result(env: Env, monkeypatch: pytest.MonkeyPatch, direction: str) -> None:
     """Each part of a large binary reply is read into its place in the result, none into bytes of its own, and the result is intact."""
     kinds: list[str] = []
-    add = syncws.reassembly.Transfer.add
+    add = syncws.calls.reassembly.Transfer.add
 
     def spy(transfer: Any, part: Any, message: Any) -> None:
         kinds.append(type(message).__name__)
         add(transfer, part, message)
 
-    monkeypatch.setattr(syncws.reassembly.Transfer, "add", spy)
+    monkeypatch.setattr(syncws.calls.reassembly.Transfer, "add", spy)
     data = det_bytes(7, 6 * 2**20 + 100_000)  # seven parts, the last of 100 kB: each large enough to be placed
     if direction == "the server asks":
         env.service({"blob": lambda request: data}, part_size=2**20)

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import pytest
 
 import syncws
-from syncws.callformat import crc32, encode_part_header, pack_part_header
+from syncws.calls.callformat import crc32, encode_part_header, pack_part_header
 from syncws.static import javascript_client
 
 pytestmark = [

@@ -18,8 +18,8 @@ from websockets.sync.server import ServerConnection, serve
 
 import syncws
 from syncws import frames
-from syncws.connection import Connection
-from syncws.deflate import Agreement, DeflateOptions, PerMessageDeflate
+from syncws.engine.connection import Connection
+from syncws.protocol.deflate import Agreement, DeflateOptions, PerMessageDeflate
 
 from .helpers import RawClient, make_server
 from .peers import Env
@@ -190,7 +190,7 @@ def test_client_fails_the_handshake_on_a_bad_response() -> None:
             key = next(line.split(":", 1)[1].strip() for line in request.split("\r\n") if line.lower().startswith("sec-websocket-key"))
             sock.sendall(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Accept: {syncws.handshake.accept_key(key)}\r\n"
+                f"Sec-WebSocket-Accept: {syncws.protocol.handshake.accept_key(key)}\r\n"
                 "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=99\r\n\r\n".encode()
             )
             sock.recv(4096)

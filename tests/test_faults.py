@@ -27,7 +27,7 @@ import websocket
 
 import syncws
 from syncws import frames
-from syncws.demo import demo_payload
+from syncws.cli.demo import demo_payload
 
 from .helpers import RawClient, make_server, syncws_threads, wait_for
 from .peers import NAME, Env, FakePeer, in_thread
@@ -407,7 +407,7 @@ def test_garbage_requests_to_remote_service_get_answered_and_the_connection_live
         svc.start(timeout=10)
         handler = side.handler()
         for index, (what, message, expected) in enumerate(BAD_REQUESTS):
-            warnings_before = len([r for r in caplog.records if r.name == "syncws.remote" and r.levelno >= logging.WARNING])
+            warnings_before = len([r for r in caplog.records if r.name == "syncws.peer.remote" and r.levelno >= logging.WARNING])
             handler.write_message(message)
             follow_up = 1000 + index
             handler.write_message({"cmd": "echo", "callId": follow_up, "data": what})
@@ -420,7 +420,7 @@ def test_garbage_requests_to_remote_service_get_answered_and_the_connection_live
                 assert others[0]["status"] == expected, (what, others[0])
             assert any(r.get("callId") == follow_up and r["data"] == what for r in replies), what
             if expected == 400:
-                warnings = [r for r in caplog.records if r.name == "syncws.remote" and r.levelno >= logging.WARNING]
+                warnings = [r for r in caplog.records if r.name == "syncws.peer.remote" and r.levelno >= logging.WARNING]
                 assert len(warnings) > warnings_before, f"{what}: nothing logged"
             assert svc.connected and svc.connections_made == 1, what
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
@@ -477,7 +477,7 @@ def _bad_replies(call_id: int) -> list[tuple[str, Any, Any]]:
 
 def test_garbage_replies_to_request_handler_are_dropped_or_fail_the_call_and_the_connection_lives(caplog: pytest.LogCaptureFixture) -> None:
     """Malformed, mistyped, huge or deep replies to a RequestHandler are logged and dropped or fail the call (RequestError); the next request succeeds."""
-    caplog.set_level(logging.DEBUG, logger="syncws.request_handler")
+    caplog.set_level(logging.DEBUG, logger="syncws.server.request_handler")
     env = Env(log_interval=0.0)  # every piece of junk logged: the test checks each one is
     peer = None
     try:
@@ -489,13 +489,13 @@ def test_garbage_replies_to_request_handler_are_dropped_or_fail_the_call_and_the
             request = peer.recv_request()
             call_id = request["callId"]
             what, reply, expected = _bad_replies(call_id)[index]
-            records_before = len([r for r in caplog.records if r.name == "syncws.request_handler"])
+            records_before = len([r for r in caplog.records if r.name == "syncws.server.request_handler"])
             peer.send(reply)
             if expected == "dropped":
                 peer.send({"cmd": "q", "callId": call_id, "status": 200, "data": what})
                 kind, value, _ = result.get(timeout=5)
                 assert kind == "ok" and value["data"] == what, (what, value)
-                assert len([r for r in caplog.records if r.name == "syncws.request_handler"]) > records_before, f"{what}: nothing logged"
+                assert len([r for r in caplog.records if r.name == "syncws.server.request_handler"]) > records_before, f"{what}: nothing logged"
             else:
                 kind, value, _ = result.get(timeout=5)
                 assert kind == "err" and isinstance(value, syncws.RequestError), (what, value)

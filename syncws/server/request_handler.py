@@ -1,0 +1,435 @@
+"""Requests both ways between a server and its peers: :class:`RequestHandler`.
+
+A worker thread calls :meth:`RequestHandler.doRequest`; the request goes out
+as JSON with a fresh ``callId`` and the thread blocks on that call's own
+:class:`~syncws.future.CallFuture`. The connection's thread delivers the reply
+through :meth:`RequestHandler.callback`: a JSON reply finishes the future; a
+binary reply's header finishes it with a :class:`~syncws.reassembly.Transfer`
+that the caller then collects the parts from. When the connection closes,
+:class:`~syncws.handlers.DataWebSocketHandler` has every call still waiting on
+it failed at once. The format itself is :mod:`syncws.callformat`'s.
+
+The other way, a peer (RemoteService, a browser page) calls a command
+registered with :meth:`RequestHandler.register` or
+:meth:`RequestHandler.command`: the connection's thread reads the request and
+hands it to the handler's :class:`~syncws.command_pool.CommandPool`, so the
+connection reads on while the command runs (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Optional, Union
+
+from .. import lograte, timeouts
+from ..calls import callformat
+from ..calls.callformat import CANCEL, CONN_FIELD, REPLY
+from ..calls.calls import CallTable, PendingCall, RelayCall, RelaySink
+from ..calls.command_pool import CommandPool
+from ..calls.commands import CommandDecorator, CommandFunction, Commands, IncomingCall, current_call, send_reply
+from ..calls.reassembly import Progress
+from ..cluster.cluster import ClusterConnection, RedisCluster
+from ..cluster.node_link import NodeLink
+from ..cluster.routing import ClusterRoutes
+from ..engine.connection import Connection, Message
+from ..exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
+from ..handlers.handlers import BaseWebSocketHandler, websocketState
+from ..handlers.registry import ConnectionRegistry
+from .server import WebSocketServer
+
+__all__ = ["RequestHandler", "Progress", "Channel", "Target"]
+
+logger = logging.getLogger(__name__)
+
+#: Where a call goes: a connection's handler on this server, or a link to the node that holds the peer.
+Channel = Union[BaseWebSocketHandler, NodeLink]
+#: What ``doRequest(conn=...)`` takes: a handler of this server, or a connection anywhere in the cluster.
+Target = Union[BaseWebSocketHandler, ClusterConnection]
+
+#: Bytes per binary message of a large result of a command.
+DEFAULT_PART_SIZE = 8 * 1024 * 1024
+
+
+class RequestHandler(CallTable, CommandDecorator):
+    """Sends requests to the peers of one endpoint name and matches their replies.
+
+    Register it with its endpoint::
+
+        handler = RequestHandler("wsData", server)
+        server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=handler.callback)
+
+    Args:
+        name: the endpoint name whose connections it sends to.
+        server: the server (its registry is used, and its ``stop()`` fails
+            waiting calls). Requests then only ever go to connections that
+            this server accepted, even when other servers share its registry.
+            None uses the shared ``websocketState`` and reaches any connection
+            of the name.
+        max_reply_size: a binary reply announcing more bytes is refused.
+        log_interval: junk from a peer (replies that are not replies) is
+            logged at most once per this many seconds per connection; the next
+            line says how many were suppressed.
+        cluster: reach the peers of ``name`` on every node of this cluster
+            (taken from ``server`` when it is a node; given alone, from a
+            process that runs no server). See docs/cluster.md.
+        workers: how many commands (see :meth:`register`) may run at once,
+            on threads ``syncws-cmd-N`` started when needed.
+        max_pending: how many more may wait for a worker; past that a
+            request is answered 503 at once.
+        part_size: bytes per binary message of a large command result.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        server: Optional[WebSocketServer] = None,
+        max_reply_size: int = 4 << 30,
+        log_interval: float = lograte.DEFAULT_INTERVAL,
+        *,
+        cluster: Optional[RedisCluster] = None,
+        workers: int = 8,
+        max_pending: int = 64,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        if part_size <= 0:
+            raise ValueError("part_size must be positive")
+        self.name = name
+        self._server = server
+        cluster = cluster if cluster is not None else (server.cluster if server is not None else None)
+        node = server.node if server is not None else None
+        #: Where calls go in a cluster (None: this process's connections only).
+        self.routes: Optional[ClusterRoutes] = ClusterRoutes(name, cluster, node, self) if cluster is not None else None
+        self.registry: ConnectionRegistry[BaseWebSocketHandler] = server.registry if server is not None else websocketState
+        CallTable.__init__(self, name, max_reply_size, lograte.RateLimitedLog(logger, log_interval))
+        #: The commands peers may call, and the calls being answered now.
+        self.commands = Commands()
+        self.part_size = part_size
+        self._pool = CommandPool(workers, max_pending)
+        # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
+        self.registry.add_closing_listener(name, self)
+        if server is not None:
+            server.add_stop_callback(self.close_pending_requests)
+            server.add_stop_callback(self.stop_commands)
+            # stop(drain=...) waits for the calls in flight: the server's own, and the peers' commands.
+            server.add_drain_check(lambda: self.pending + self.commands_busy)
+        if node is not None:
+            node.add_forwarder(name, self)  # other nodes' calls to this node's peers of the name
+
+    # ------------------------------------------------------------------ caller side
+
+    def doRequest(
+        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[Target] = None, progress: Optional[Progress] = None
+    ) -> dict[str, Any]:
+        """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
+
+        Args:
+            msg: a JSON-able dict with a str ``cmd``; a ``callId`` is added to a copy.
+            timeout: seconds to wait for the reply, any non-negative number
+                (None or ``math.inf``: forever). For a reply in binary parts it
+                bounds the wait for each next part, so a long transfer that
+                keeps moving does not time out.
+            conn: the connection to ask: a handler of this server, or (in a
+                cluster) a record from ``cluster.connections()``; default: the
+                newest one of the name (accepted by this handler's server, or,
+                in a cluster, on any node).
+            progress: ``progress(received, total)`` for binary replies, called
+                on the connection's thread after each part.
+
+        Returns the reply dict: ``cmd``, ``callId``, ``status`` and, when the
+        peer returned something, ``data`` (bytes for a bytes result).
+
+        Raises, before anything is sent, TypeError or ValueError for a ``msg``
+        that is not a dict with a str ``cmd`` or a NaN or negative ``timeout``,
+        and NotConnected (no peer, or ``conn`` belongs to another server); then
+        RequestTimeout, ConnectionClosed (the peer went away, at once) and
+        RequestError (a status other than 200; 502: a binary reply not taken).
+        When the timeout passes, the peer is told (a cancel, docs/protocol.md)
+        and its late reply is dropped. RuntimeError, before anything is sent,
+        from a command registered ``inline=True`` that asks its own
+        connection: the thread that would read the reply is its own.
+        """
+        callformat.check_request(msg)
+        timeout = timeouts.check_timeout(timeout)
+        channel, extra = self._channel(conn)
+        _refuse_waiting_on_own_reader(channel)
+        call = self._register(msg, channel, progress, waiting=True)
+        try:
+            try:
+                if extra:  # a link to another node: say which connection
+                    channel.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
+                else:
+                    channel.write_message(callformat.encode_request(msg, call.call_id))
+            except (ConnectionClosed, SendTimeout) as exc:
+                raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
+            return callformat.check_reply_status(self._outcome(call, channel, extra, timeout))
+        finally:
+            self.forget(call.call_id)
+
+    def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
+        """Send ``msg`` to ``conn`` for another node; its reply goes on to ``sink`` as it arrives. Returns at once.
+
+        A node's link endpoint calls this on the link's connection thread.
+        Raises as :meth:`doRequest` does before it sends, and ConnectionClosed
+        when the request cannot be sent. The call ends with its reply, with
+        the peer's connection (a ``closed`` link note), or by pruning.
+        """
+        callformat.check_request(msg)
+        handler = self._open_handler(conn)
+        call = self.add(lambda call_id: RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id))
+        try:
+            conn.write_message(callformat.encode_request(msg, call.call_id))
+        except (ConnectionClosed, SendTimeout) as exc:
+            self.forget(call.call_id)
+            raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
+
+    def cancel_relay(self, sink: RelaySink, link_call_id: Any) -> bool:
+        """The caller on another node gave up on a call relayed for it: tell the peer, drop the call. False if it was over.
+
+        A node's link endpoint calls this on the link's connection thread,
+        which read the request before the cancel, so a call still going is
+        found. Whatever the peer still sends for it is dropped here.
+        """
+        call = self.relayed(sink, link_call_id)
+        if call is None:
+            logger.debug("%s: cancel of relayed call %r, which is over, ignored", self.name, link_call_id)
+            return False
+        self.forget(call.call_id)
+        channel: Channel = call.conn  # type: ignore[assignment]  # relay put the peer's handler there
+        try:
+            channel.write_message(callformat.encode_cancel(call.call_id))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("cancel of relayed callId %d not sent: %s", call.call_id, exc)
+        return True
+
+    def prepare_request(
+        self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
+    ) -> tuple[int, BaseWebSocketHandler]:
+        """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``.
+
+        Raises as :meth:`doRequest` does before it sends.
+        """
+        callformat.check_request(msg)
+        if conn is not None and not isinstance(conn, BaseWebSocketHandler):
+            raise TypeError("prepare_request takes a handler of this server; a call across nodes goes through doRequest")
+        # Only this server's connections: a call across nodes needs doRequest to wait on it.
+        handler, _ = self._channel(conn or self._open_handler(self.registry.newest(self.name, server=self._server)))
+        assert isinstance(handler, BaseWebSocketHandler)
+        call = self._register(msg, handler, progress, waiting=False)
+        return call.call_id, handler
+
+    def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
+        if isinstance(channel, BaseWebSocketHandler) and channel.connection.placer is None:
+            # Large reply parts on this connection are read straight into their results (syncws.reassembly).
+            channel.connection.placer = functools.partial(self.place, channel)
+        # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
+        return self.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), channel, progress, waiting))
+
+    def _outcome(self, call: PendingCall, channel: Channel, extra: dict[str, Any], timeout: Optional[float]) -> dict[str, Any]:
+        """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too.
+
+        On a link to another node the cancel names the connection, as the
+        request did (``extra``), and that node passes it on to its peer.
+        """
+        try:
+            return call.outcome(timeout)
+        except RequestTimeout:
+            try:
+                channel.write_message(callformat.encode_cancel(call.call_id, extra))
+            except (ConnectionClosed, SendTimeout) as exc:
+                logger.debug("cancel of callId %d not sent: %s", call.call_id, exc)
+            raise
+
+    def _channel(self, conn: Optional[Target]) -> tuple[Channel, dict[str, Any]]:
+        """Where a call to ``conn`` (default: the newest connection of the name) goes; NotConnected when nowhere."""
+        if isinstance(conn, BaseWebSocketHandler):
+            if self._server is not None and conn.server is not self._server:
+                raise NotConnected(f"{conn!r} was not accepted by this RequestHandler's server")
+            return self._open_handler(conn), {}
+        routes = self.routes
+        if routes is None:
+            if conn is not None:
+                raise NotConnected(f"{conn!r} is a cluster connection, and this RequestHandler has no cluster")
+            return self._open_handler(self.registry.newest(self.name, server=self._server)), {}
+        record = conn if conn is not None else routes.newest()
+        if routes.is_local(record):
+            return self._open_handler(routes.local_handler(record)), {}
+        return routes.link(record.node), {CONN_FIELD: record.id}
+
+    def _open_handler(self, handler: Optional[BaseWebSocketHandler]) -> BaseWebSocketHandler:
+        if handler is None or handler.connection.closed:
+            raise NotConnected(f"{self.name} not connected. Please start the remote service.")
+        return handler
+
+    def link_closed(self, link: NodeLink) -> None:
+        """A link to another node dropped: forget it and fail its calls at once (its link thread)."""
+        if self.routes is not None:
+            self.routes.forget(link)
+        with self.callbackLock:
+            calls = [c for c in self._calls.values() if c.conn is link]
+        for call in calls:
+            call.fail(ConnectionClosed(1006, "", f"node {link.node} went away while waiting for {call.cmd!r} (callId {call.call_id})"))
+
+    def close_links(self) -> None:
+        """Close this handler's links to other nodes (their calls fail with ConnectionClosed). Safe from any thread."""
+        if self.routes is not None:
+            self.routes.close_links()
+
+    def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
+        """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
+        timeout = timeouts.check_timeout(timeout)
+        with self.callbackLock:
+            call = self._calls.get(callId)
+            if call is not None:
+                call.waiting = True
+        if call is None:
+            raise KeyError(f"no pending call with callId {callId}")
+        try:
+            reply = self._outcome(call, call.conn, {}, timeout)  # type: ignore[arg-type]  # a handler: prepare_request makes no call across nodes
+        finally:
+            self.forget(callId)
+        return callformat.check_reply_status(reply)
+
+    # ------------------------------------------------------------------ connection side
+
+    def callback(self, client: Channel, message: Message) -> None:
+        """Take a message from a peer (connection thread): a reply or reply part, a request, or a cancel. Never raises.
+
+        A reply is matched by its callId and by the connection it came on; one
+        that is invalid, unknown or late is logged and dropped (junk at most
+        once per ``log_interval`` per connection). A binary reply's header or
+        part that cannot be taken, for whatever reason, fails its call at once
+        with RequestError 502. A request is answered by its command (see
+        :meth:`register`); a cancel marks the call it names cancelled.
+        """
+        try:
+            if isinstance(message, str):
+                self._on_text(client, message)
+            elif not self.take_part(client, message):
+                self._junk_log.log(client, logging.WARNING, "%s: binary message that is not a reply part dropped (%d bytes)", self.name, len(message))
+        except Exception:  # a bug here must not kill the connection thread
+            logger.exception("%s: failed to handle a message", self.name)
+
+    def _on_text(self, client: Channel, message: str) -> None:
+        try:
+            kind, parsed = callformat.parse_message(message)
+        except callformat.RefusedRequest as refused:
+            self._refuse(client, refused)
+            return
+        if kind is REPLY:
+            self.take_reply(client, parsed, via_link=isinstance(client, NodeLink))
+        elif not isinstance(client, BaseWebSocketHandler):
+            self._junk_log.log(client, logging.WARNING, "%s: a %s on a node link dropped", self.name, kind.value)
+        elif kind is CANCEL:
+            self.commands.cancel(client, parsed[callformat.CANCEL_FIELD])
+        else:
+            self._on_request(client, parsed)
+
+    def _refuse(self, client: Channel, refused: callformat.RefusedRequest) -> None:
+        """A message that is neither a reply, a request nor a cancel: answer 400 when it names its callId, else log it."""
+        if refused.answer and refused.call_id is not None and isinstance(client, BaseWebSocketHandler):
+            self._junk_log.log(client, logging.WARNING, "%s: %s; answered with status 400", self.name, refused.reason)
+            self._send_error(client, refused.cmd, refused.call_id, 400, refused.reason)
+        else:
+            self._junk_log.log(client, logging.WARNING, "%s: %s; dropped", self.name, refused.reason)
+
+    # ------------------------------------------------------------------ commands: peers call the server
+
+    def register(self, cmd: str, fn: CommandFunction, *, inline: bool = False) -> None:
+        """Answer peers' requests whose ``cmd`` is ``cmd`` with ``fn(request, conn)``. Safe from any thread.
+
+        ``request`` is the request dict; ``conn`` the handler of the
+        connection that asked (``doRequest(..., conn=conn)`` asks that same
+        peer back, even before answering). ``fn`` returns what the reply
+        carries: JSON-able data, bytes-like data or a numpy array (in binary
+        parts with their CRC-32), or None; what it raises is answered 500
+        with ``"ExceptionType: message"``. Inside it,
+        :func:`syncws.current_call` is the call, whose ``cancelled`` turns
+        True when the caller gave up.
+
+        ``fn`` runs on the handler's worker pool (``workers`` threads, and
+        ``max_pending`` more requests waiting; past that the caller gets 503),
+        never on the connection's thread, which reads on. ``inline=True``
+        runs it on the connection's thread, before anything else is read:
+        only for functions that return at once and never block (while one
+        runs, the connection answers no ping and takes no reply).
+        """
+        self.commands.register(cmd, fn, inline)
+
+    def _on_request(self, handler: BaseWebSocketHandler, request: dict[str, Any]) -> None:
+        """A peer's request: run its command on the pool, or inline; 503 when the pool is full (connection thread)."""
+        if callformat.reply_call_id(request) is None:
+            self._junk_log.log(handler, logging.WARNING, "%s: request %r without a valid callId dropped", self.name, str(request.get("cmd"))[:100])
+            return
+        fn, inline = self.commands.lookup(request["cmd"])
+        call = IncomingCall(request, handler, inline)
+        self.commands.begin(call)
+        if fn is None or inline:  # an unknown command's 404 costs no hand-off either
+            self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)
+        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)):
+            self.commands.end(call)
+            self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: the queue is full (max_pending)", self.name, call.cmd)
+            self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {self._pool.max_pending} commands are waiting already")
+
+    def _send_result(self, connection: Connection, cmd: Any, call_id: Any, result: Any) -> None:
+        send_reply(connection, cmd, call_id, result, self.part_size)
+
+    def _send_error(self, handler: BaseWebSocketHandler, cmd: Any, call_id: Any, status: int, error: str) -> None:
+        try:
+            handler.write_message(callformat.error_reply(cmd, call_id, status, error))
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("%d reply (callId %r) not sent: %s", status, call_id, exc)
+
+    def stop_commands(self) -> None:
+        """Take no more requests: queued ones are dropped, running ones are cancelled and finish. Safe from any thread.
+
+        The server's ``stop()`` calls it.
+        """
+        self.commands.cancel_all()
+        self._pool.close()
+        self.commands.forget_all()  # queued calls were dropped; running ones are cancelled and send nothing
+
+    @property
+    def commands_busy(self) -> int:
+        """How many peers' requests are queued or running now."""
+        return self._pool.busy
+
+    def connection_closing(self, handler: BaseWebSocketHandler, code: int, reason: str) -> None:
+        """A connection of this name started to close: fail its calls at once (the thread that decided the close).
+
+        The registry calls it (see DataWebSocketHandler); the count of junk
+        still suppressed for ``handler`` is logged then.
+        """
+        self._junk_log.forget(handler, what=self.name)
+        self.commands.cancel_all(handler)
+        self._fail_calls(handler, code, reason)
+
+    def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:
+        """Fail at once, with ConnectionClosed, the calls sent on ``conn`` (all calls when None). Safe from any thread."""
+        if conn is not None:
+            self._junk_log.forget(conn, what=self.name)
+        self._fail_calls(conn, None, "")
+
+    def _fail_calls(self, conn: Optional[BaseWebSocketHandler], code: Optional[int], reason: str) -> None:
+        for call in self.calls_on(conn):
+            if isinstance(call, RelayCall):
+                self.forget(call.call_id)  # no caller of this node forgets it
+            channel: Channel = call.conn  # type: ignore[assignment]  # what _register and relay put there
+            connection = channel.connection
+            call.fail(
+                ConnectionClosed(
+                    code or connection.close_code or 1006,
+                    reason or connection.close_reason,
+                    f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})",
+                )
+            )
+
+
+def _refuse_waiting_on_own_reader(channel: Channel) -> None:
+    """RuntimeError when the calling thread reads ``channel`` itself: an inline command that would wait forever."""
+    answering = current_call()
+    if answering is not None and answering.inline and answering.conn is channel:
+        raise RuntimeError(
+            f"command {answering.cmd!r} runs inline on the thread that reads its connection, so it cannot wait for a reply "
+            "on that connection; register it without inline=True"
+        )
