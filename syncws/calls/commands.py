@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 from ..engine.connection import Connection
 from ..exceptions import ConnectionClosed, SendTimeout
 from . import callformat
 
-__all__ = ["CommandFunction", "CommandDecorator", "Commands", "IncomingCall", "SendResult", "current_call", "send_reply"]
+__all__ = ["CommandFunction", "CommandDecorator", "Commands", "IncomingCall", "Replier", "SendResult", "current_call", "send_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,24 @@ CommandFunction = Callable[..., Any]
 
 #: ``send_result(connection, cmd, call_id, result)``: send a successful reply.
 SendResult = Callable[[Connection, Any, Any, Any], None]
+
+
+class Replier(Protocol):
+    """How a side writes its replies in another format than syncws's (a peer answering an rt-cloud server).
+
+    Given to :meth:`Commands.answer` as ``replier``; without one, replies
+    are syncws's (``send_result`` and its error replies). Both methods run
+    on the thread that answers the call and may raise ConnectionClosed or
+    SendTimeout; ``result`` raises another exception for a result it cannot
+    send, which is then answered with ``error``.
+    """
+
+    def result(self, connection: Connection, call: IncomingCall, result: Any) -> None:
+        """Send ``result`` as the successful reply to ``call``."""
+
+    def error(self, connection: Connection, call: IncomingCall, status: int, text: str) -> None:
+        """Send the error reply to ``call``: ``status`` as syncws would send it (404 unknown, 500 failed), and its text."""
+
 
 class _CallOfThread(threading.local):
     """What each thread is answering now: ``call``, the innermost IncomingCall, or None.
@@ -208,11 +226,20 @@ class Commands:
 
     # ------------------------------------------------------------------ answering
 
-    def answer(self, call: IncomingCall, fn: Optional[CommandFunction], args: tuple[Any, ...], connection: Connection, send_result: SendResult) -> None:
+    def answer(
+        self,
+        call: IncomingCall,
+        fn: Optional[CommandFunction],
+        args: tuple[Any, ...],
+        connection: Connection,
+        send_result: SendResult,
+        replier: Optional[Replier] = None,
+    ) -> None:
         """Run ``fn(*args)`` as ``call`` and send its reply on ``connection``, then forget the call (the thread that runs it).
 
         ``send_result(connection, cmd, call_id, result)`` sends a successful
-        reply (:func:`send_reply` with the side's part size).
+        reply (:func:`send_reply` with the side's part size). A ``replier``,
+        when given, writes the replies instead, the errors too.
 
         An unknown command (``fn`` None) gets 404, a function that raises 500
         with ``"ExceptionType: message"``, a result that cannot be sent 500
@@ -223,7 +250,7 @@ class Commands:
         cmd, call_id = call.cmd, call.call_id
         try:
             if fn is None:
-                _send_error(connection, cmd, call_id, 404, f"unknown command {cmd!r}")
+                _send_error(connection, call, 404, f"unknown command {cmd!r}", replier)
                 return
             if call.cancelled:
                 logger.debug("call %r (callId %r) cancelled before it ran", cmd, call_id)
@@ -234,16 +261,19 @@ class Commands:
                 return
             if isinstance(result, _Failure):
                 logger.info("command %r failed: %s", cmd, result.text)
-                _send_error(connection, cmd, call_id, 500, result.text)
+                _send_error(connection, call, 500, result.text, replier)
                 return
             try:
-                send_result(connection, cmd, call_id, result)
+                if replier is None:
+                    send_result(connection, cmd, call_id, result)
+                else:
+                    replier.result(connection, call, result)
             except (ConnectionClosed, SendTimeout):
                 raise
             except Exception as exc:
                 # The result could not be encoded: the caller must still hear of it.
                 logger.info("result of %r could not be sent: %s: %s", cmd, type(exc).__name__, exc)
-                _send_error(connection, cmd, call_id, 500, f"{type(exc).__name__}: {exc}")
+                _send_error(connection, call, 500, f"{type(exc).__name__}: {exc}", replier)
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("reply to %r (callId %r) not sent: %s", cmd, call_id, exc)
         finally:
@@ -291,8 +321,11 @@ def send_reply(connection: Connection, cmd: Any, call_id: Any, result: Any, part
         connection.send_parts(part_header, chunk)
 
 
-def _send_error(connection: Connection, cmd: Any, call_id: Any, status: int, error: str) -> None:
-    connection.send(callformat.error_reply(cmd, call_id, status, error))
+def _send_error(connection: Connection, call: IncomingCall, status: int, error: str, replier: Optional[Replier]) -> None:
+    if replier is None:
+        connection.send(callformat.error_reply(call.cmd, call.call_id, status, error))
+    else:
+        replier.error(connection, call, status, error)
 
 
 def _is_call_id(value: Any) -> bool:

@@ -37,6 +37,7 @@ from ..exceptions import SyncWSError
 from ..handlers.handlers import DataWebSocketHandler
 from ..handlers.registry import ConnectionRegistry
 from ..protocol.auth import bearer_token
+from ..rtcloud import add_endpoints, add_login, load_passwd_file
 from ..server.endpoints import BroadcastHandler, CallGatewayHandler, EchoHandler, RelayHandler
 from ..server.request_handler import RequestHandler
 from ..server.server import WebSocketServer
@@ -111,6 +112,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     auth = bearer_token(args.token) if args.token else None
     try:
+        rtcloud_secret = _rtcloud_secret(args)
+    except (OSError, ValueError, ImportError) as exc:
+        _error("serve", str(exc))
+        return 2
+    try:
         cluster = RedisCluster(args.cluster, name=args.cluster_name, ttl=args.cluster_ttl) if args.cluster else None
     except (ImportError, ValueError) as exc:
         _error("serve", f"--cluster: {exc}")
@@ -134,8 +140,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.add_handler("/echo", EchoHandler, name="echo")
         server.add_handler("/broadcast", BroadcastHandler, name="broadcast")
         server.add_handler("/relay", RelayHandler, name="relay")
-        requests = RequestHandler("wsData", server)
-        server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=requests.callback)
+        if rtcloud_secret is None:
+            requests = RequestHandler("wsData", server)
+            server.add_handler("/wsData", DataWebSocketHandler, name="wsData", callback=requests.callback)
+        else:  # rt-cloud's peers log in at /login and connect to /wsData and /wsSubject
+            add_login(server, passwd_file=args.rtcloud_passwd, cookie_secret=rtcloud_secret)
+            requests = add_endpoints(server, cookie_secret=rtcloud_secret)["wsData"]
         server.add_handler("/call", CallGatewayHandler, name="call", request_handler=requests)
         server.add_static("/syncws.js", javascript_client(), "text/javascript; charset=utf-8")
         try:
@@ -148,7 +158,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         try:
             paths = ", ".join(f"{server.url}{p}" for p in SERVE_ENDPOINTS)
             node = f", node {cluster.node_id} of cluster {cluster.name!r}" if cluster is not None else ""
-            print(f"syncws serving {paths} and {server.url.replace('ws', 'http', 1)}/syncws.js{node} (Ctrl-C stops)", flush=True)
+            http = server.url.replace("ws", "http", 1)
+            if rtcloud_secret is not None:
+                paths += f", {server.url}/wsSubject and {http}/login (rt-cloud's peers)"
+            print(f"syncws serving {paths} and {http}/syncws.js{node} (Ctrl-C stops)", flush=True)
             signum = signals.wait()
             logger.info("stopping on %s", signal.Signals(signum).name if signum is not None else "request")
         finally:
@@ -159,6 +172,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         signals.restore()
     return 0
+
+
+def _rtcloud_secret(args: argparse.Namespace) -> Optional[str]:
+    """The cookie secret of rt-cloud mode (--rtcloud-passwd with --cookie-secret-file), None without it.
+
+    Raises ValueError, OSError or ImportError saying what is wrong: one flag
+    without the other, an unreadable or malformed file, an empty secret,
+    bcrypt missing, or a cluster (rt-cloud's peers are reached on this node only).
+    """
+    if args.rtcloud_passwd is None and args.cookie_secret_file is None:
+        return None
+    if args.rtcloud_passwd is None or args.cookie_secret_file is None:
+        raise ValueError("--rtcloud-passwd and --cookie-secret-file go together")
+    if args.cluster:
+        raise ValueError("--rtcloud-passwd serves rt-cloud's peers on this server only, not with --cluster")
+    try:
+        import bcrypt  # noqa: F401  # checked now, not at the first login
+    except ImportError:
+        raise ImportError("--rtcloud-passwd needs bcrypt: pip install 'syncws[rtcloud]'") from None
+    users = load_passwd_file(args.rtcloud_passwd)
+    if not users:
+        raise ValueError(f"{args.rtcloud_passwd}: no 'name,bcrypt-hash' line, so nobody could log in")
+    secret = Path(args.cookie_secret_file).read_text(encoding="utf-8").strip()
+    if not secret:
+        raise ValueError(f"{args.cookie_secret_file} is empty: the cookie secret must not be")
+    return secret
 
 
 def _drain(server: WebSocketServer, signals: StopSignals, seconds: float) -> None:
@@ -343,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         metavar="SECONDS",
         help="on SIGTERM, stop accepting and let the calls in flight finish for up to this long before closing (default 10; 0: at once)",
+    )
+    serve.add_argument(
+        "--rtcloud-passwd",
+        metavar="FILE",
+        help="serve rt-cloud's peers unchanged: /login with this passwd file (name,bcrypt-hash lines, as rt-cloud's addLogin writes), "
+        "and /wsData and /wsSubject in rt-cloud's format behind the login cookie (needs syncws[rtcloud] and --cookie-secret-file)",
+    )
+    serve.add_argument(
+        "--cookie-secret-file",
+        metavar="FILE",
+        help="with --rtcloud-passwd: the file holding the secret that login cookies are signed with (the rt-cloud web server's, to share its cookies)",
     )
     serve.set_defaults(func=_cmd_serve)
 

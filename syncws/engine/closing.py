@@ -19,6 +19,7 @@ from .transport import Abort, Transport
 
 __all__ = ["ClosingHandshake"]
 
+
 class ClosingHandshake:
     """The end of one connection: close frames, the close deadline, the closed flag.
 

@@ -18,6 +18,8 @@ Threads:
   closing handshake and enforces keepalive and ``close_timeout``.
 * :meth:`Connection.send`, :meth:`Connection.ping` and :meth:`Connection.close`
   are safe from any thread. The send lock makes each frame go out whole and in order.
+  The sends are the connection's sending half, mixed in from
+  :mod:`syncws.engine.sending` (blocking) and :mod:`syncws.engine.outbox` (never waiting).
 
 Every socket call waits at most a few seconds (the *tick*, which the kernel
 enforces on a plain socket: see :mod:`syncws.transport`). A read that times
@@ -45,6 +47,7 @@ from ..protocol.protocol import Close, CloseCode, Message, Ping, Pong, Protocol,
 from .closing import ClosingHandshake
 from .keepalive import Keepalive
 from .outbox import Outbox, OutboxSending
+from .sending import Sending
 from .transport import Abort, ReadTimeout, Transport
 
 __all__ = ["Connection", "Message", "Outgoing", "encode_message", "DEFAULT_MAX_MESSAGE_SIZE"]
@@ -55,10 +58,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 #: Bytes that may wait in a connection's outbox (send_nowait) before the peer is given up as too slow.
 DEFAULT_MAX_SEND_QUEUE = 4 * 1024 * 1024
 
-_COALESCE_LIMIT = 16 * 1024  # below this, header and payload go out in one send()
 
-
-class Connection(OutboxSending):
+class Connection(Sending, OutboxSending):
     """A websocket connection, after the opening handshake.
 
     Args:
@@ -83,6 +84,11 @@ class Connection(OutboxSending):
     (with the compressor), the transport's writes and the closing
     handshake's deadline are used under ``_send_lock``; ``_closed`` is an Event
     and ``_closing_notified`` a one-shot lock, safe from anywhere.
+
+    The sending half lives in two mixins: :class:`~syncws.engine.sending.Sending`
+    (``send``, ``ping``, ``pong``, ``send_parts``, ``flush_preamble``: blocking,
+    under the send lock) and :class:`~syncws.engine.outbox.OutboxSending`
+    (``send_nowait``, ``send_encoded_nowait``: never waiting on the socket).
     """
 
     def __init__(
@@ -277,163 +283,6 @@ class Connection(OutboxSending):
         assert type(event) is Close
         self._closing.answer(event)
         return True
-
-    # ------------------------------------------------------------------ writing
-
-    def send(self, message: Outgoing, binary: bool = False, compress: Optional[bool] = None) -> None:
-        """Send one message: str as text, bytes-like as binary, a dict or list as JSON text.
-
-        ``binary=True`` sends text (and JSON) as a binary frame of its UTF-8
-        bytes. Anything else raises TypeError before anything is sent. Safe
-        from any thread; blocks until the frame is handed to the kernel, or,
-        for a message under 16 KiB while another thread is writing, to that
-        thread, which writes it next with its own (so a failure of that write
-        ends the connection without raising here, as one after the kernel
-        took the frame would). Raises ConnectionClosed once a close frame was
-        sent or the socket is gone, and SendTimeout (after aborting) if the
-        peer stopped reading.
-
-        Where permessage-deflate was agreed, ``compress`` says whether this
-        message goes compressed: None (the default) compresses text from the
-        codec's ``min_size`` up (and binary if its options say so), False
-        sends it as it is, True compresses it whatever its kind and size.
-        Without the extension it changes nothing.
-        """
-        opcode, payload = encode_message(message, binary)
-        if self._deflate is not None and self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
-            self._send_compressed(opcode, payload)
-        else:
-            self._send_frame(opcode, payload)
-
-    def ping(self, payload: bytes = b"") -> None:
-        """Send a ping (at most 125 bytes). Safe from any thread."""
-        with self._send_lock:
-            self._io.write(self.protocol.send_ping(payload))
-
-    def pong(self, payload: bytes = b"") -> None:
-        """Send an unsolicited pong (at most 125 bytes; RFC 6455 5.5.3 allows it as a heartbeat). Safe from any thread."""
-        if len(payload) > 125:
-            raise ValueError("a pong payload holds at most 125 bytes")
-        with self._send_lock:
-            self.protocol.check_open("pong")
-            self._io.write(self.protocol.send_pong(payload))
-
-    def send_parts(self, *parts: Union[bytes, bytearray, memoryview]) -> None:
-        """Send one binary message made of ``parts`` put end to end, without joining
-        them first where that can be avoided. Safe from any thread.
-
-        Never compressed: this is how the parts of a binary reply go, which are
-        bulk data that compression would slow down many times over on a LAN.
-        """
-        self._send_frame(frames.OP_BINARY, *parts)
-
-    def _send_compressed(self, opcode: int, payload: Union[bytes, bytearray, memoryview]) -> None:
-        """Compress and send one message under the send lock: with context takeover, messages
-        must reach the peer in the order the compressor saw them."""
-        mask_key = self.protocol.mask_key()
-        with self._send_lock:
-            if self._outbox.writer is not None:
-                self._flush_outbox()
-            header, data = self.protocol.compressed_frame(opcode, payload, mask_key)
-            if len(data) < _COALESCE_LIMIT:
-                self._io.write(header + (frames.masked(data, mask_key) if mask_key is not None and data else data))
-            elif mask_key is not None:
-                self._io.write(header)
-                self._io.write_masked((data,), mask_key)
-            else:
-                self._io.write(header)
-                self._io.write(data, continuing=True)
-
-    def _send_frame(self, opcode: int, *parts: Union[bytes, bytearray, memoryview]) -> None:
-        payload = parts[0] if len(parts) == 1 else None
-        length = len(payload) if payload is not None else sum(map(len, parts))
-        mask_key = self.protocol.mask_key()
-        header = frames.encode_header(opcode, length, True, mask_key)
-        if length < _COALESCE_LIMIT:
-            # Small: build the whole frame before taking the lock, and send it in one call.
-            data = payload if payload is not None else b"".join(parts)
-            if mask_key is not None and length:
-                data = frames.masked(data, mask_key)
-            self._send_small(header + data)
-            return
-        with self._send_lock:
-            self.protocol.check_open()
-            if self._outbox.writer is not None:
-                self._flush_outbox()
-            self._io.write(header)
-            if mask_key is not None:
-                self._io.write_masked(parts, mask_key)
-            else:
-                for part in parts:
-                    self._io.write(part, continuing=True)
-
-    def _send_small(self, frame: bytes) -> None:
-        """Write one whole frame of a small message, or leave it to the thread that holds the send lock. Any thread.
-
-        Many threads sending on one connection (the callers of a
-        RequestHandler, the workers of a RemoteService) would each wait for
-        the lock while another writes: a sleep and a wake-up per message. A
-        sender that finds the lock taken leaves its frame instead
-        (``Transport.leave``) and returns; the holder writes what was left
-        ahead of its next frame, or, once it lets go of the lock, in
-        :meth:`_write_left`. Only a holder that does so (``_combining``) is
-        trusted with it; a frame left while another holds the lock is written
-        by its sender. Messages still go out in the order each thread sent
-        them, and behind anything waiting in the outbox (nothing is left
-        while something does).
-        """
-        lock = self._send_lock
-        if not lock.acquire(False):  # positional: the keyword costs CPython twice the call
-            self.protocol.check_open()
-            if self._outbox.writer is not None or not self._io.leave(frame):
-                lock.acquire()
-            elif lock.acquire(False):
-                frame = b""  # ours waits among the frames left, which the write below takes first
-            elif self._combining:
-                # Read after our frame was left: that holder looks at the frames left after it lets go.
-                return
-            else:
-                lock.acquire()
-                frame = b""
-        self._combining = True
-        try:
-            self.protocol.check_open()
-            if self._outbox.writer is not None:
-                self._flush_outbox()
-            self._io.write(frame)
-        finally:
-            self._combining = False
-            lock.release()
-        self._write_left()
-
-    def _write_left(self) -> None:
-        """Write the frames other senders left while this thread held the send lock (see :meth:`_send_small`). Any thread.
-
-        The senders have returned already: when the connection is closing or
-        the write fails, their frames go with the connection (logged at debug
-        level), as a frame still in the socket's buffer would.
-        """
-        lock = self._send_lock
-        while self._io.frames_left and lock.acquire(False):
-            self._combining = True
-            try:
-                self.protocol.check_open()
-                self._io.write(b"")
-            except (ConnectionClosed, SendTimeout) as exc:
-                logger.debug("%s: %d frames left by other senders not sent: %s", self.name, self._io.drop_left(), exc)
-            finally:
-                self._combining = False
-                lock.release()
-
-    def flush_preamble(self) -> None:
-        """Write the preamble now if no frame has carried it out yet. Safe from any thread.
-
-        The server registers a connection before its 101 response is out, so
-        that a peer that sees the 101 can be sent to at once; a frame written
-        in between takes the 101 out ahead of itself, under the send lock.
-        """
-        with self._send_lock:
-            self._io.write(b"")
 
     # ------------------------------------------------------------------ closing
 

@@ -18,6 +18,11 @@ A plain socket stays blocking, and the kernel bounds each wait by the tick
 Python's own socket timeout would poll before each of them, a second system
 call and a second release of the GIL per read and per write (measured on a
 socket pair: 54 to 66 us per round trip against 42 to 43 blocking).
+
+Two mixins hold what is not the reads and writes themselves:
+:class:`~syncws.engine.ticks.Ticks` (the tick, the reader's deadline and the
+kernel's bounds; :class:`ReadTimeout` is defined there and exported here too)
+and :class:`~syncws.engine.tls.TlsCalls` (the TLS lock and the SSL calls).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ from __future__ import annotations
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections import deque
@@ -33,6 +37,8 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from ..exceptions import ConnectionClosed, SendTimeout
 from ..protocol import frames
+from .ticks import ReadTimeout, Ticks
+from .tls import TlsCalls
 
 __all__ = ["Transport", "Abort", "ReadTimeout", "RECV_SIZE"]
 
@@ -49,11 +55,7 @@ class Abort(Exception):
     """Raised inside a read when the socket is gone (end of stream, closed under us), or by the idle hook to end the read."""
 
 
-class ReadTimeout(Exception):
-    """Raised by a read, before it reads anything, once the reader's :attr:`Transport.deadline` passed."""
-
-
-class Transport:
+class Transport(TlsCalls, Ticks):
     """One connected socket (plain or TLS), read by one thread and written by others.
 
     Args:
@@ -72,7 +74,9 @@ class Transport:
     Threads: the reads and :attr:`deadline` belong to one reader thread at a
     time; the writes and ``_preamble`` to the holder of ``write_lock``;
     :meth:`leave`, :meth:`shorten_tick`, :meth:`shutdown` and :meth:`close`
-    are safe from any thread.
+    are safe from any thread. The tick and deadline bookkeeping is
+    :class:`~syncws.engine.ticks.Ticks`'s, the TLS calls
+    :class:`~syncws.engine.tls.TlsCalls`'s.
     """
 
     def __init__(
@@ -97,51 +101,8 @@ class Transport:
         # (flat combining: see leave). Appended by any thread without the lock
         # (deque.append and popleft are atomic), taken by the lock's holder.
         self._left: deque[bytes] = deque()
-        #: The reader's: when the current read gives up with ReadTimeout (None: never).
-        self.deadline: Optional[float] = None
-        #: Shortened (never lengthened) by any thread, read by the reader: a stale
-        #: value only makes it wake one tick later.
-        self.tick = tick
-        # OpenSSL's objects are not safe for a read and a write at once from two
-        # threads (seen as spurious EAGAIN and dropped connections). On TLS the
-        # socket is made non-blocking and every SSL call runs under this lock,
-        # held only for the call itself: waiting happens in select(), unlocked.
-        self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
-        # Synchronize access to _read_wait, the kernel's bound on a read (SO_RCVTIMEO) as
-        # last set: the reader lowers it for a read with a deadline, shorten_tick from any
-        # thread, and neither may raise it over the other's value.
-        self._wait_lock = threading.Lock()
-        self._read_wait = tick
-        if self._tls_lock is not None:
-            sock.settimeout(0.0)
-        else:
-            sock.settimeout(None)
-            self._set_kernel_timeout(socket.SO_SNDTIMEO, tick)
-            self._set_kernel_timeout(socket.SO_RCVTIMEO, tick)
-
-    def shorten_tick(self, tick: float) -> None:
-        """Make waits last at most ``tick`` seconds from now on. Safe from any thread."""
-        self.tick = min(self.tick, tick)
-        if self._tls_lock is None:
-            self._set_kernel_timeout(socket.SO_SNDTIMEO, self.tick)
-            self._bound_read_wait(self.tick, lower_only=True)
-
-    def _bound_read_wait(self, wait: float, lower_only: bool = False) -> None:
-        """Make the kernel end a blocking read after ``wait`` seconds without data (any thread)."""
-        with self._wait_lock:
-            if wait == self._read_wait or (lower_only and wait > self._read_wait):
-                return
-            self._read_wait = wait
-            self._set_kernel_timeout(socket.SO_RCVTIMEO, wait)
-
-    def _set_kernel_timeout(self, option: int, seconds: float) -> None:
-        """Bound each blocking read (SO_RCVTIMEO) or write (SO_SNDTIMEO) of the plain socket: it then fails with EAGAIN."""
-        # A zero timeval means "wait forever" to the kernel: never less than a microsecond.
-        whole, micros = divmod(max(1, round(seconds * 1e6)), 1_000_000)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, option, struct.pack("@ll", whole, micros))
-        except OSError:  # closed under us: the next read or write says so
-            pass
+        self._init_tls(sock)
+        self._init_ticks(tick)
 
     # ------------------------------------------------------------------ reading (reader thread)
 
@@ -187,36 +148,6 @@ class Transport:
         if not result:
             raise Abort("end of stream")
         return result
-
-    def _tls_call(self, call: Callable[[Any], T], arg: Any, reading: bool) -> T:
-        """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
-
-        A reader that waits a tick without data runs the idle hook; a writer
-        that makes no progress for ``send_timeout`` raises socket.timeout,
-        which the write loop turns into SendTimeout.
-        """
-        assert self._tls_lock is not None
-        started = time.monotonic()
-        while True:
-            with self._tls_lock:
-                try:
-                    return call(arg)
-                except ssl.SSLWantReadError:
-                    wait_read = True
-                except ssl.SSLWantWriteError:
-                    wait_read = False
-            sockets = [self.sock]
-            deadline = self.deadline if reading else None
-            wait = self.tick if deadline is None else max(0.0, min(self.tick, deadline - time.monotonic()))
-            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], wait)
-            if ready[0] or ready[1]:
-                continue
-            if deadline is not None and time.monotonic() >= deadline:
-                raise ReadTimeout()
-            if reading:
-                self._on_idle()
-            elif self.send_timeout is not None and time.monotonic() - started >= self.send_timeout:
-                raise socket.timeout("TLS send made no progress")
 
     def discard_until_quiet(self, quiet: float, until: float) -> None:
         """Read and drop bytes until the peer sends nothing for ``quiet`` seconds, the stream ends, or ``until`` (monotonic) passes."""

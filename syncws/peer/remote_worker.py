@@ -9,7 +9,9 @@ table (the service's own requests to the server, whose replies the reader
 matches) and how a result is sent. The session tells requests, replies and
 cancels apart (:mod:`syncws.callformat`), answers what it cannot take with
 status 400, an unknown command with 404 and a failed one with 500, and fails
-the service's calls on the connection at once when it closes.
+the service's calls on the connection at once when it closes. In rt-cloud
+mode the service gives it another way to read requests (``take``) and to
+write replies (a ``Replier``), :mod:`syncws.peer.rtcloud_peer`.
 """
 
 from __future__ import annotations
@@ -21,21 +23,25 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..calls import callformat
 from ..calls.callformat import CANCEL, REPLY
 from ..calls.calls import CallTable
-from ..calls.commands import CommandFunction, Commands, IncomingCall, SendResult
+from ..calls.commands import CommandFunction, Commands, IncomingCall, Replier, SendResult
 from ..client.client import ClientConnection
 from ..exceptions import ConnectionClosed, SendTimeout
 from ..lograte import RateLimitedLog
 
-__all__ = ["Session", "CommandFunction"]
+__all__ = ["Session", "CommandFunction", "TakeRequest"]
 
 logger = logging.getLogger(__name__)
 
 _Task = tuple[IncomingCall, Optional[CommandFunction]]  # a request and its function (None: unknown command)
+
+#: ``take(connection, message)``: the request in a message, or None for one
+#: the reader took care of itself (a reply, a cancel, junk answered 400).
+TakeRequest = Callable[[ClientConnection, Union[str, bytes]], Optional[IncomingCall]]
 
 #: Seconds a command may run on the thread that read it before another worker
 #: takes over the reading. Waking a thread to read costs about a quarter of a
@@ -77,6 +83,8 @@ class Session:
         calls: CallTable,
         send_result: SendResult,
         draining: threading.Event,
+        take: Optional[TakeRequest] = None,
+        replier: Optional[Replier] = None,
     ) -> None:
         self.connection = connection
         self.url = url
@@ -85,6 +93,9 @@ class Session:
         self._calls = calls
         self._send_result = send_result
         self._draining = draining  # set: the service is stopping, new requests get 503
+        # Another wire format (rt-cloud's) reads its requests and writes its replies its own way.
+        self._take_request: TakeRequest = take if take is not None else self._take
+        self._replier = replier
         connection.on_closing = self._closing
         # Large reply parts to the service's own calls are read straight into their results.
         connection.placer = functools.partial(calls.place, connection)
@@ -186,11 +197,11 @@ class Session:
                 self._closing(self.connection.close_code or 1006, self.connection.close_reason)
                 self._end()
                 return
-            call = self._take(self.connection, message)
+            call = self._take_request(self.connection, message)
             if call is None:
                 continue
             if self._draining.is_set():
-                self._reject(self.connection, call.cmd, call.call_id, 503, "service stopping")
+                self._reject_call(call, 503, "service stopping")
                 continue
             fn, inline = self._commands.lookup(call.cmd)
             call.inline = inline
@@ -301,9 +312,19 @@ class Session:
         except (ConnectionClosed, SendTimeout) as exc:
             logger.debug("%d reply (callId %r) not sent: %s", status, call_id, exc)
 
+    def _reject_call(self, call: IncomingCall, status: int, reason: str) -> None:
+        """Answer a request with an error status at once, in the session's wire format (reader thread)."""
+        if self._replier is None:
+            self._reject(self.connection, call.cmd, call.call_id, status, reason)
+            return
+        try:
+            self._replier.error(self.connection, call, status, reason)
+        except (ConnectionClosed, SendTimeout) as exc:
+            logger.debug("%d reply (callId %r) not sent: %s", status, call.call_id, exc)
+
     def _answer(self, connection: ClientConnection, call: IncomingCall, fn: Optional[CommandFunction]) -> None:
         """Run ``fn`` for one request, or answer 404 when None, and send the reply (worker thread)."""
-        self._commands.answer(call, fn, (call.request,), connection, self._send_result)
+        self._commands.answer(call, fn, (call.request,), connection, self._send_result, self._replier)
 
     @staticmethod
     def _send_json(connection: ClientConnection, reply: dict[str, Any]) -> None:

@@ -195,7 +195,7 @@ def _skip(value: str, pos: int) -> int:
 def _token(value: str, pos: int) -> tuple[str, int]:
     match = _TOKEN.match(value, pos)
     if match is None:
-        raise NegotiationError(f"expected a token at {value[pos:pos + 20]!r} in extensions header")
+        raise NegotiationError(f"expected a token at {value[pos : pos + 20]!r} in extensions header")
     return match.group(), match.end()
 
 

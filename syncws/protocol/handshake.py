@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from typing import Optional
 from urllib.parse import parse_qs
 
@@ -46,6 +46,8 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
     426: "Upgrade Required",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -89,13 +91,20 @@ class Request:
         headers: case-insensitive :class:`Headers`.
         remote_address: the peer's ``(host, port)``; ``("", 0)`` (or the peer
             socket's name) on a Unix socket.
+        method: the HTTP method (``GET`` for every websocket upgrade).
+        body: the request's body: empty but for a POST to an HTTP route
+            (``WebSocketServer.add_http``).
     """
 
-    def __init__(self, path: str, query: dict[str, list[str]], headers: Headers, remote_address: tuple[str, int]) -> None:
+    def __init__(
+        self, path: str, query: dict[str, list[str]], headers: Headers, remote_address: tuple[str, int], method: str = "GET", body: bytes = b""
+    ) -> None:
         self.path = path
         self.query = query
         self.headers = headers
         self.remote_address = remote_address
+        self.method = method
+        self.body = body
 
     def __repr__(self) -> str:
         return f"Request(path={self.path!r}, remote_address={self.remote_address!r})"
@@ -113,8 +122,11 @@ def is_upgrade(request: Request) -> bool:
     return "websocket" in _tokens(request.headers.get("Upgrade", ""))
 
 
-def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers: int = 100) -> Request:
-    """Parse a GET request head (up to and without the blank line), without the websocket checks."""
+def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers: int = 100, methods: Collection[str] = ("GET",)) -> Request:
+    """Parse a request head (up to and without the blank line), without the websocket checks.
+
+    A method not in ``methods`` is refused with 405.
+    """
     try:
         text = head.decode("iso-8859-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
@@ -126,8 +138,8 @@ def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers
     method, target, version = parts
     if version != "HTTP/1.1":
         raise HandshakeError(400, f"unsupported HTTP version {version!r}")
-    if method != "GET":
-        raise HandshakeError(405, f"method {method!r} is not GET")
+    if method not in methods:
+        raise HandshakeError(405, f"method {method!r} is not {' or '.join(methods)}")
     if len(lines) - 1 > max_headers:
         raise HandshakeError(431, f"more than {max_headers} header fields")
     items = []
@@ -143,7 +155,7 @@ def parse_http_request(head: bytes, remote_address: tuple[str, int], max_headers
     if not _ORIGIN_FORM.fullmatch(target):
         raise HandshakeError(400, "request target is not an absolute path and query")
     path, _, query = target.partition("?")
-    return Request(path, parse_qs(query), headers, remote_address)
+    return Request(path, parse_qs(query), headers, remote_address, method)
 
 
 def _tokens(value: str) -> set[str]:

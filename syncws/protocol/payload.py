@@ -41,6 +41,7 @@ class PlacedPayload(bytes):
 
     length: int
 
+
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 

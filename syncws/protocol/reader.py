@@ -36,7 +36,6 @@ _LARGE_PAYLOAD = 64 * 1024  # an unfragmented binary payload this large may be r
 _EXTENDED_LENGTH = {126: 2, 127: 8}  # bytes of extended payload length after these length codes
 
 
-
 class Ping(NamedTuple):
     """A ping arrived; answer it with :meth:`syncws.protocol.Protocol.send_pong`."""
 

@@ -18,8 +18,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Optional, Protocol
 
 from ..engine.connection import Connection
 from ..exceptions import HandshakeError
@@ -29,7 +28,6 @@ from ..protocol.handshake import (
     Request,
     accept_response,
     check_upgrade,
-    content_response,
     error_response,
     is_token,
     is_upgrade,
@@ -38,6 +36,8 @@ from ..protocol.handshake import (
     parse_http_request,
 )
 from .listening import describe_address
+from .plain_http import serve_plain
+from .routes import HTTP_METHODS, AuthCheck, Endpoint, Routes, SubprotocolSelector, check_auth
 
 __all__ = [
     "AuthCheck",
@@ -56,87 +56,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: ``auth(request)`` returns True to accept, False to refuse with 401, or an HTTP status to refuse with.
-AuthCheck = Callable[[Request], Union[bool, int]]
-#: ``select_subprotocol(request, offered)`` returns one of ``offered`` (the client's list), or None for none;
-#: it may raise HandshakeError to refuse the connection with that HTTP status.
-SubprotocolSelector = Callable[[Request, list[str]], Optional[str]]
-
-
-class Endpoint:
-    """What ``add_handler`` registered for one path: the handler class, its ``initialize`` kwargs and the checks."""
-
-    def __init__(
-        self,
-        handler_class: type[BaseWebSocketHandler],
-        kwargs: dict[str, Any],
-        auth: Optional[AuthCheck],
-        origins: Optional[list[str]],
-        subprotocols: Optional[Sequence[str]] = None,
-        select_subprotocol: Optional[SubprotocolSelector] = None,
-        require_subprotocol: bool = False,
-    ) -> None:
-        if not (isinstance(handler_class, type) and issubclass(handler_class, BaseWebSocketHandler)):
-            raise TypeError(f"handler_class must be a subclass of syncws.BaseWebSocketHandler, not {handler_class!r}")
-        if isinstance(subprotocols, str):
-            raise TypeError("subprotocols must be a list of names, not a str")
-        for name in subprotocols or ():
-            if not is_token(name):
-                raise ValueError(f"subprotocol names are HTTP tokens (no spaces, commas or quotes): {name!r}")
-        if require_subprotocol and not subprotocols and select_subprotocol is None:
-            raise ValueError("require_subprotocol needs subprotocols= or select_subprotocol=")
-        self.handler_class = handler_class
-        self.kwargs = kwargs
-        self.auth = auth
-        self.origins = origins
-        self.subprotocols = list(subprotocols or ())
-        self.select_subprotocol = select_subprotocol
-        self.require_subprotocol = require_subprotocol
-
-
-class Routes:
-    """The endpoints and static resources of one server, by path. Safe from any thread."""
-
-    def __init__(self) -> None:
-        # Synchronize access to _endpoints, _fallback and _static.
-        self._lock = threading.Lock()
-        self._endpoints: dict[str, Endpoint] = {}
-        self._fallback: Optional[Endpoint] = None
-        self._static: dict[str, tuple[bytes, str]] = {}
-
-    def add(self, path: str, endpoint: Endpoint) -> None:
-        """Serve ``path`` with ``endpoint``; ValueError when the path is malformed or already served."""
-        if not isinstance(path, str) or not path.startswith("/"):
-            raise ValueError(f"path must be a str that starts with '/': {path!r}")
-        with self._lock:
-            if path in self._endpoints:
-                raise ValueError(f"{path!r} is already served by {self._endpoints[path].handler_class.__name__}")
-            self._endpoints[path] = endpoint
-
-    def set_fallback(self, endpoint: Endpoint) -> None:
-        """Serve every path that no :meth:`add` serves with ``endpoint``; ValueError if one is set already."""
-        with self._lock:
-            if self._fallback is not None:
-                raise ValueError(f"every other path is already served by {self._fallback.handler_class.__name__}")
-            self._fallback = endpoint
-
-    def add_static(self, path: str, body: bytes, content_type: str) -> None:
-        """Answer a plain GET of ``path`` with ``body``."""
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
-        with self._lock:
-            self._static[path] = (bytes(body), content_type)
-
-    def route(self, path: str) -> Optional[Endpoint]:
-        """The endpoint serving ``path`` (the fallback when none is added for it), or None."""
-        with self._lock:
-            return self._endpoints.get(path, self._fallback)
-
-    def static(self, path: str) -> Optional[tuple[bytes, str]]:
-        """The body and content type served at ``path``, or None."""
-        with self._lock:
-            return self._static.get(path)
 
 
 class AdmissionHost(HandlerHost, Protocol):
@@ -192,9 +111,11 @@ def handshake(host: AdmissionHost, sock: socket.socket, address: tuple[str, int]
     it accepted.
     """
     head, rest = read_head(sock, deadline, host.max_handshake_size)
-    request = parse_http_request(head, address, host.max_headers)
-    if not is_upgrade(request) and _serve_static(host.routes, sock, request):
+    request = parse_http_request(head, address, host.max_headers, methods=HTTP_METHODS)
+    if not is_upgrade(request) and serve_plain(host.routes, sock, request, rest, deadline):
         return None
+    if request.method != "GET":
+        raise HandshakeError(405, f"method {request.method!r} is not GET")
     check_upgrade(request.headers)
     endpoint = _check(host, request)
     subprotocol = select_subprotocol(endpoint, request)
@@ -288,15 +209,6 @@ def end_tls(sock: socket.socket, raw: socket.socket) -> None:
         sock.close()
 
 
-def _serve_static(routes: Routes, sock: socket.socket, request: Request) -> bool:
-    """Answer a plain GET for a static resource; False when there is none at that path."""
-    resource = routes.static(request.path)
-    if resource is None:
-        return False
-    sock.sendall(content_response(*resource))
-    return True
-
-
 def read_head(sock: socket.socket, deadline: float, max_size: int) -> tuple[bytes, bytes]:
     """Read an HTTP request head by ``deadline``: the head, and the bytes read past it.
 
@@ -328,18 +240,3 @@ def check_origin(origins: Optional[list[str]], request: Request) -> None:
     origin = request.headers.get("Origin")
     if origins is not None and origin is not None and origin not in origins:
         raise HandshakeError(403, f"origin {origin!r} is not allowed")
-
-
-def check_auth(auth: Optional[AuthCheck], request: Request) -> None:
-    """Raise HandshakeError 401 or 403 when ``auth`` refuses the request, 500 when it fails."""
-    if auth is None:
-        return
-    try:
-        verdict = auth(request)
-    except Exception:
-        logger.exception("auth check failed on %r", request)
-        raise HandshakeError(500, "authentication check failed") from None
-    if verdict is True:
-        return
-    status = verdict if isinstance(verdict, int) and verdict in (401, 403) else 401
-    raise HandshakeError(status, "not authorized")

@@ -7,7 +7,8 @@ about to write), plus what components report through checks added with
 waiting for their replies). ``WebSocketServer.stop(drain=...)`` stops
 accepting, then waits in :meth:`Drain.wait` until that count is zero, the
 time is up, or :meth:`Drain.cut` ends the wait early (a second ``stop()``,
-a second SIGTERM).
+a second SIGTERM). :class:`Stopping` is the server's part of it: ``stop()``
+and the callbacks and checks it runs.
 
 Threads: :meth:`started` and :meth:`ended` run on the connection threads
 around each message; :meth:`wait` on the thread in ``stop()``; :meth:`add_check`,
@@ -18,11 +19,18 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
+import socketserver
 import threading
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-__all__ = ["Drain", "DrainCheck", "check_drain"]
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
+    from ..engine.connection import Connection
+    from ..handlers.handlers import BaseWebSocketHandler
+
+__all__ = ["Drain", "DrainCheck", "Stopping", "check_drain"]
 
 logger = logging.getLogger("syncws.server.server")  # its records are the server's: one logger to configure
 
@@ -104,3 +112,134 @@ class Drain:
             if remaining <= 0 or self._cut.wait(min(POLL_INTERVAL, remaining)):
                 logger.info("drain %s with %d still in flight", "cut short" if self._cut.is_set() else "expired", left)
                 return False
+
+
+class Stopping(socketserver.BaseServer):
+    """The server's stop, graceful or not, and what it runs at the stop: a mixin of WebSocketServer.
+
+    Its state lives under the server's ``_lock`` (see WebSocketServer.__init__).
+    """
+
+    _lock: threading.Lock
+    _serving: bool
+    _stopped: bool
+    _stop_callbacks: list[Callable[[], None]]
+    _drain: Drain
+    _handlers: dict[Connection, BaseWebSocketHandler]
+    _handshakes: dict[threading.Thread, socket.socket]
+    _conn_threads: set[threading.Thread]
+    node: Optional[ClusterNode]
+    close_timeout: float
+    thread: Optional[threading.Thread]
+
+    if TYPE_CHECKING:
+
+        @property
+        def url(self) -> str: ...
+
+    def add_stop_callback(self, callback: Callable[[], None]) -> None:
+        """Have ``callback()`` called once ``stop()`` has begun to close the connections, on stop()'s thread.
+
+        A RequestHandler bound to this server registers its
+        ``close_pending_requests`` here, so that every call waiting on this
+        server fails at once. Safe from any thread.
+        """
+        with self._lock:
+            self._stop_callbacks.append(callback)
+
+    def add_drain_check(self, check: DrainCheck) -> None:
+        """Have ``stop(drain=...)`` wait while ``check()`` returns more than 0 (work in flight).
+
+        ``check`` runs on stop()'s thread, a few times a second while the
+        drain lasts; it must be quick and must not block. A RequestHandler
+        bound to this server registers its count of calls waiting for
+        replies here. Safe from any thread.
+        """
+        self._drain.add_check(check)
+
+    def stop(self, code: int = 1001, reason: str = "server shutting down", *, drain: Optional[float] = None) -> None:
+        """Close every connection with ``code``, stop serving, wait for the threads.
+
+        With ``drain`` (seconds), stop gracefully: stop accepting at once
+        (the listening socket closes: new connections are refused, handshakes
+        under way get 503), then let the work in flight finish for up to
+        ``drain`` seconds while the open connections keep working: calls
+        waiting for replies (every RequestHandler bound to this server),
+        messages that handlers are still handling, and messages being sent.
+        Then, or as soon as nothing is in flight, close what is left as
+        without ``drain``: connections with ``code``, waiting calls failed
+        with ConnectionClosed. None or 0 (the default): no drain.
+
+        Safe from any thread, and more than once: a ``stop()`` without
+        ``drain`` while another stop drains cuts that drain short (the first
+        call finishes the stop) and returns at once. Returns within about
+        ``drain`` + ``close_timeout`` + 1 s even when clients never answer.
+        """
+        seconds = check_drain(drain)
+        with self._lock:
+            serving, self._serving = self._serving, False
+        self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread(), drain=seconds, cut=seconds == 0)
+
+    def _finish_stop(self, code: int, reason: str, end_accept_loop: bool = False, drain: float = 0.0, cut: bool = False) -> None:
+        with self._lock:
+            stopping, self._stopped = self._stopped, True  # from now on, handshakes are refused with 503
+        if stopping:
+            if cut:
+                self._drain.cut()
+            return
+        if drain > 0:
+            self._stop_listening(end_accept_loop)
+            end_accept_loop = False
+            if self._drain.wait(drain):
+                logger.info("drained %s", self.url)
+        with self._lock:
+            connections = list(self._handlers)
+            stop_callbacks = list(self._stop_callbacks)
+        if self.node is not None:
+            self.node.stop()  # the rest of the cluster stops counting on this node at once
+        # First what callers see: every connection starts its closing handshake
+        # and every call waiting on this server fails now, not after the
+        # accept loop's next poll or the peers' answers.
+        for connection in connections:
+            connection.close(code, reason)
+        _run_stop_callbacks(stop_callbacks)
+        self._stop_listening(end_accept_loop)
+        deadline = time.monotonic() + self.close_timeout
+        self._join_threads(deadline)
+        with self._lock:
+            leftovers = list(self._handlers)
+        for connection in leftovers:
+            connection.abort()
+        self._join_threads(time.monotonic() + 1.0)
+        _run_stop_callbacks(stop_callbacks)
+        logger.info("stopped %s", self.url)
+
+    def _stop_listening(self, end_accept_loop: bool) -> None:
+        """End the accept loop, close the listening socket, and cut short the handshakes under way."""
+        if end_accept_loop:
+            self.shutdown()  # wait for the accept loop to end
+        self.server_close()
+        with self._lock:
+            in_handshake = list(self._handshakes.values())
+        for sock in in_handshake:
+            try:
+                # socket.socket's own shutdown: on a TLS socket it leaves the SSL
+                # object to the connection thread, whose read then ends at once.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
+
+    def _join_threads(self, deadline: float) -> None:
+        with self._lock:
+            threads = list(self._conn_threads)
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("stop callback %r failed", callback)

@@ -23,19 +23,22 @@ import logging
 from typing import Any, Optional, Union
 
 from .. import lograte, timeouts
-from ..calls import callformat
+from ..calls import callformat, rtcloud_wire
 from ..calls.callformat import CANCEL, CONN_FIELD, REPLY
-from ..calls.calls import CallTable, PendingCall, RelayCall, RelaySink
+from ..calls.calls import CallTable, PendingCall, RelayCall
 from ..calls.command_pool import CommandPool
-from ..calls.commands import CommandDecorator, CommandFunction, Commands, IncomingCall, current_call, send_reply
+from ..calls.commands import CommandDecorator, Commands, current_call
 from ..calls.reassembly import Progress
+from ..calls.rtcloud_reply import ReplyAssembler, RtcloudCall
 from ..cluster.cluster import ClusterConnection, RedisCluster
 from ..cluster.node_link import NodeLink
+from ..cluster.relaying import Relaying
 from ..cluster.routing import ClusterRoutes
-from ..engine.connection import Connection, Message
+from ..engine.connection import Message
 from ..exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
 from ..handlers.handlers import BaseWebSocketHandler, websocketState
 from ..handlers.registry import ConnectionRegistry
+from .answering import Answering
 from .server import WebSocketServer
 
 __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
@@ -50,8 +53,11 @@ Target = Union[BaseWebSocketHandler, ClusterConnection]
 #: Bytes per binary message of a large result of a command.
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 
+#: The formats a RequestHandler speaks: syncws's own, and rt-cloud's (its deployed peers).
+WIRES = ("syncws", "rtcloud")
 
-class RequestHandler(CallTable, CommandDecorator):
+
+class RequestHandler(Answering, Relaying, CommandDecorator):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -78,6 +84,20 @@ class RequestHandler(CallTable, CommandDecorator):
         max_pending: how many more may wait for a worker; past that a
             request is answered 503 at once.
         part_size: bytes per binary message of a large command result.
+        wire: ``"syncws"`` (the default) or ``"rtcloud"``: speak to rt-cloud's
+            deployed peers in their own format (docs/migration.md): bytes
+            arguments go out in base64, replies in JSON parts are joined,
+            checked and decoded into the reply a syncws peer gives, and no
+            cancel is sent when a call times out (those peers would answer
+            it as a malformed call). Not with a cluster.
+        allow_pickle: with ``wire="rtcloud"``, load every pickled result. By
+            default only None, booleans, numbers, strings, bytes, containers
+            and numpy arrays are loaded, and anything else fails the call
+            with RequestError 502 naming what was refused. True lets the peer
+            run any code in this process: only for peers trusted that far.
+
+    ``server`` may also be any other object (rt-cloud's ``ioLoopInst``):
+    the handler then works as ``server=None`` does, and says so in the log.
     """
 
     def __init__(
@@ -91,10 +111,24 @@ class RequestHandler(CallTable, CommandDecorator):
         workers: int = 8,
         max_pending: int = 64,
         part_size: int = DEFAULT_PART_SIZE,
+        wire: str = "syncws",
+        allow_pickle: bool = False,
     ) -> None:
         if part_size <= 0:
             raise ValueError("part_size must be positive")
+        if wire not in WIRES:
+            raise ValueError(f"wire must be one of {', '.join(map(repr, WIRES))}, not {wire!r}")
+        if server is not None and not isinstance(server, WebSocketServer):
+            # rt-cloud's RequestHandler(name, ioLoopInst): Tornado's IOLoop has no registry of ours.
+            logger.info("RequestHandler %r: %r is not a syncws WebSocketServer; using the default registry websocketState", name, server)
+            server = None
+        if wire == "rtcloud" and (cluster is not None or (server is not None and server.cluster is not None)):
+            raise ValueError("wire='rtcloud' reaches this process's own connections only, not a cluster")
         self.name = name
+        #: The format spoken to the peers: "syncws" or "rtcloud".
+        self.wire = wire
+        self.allow_pickle = allow_pickle
+        self._encode_request = rtcloud_wire.encode_request if wire == "rtcloud" else callformat.encode_request
         self._server = server
         cluster = cluster if cluster is not None else (server.cluster if server is not None else None)
         node = server.node if server is not None else None
@@ -144,8 +178,8 @@ class RequestHandler(CallTable, CommandDecorator):
         and NotConnected (no peer, or ``conn`` belongs to another server); then
         RequestTimeout, ConnectionClosed (the peer went away, at once) and
         RequestError (a status other than 200; 502: a binary reply not taken).
-        When the timeout passes, the peer is told (a cancel, docs/protocol.md)
-        and its late reply is dropped. RuntimeError, before anything is sent,
+        When the timeout passes, the peer is told (a cancel, docs/protocol.md;
+        not with ``wire="rtcloud"``) and its late reply is dropped. RuntimeError, before anything is sent,
         from a command registered ``inline=True`` that asks its own
         connection: the thread that would read the reply is its own.
         """
@@ -159,48 +193,12 @@ class RequestHandler(CallTable, CommandDecorator):
                 if extra:  # a link to another node: say which connection
                     channel.write_message(callformat.encode_request({**msg, **extra}, call.call_id))
                 else:
-                    channel.write_message(callformat.encode_request(msg, call.call_id))
+                    channel.write_message(self._encode_request(msg, call.call_id))
             except (ConnectionClosed, SendTimeout) as exc:
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
             return callformat.check_reply_status(self._outcome(call, channel, extra, timeout))
         finally:
             self.forget(call.call_id)
-
-    def relay(self, msg: dict[str, Any], conn: BaseWebSocketHandler, sink: RelaySink, link_call_id: Any) -> None:
-        """Send ``msg`` to ``conn`` for another node; its reply goes on to ``sink`` as it arrives. Returns at once.
-
-        A node's link endpoint calls this on the link's connection thread.
-        Raises as :meth:`doRequest` does before it sends, and ConnectionClosed
-        when the request cannot be sent. The call ends with its reply, with
-        the peer's connection (a ``closed`` link note), or by pruning.
-        """
-        callformat.check_request(msg)
-        handler = self._open_handler(conn)
-        call = self.add(lambda call_id: RelayCall(call_id, msg.get("cmd"), handler, sink, link_call_id))
-        try:
-            conn.write_message(callformat.encode_request(msg, call.call_id))
-        except (ConnectionClosed, SendTimeout) as exc:
-            self.forget(call.call_id)
-            raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
-
-    def cancel_relay(self, sink: RelaySink, link_call_id: Any) -> bool:
-        """The caller on another node gave up on a call relayed for it: tell the peer, drop the call. False if it was over.
-
-        A node's link endpoint calls this on the link's connection thread,
-        which read the request before the cancel, so a call still going is
-        found. Whatever the peer still sends for it is dropped here.
-        """
-        call = self.relayed(sink, link_call_id)
-        if call is None:
-            logger.debug("%s: cancel of relayed call %r, which is over, ignored", self.name, link_call_id)
-            return False
-        self.forget(call.call_id)
-        channel: Channel = call.conn  # type: ignore[assignment]  # relay put the peer's handler there
-        try:
-            channel.write_message(callformat.encode_cancel(call.call_id))
-        except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("cancel of relayed callId %d not sent: %s", call.call_id, exc)
-        return True
 
     def prepare_request(
         self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
@@ -219,6 +217,10 @@ class RequestHandler(CallTable, CommandDecorator):
         return call.call_id, handler
 
     def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
+        if self.wire == "rtcloud":
+            # Replies in JSON parts, put together by the call itself; nothing is read into place.
+            assembler = ReplyAssembler(self.max_reply_size, allow_pickle=self.allow_pickle)
+            return self.add(lambda call_id: RtcloudCall(call_id, msg.get("cmd"), channel, progress, waiting, assembler))
         if isinstance(channel, BaseWebSocketHandler) and channel.connection.placer is None:
             # Large reply parts on this connection are read straight into their results (syncws.reassembly).
             channel.connection.placer = functools.partial(self.place, channel)
@@ -234,6 +236,8 @@ class RequestHandler(CallTable, CommandDecorator):
         try:
             return call.outcome(timeout)
         except RequestTimeout:
+            if self.wire == "rtcloud":
+                raise  # rt-cloud's peers know no cancel: they would answer it as a malformed call
             try:
                 channel.write_message(callformat.encode_cancel(call.call_id, extra))
             except (ConnectionClosed, SendTimeout) as exc:
@@ -255,25 +259,6 @@ class RequestHandler(CallTable, CommandDecorator):
         if routes.is_local(record):
             return self._open_handler(routes.local_handler(record)), {}
         return routes.link(record.node), {CONN_FIELD: record.id}
-
-    def _open_handler(self, handler: Optional[BaseWebSocketHandler]) -> BaseWebSocketHandler:
-        if handler is None or handler.connection.closed:
-            raise NotConnected(f"{self.name} not connected. Please start the remote service.")
-        return handler
-
-    def link_closed(self, link: NodeLink) -> None:
-        """A link to another node dropped: forget it and fail its calls at once (its link thread)."""
-        if self.routes is not None:
-            self.routes.forget(link)
-        with self.callbackLock:
-            calls = [c for c in self._calls.values() if c.conn is link]
-        for call in calls:
-            call.fail(ConnectionClosed(1006, "", f"node {link.node} went away while waiting for {call.cmd!r} (callId {call.call_id})"))
-
-    def close_links(self) -> None:
-        """Close this handler's links to other nodes (their calls fail with ConnectionClosed). Safe from any thread."""
-        if self.routes is not None:
-            self.routes.close_links()
 
     def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
         """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
@@ -332,67 +317,6 @@ class RequestHandler(CallTable, CommandDecorator):
             self._send_error(client, refused.cmd, refused.call_id, 400, refused.reason)
         else:
             self._junk_log.log(client, logging.WARNING, "%s: %s; dropped", self.name, refused.reason)
-
-    # ------------------------------------------------------------------ commands: peers call the server
-
-    def register(self, cmd: str, fn: CommandFunction, *, inline: bool = False) -> None:
-        """Answer peers' requests whose ``cmd`` is ``cmd`` with ``fn(request, conn)``. Safe from any thread.
-
-        ``request`` is the request dict; ``conn`` the handler of the
-        connection that asked (``doRequest(..., conn=conn)`` asks that same
-        peer back, even before answering). ``fn`` returns what the reply
-        carries: JSON-able data, bytes-like data or a numpy array (in binary
-        parts with their CRC-32), or None; what it raises is answered 500
-        with ``"ExceptionType: message"``. Inside it,
-        :func:`syncws.current_call` is the call, whose ``cancelled`` turns
-        True when the caller gave up.
-
-        ``fn`` runs on the handler's worker pool (``workers`` threads, and
-        ``max_pending`` more requests waiting; past that the caller gets 503),
-        never on the connection's thread, which reads on. ``inline=True``
-        runs it on the connection's thread, before anything else is read:
-        only for functions that return at once and never block (while one
-        runs, the connection answers no ping and takes no reply).
-        """
-        self.commands.register(cmd, fn, inline)
-
-    def _on_request(self, handler: BaseWebSocketHandler, request: dict[str, Any]) -> None:
-        """A peer's request: run its command on the pool, or inline; 503 when the pool is full (connection thread)."""
-        if callformat.reply_call_id(request) is None:
-            self._junk_log.log(handler, logging.WARNING, "%s: request %r without a valid callId dropped", self.name, str(request.get("cmd"))[:100])
-            return
-        fn, inline = self.commands.lookup(request["cmd"])
-        call = IncomingCall(request, handler, inline)
-        self.commands.begin(call)
-        if fn is None or inline:  # an unknown command's 404 costs no hand-off either
-            self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)
-        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)):
-            self.commands.end(call)
-            self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: the queue is full (max_pending)", self.name, call.cmd)
-            self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {self._pool.max_pending} commands are waiting already")
-
-    def _send_result(self, connection: Connection, cmd: Any, call_id: Any, result: Any) -> None:
-        send_reply(connection, cmd, call_id, result, self.part_size)
-
-    def _send_error(self, handler: BaseWebSocketHandler, cmd: Any, call_id: Any, status: int, error: str) -> None:
-        try:
-            handler.write_message(callformat.error_reply(cmd, call_id, status, error))
-        except (ConnectionClosed, SendTimeout) as exc:
-            logger.debug("%d reply (callId %r) not sent: %s", status, call_id, exc)
-
-    def stop_commands(self) -> None:
-        """Take no more requests: queued ones are dropped, running ones are cancelled and finish. Safe from any thread.
-
-        The server's ``stop()`` calls it.
-        """
-        self.commands.cancel_all()
-        self._pool.close()
-        self.commands.forget_all()  # queued calls were dropped; running ones are cancelled and send nothing
-
-    @property
-    def commands_busy(self) -> int:
-        """How many peers' requests are queued or running now."""
-        return self._pool.busy
 
     def connection_closing(self, handler: BaseWebSocketHandler, code: int, reason: str) -> None:
         """A connection of this name started to close: fail its calls at once (the thread that decided the close).

@@ -30,11 +30,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import socketserver
 import ssl
 import threading
-import time
 from typing import Any, Callable, Optional, Union
 
 from ..cluster.cluster import RedisCluster
@@ -45,17 +43,18 @@ from ..handlers.handlers import BaseWebSocketHandler, websocketState
 from ..handlers.registry import ConnectionRegistry
 from ..protocol import frames
 from ..protocol.deflate import DeflateOptions, resolve
-from .admission import AuthCheck, Endpoint, Routes, SubprotocolSelector
+from .admission import AuthCheck, Routes, SubprotocolSelector
 from .conn_threads import ConnectionHandler, ConnectionThreads
-from .drain import Drain, DrainCheck, check_drain
+from .drain import Drain, Stopping
 from .listening import ListenAddress, url_host
+from .routes import RouteConfig
 
 __all__ = ["WebSocketServer", "AuthCheck", "SubprotocolSelector"]
 
 logger = logging.getLogger(__name__)
 
 
-class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
+class WebSocketServer(RouteConfig, Stopping, ConnectionThreads, socketserver.TCPServer):
     """A websocket server on its own thread, with named endpoints.
 
     Args:
@@ -187,6 +186,7 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         """Close the listening socket, and remove the Unix socket file this server made. More than once is fine."""
         super().server_close()
         self._listen.remove()
+
     # ------------------------------------------------------------------ configuration
 
     @property
@@ -200,84 +200,6 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         if self.unix_socket is not None:
             return f"{scheme}://localhost"
         return f"{scheme}://{url_host(self.host)}:{self.port}"
-
-    def add_handler(
-        self,
-        path: str,
-        handler_class: type[BaseWebSocketHandler],
-        *,
-        auth: Optional[AuthCheck] = None,
-        origins: Optional[list[str]] = None,
-        subprotocols: Optional[list[str]] = None,
-        select_subprotocol: Optional[SubprotocolSelector] = None,
-        require_subprotocol: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Serve ``path`` with one ``handler_class`` object per connection, given ``initialize(**kwargs)``.
-
-        ``auth`` and ``origins`` apply to this path and take the place of the
-        server's. Safe from any thread, also while serving. Raises TypeError
-        when ``handler_class`` is not a BaseWebSocketHandler subclass and
-        ValueError when ``path`` is malformed or already served.
-
-        Subprotocols (``Sec-WebSocket-Protocol``): the server answers with the
-        first of ``subprotocols`` (its order of preference) that the client
-        offers, and the handler sees it as ``selected_subprotocol``. When
-        none matches, or the client offers none, the connection opens
-        without one (no header, as RFC 6455 says; ``selected_subprotocol``
-        is None), unless ``require_subprotocol`` is true: then the handshake
-        is refused with HTTP 400. ``select_subprotocol(request, offered)``
-        decides instead of the list, on the connection's thread: it returns
-        one of ``offered`` or None, and may raise HandshakeError to refuse.
-        """
-        self.routes.add(path, Endpoint(handler_class, kwargs, auth, origins, subprotocols, select_subprotocol, require_subprotocol))
-
-    def add_fallback_handler(
-        self,
-        handler_class: type[BaseWebSocketHandler],
-        *,
-        auth: Optional[AuthCheck] = None,
-        origins: Optional[list[str]] = None,
-        subprotocols: Optional[list[str]] = None,
-        select_subprotocol: Optional[SubprotocolSelector] = None,
-        require_subprotocol: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        """Serve every path that :meth:`add_handler` does not with ``handler_class``, as add_handler does.
-
-        Without one, such paths get HTTP 404. Safe from any thread, also
-        while serving. Raises TypeError as add_handler does, and ValueError
-        when a fallback is set already.
-        """
-        self.routes.set_fallback(Endpoint(handler_class, kwargs, auth, origins, subprotocols, select_subprotocol, require_subprotocol))
-
-    def add_static(self, path: str, body: bytes, content_type: str = "text/html; charset=utf-8") -> None:
-        """Answer a plain HTTP GET of ``path`` with ``body`` (a page, or the JavaScript client).
-
-        Meant for small resources that go with the websocket endpoints, not as a
-        web server. The handshake limits and ``handshake_timeout`` apply. Safe from any thread.
-        """
-        self.routes.add_static(path, body, content_type)
-
-    def add_stop_callback(self, callback: Callable[[], None]) -> None:
-        """Have ``callback()`` called once ``stop()`` has begun to close the connections, on stop()'s thread.
-
-        A RequestHandler bound to this server registers its
-        ``close_pending_requests`` here, so that every call waiting on this
-        server fails at once. Safe from any thread.
-        """
-        with self._lock:
-            self._stop_callbacks.append(callback)
-
-    def add_drain_check(self, check: DrainCheck) -> None:
-        """Have ``stop(drain=...)`` wait while ``check()`` returns more than 0 (work in flight).
-
-        ``check`` runs on stop()'s thread, a few times a second while the
-        drain lasts; it must be quick and must not block. A RequestHandler
-        bound to this server registers its count of calls waiting for
-        replies here. Safe from any thread.
-        """
-        self._drain.add_check(check)
 
     # ------------------------------------------------------------------ running
 
@@ -328,85 +250,6 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
         finally:
             self._finish_stop(1001, "server shutting down")
 
-    def stop(self, code: int = 1001, reason: str = "server shutting down", *, drain: Optional[float] = None) -> None:
-        """Close every connection with ``code``, stop serving, wait for the threads.
-
-        With ``drain`` (seconds), stop gracefully: stop accepting at once
-        (the listening socket closes: new connections are refused, handshakes
-        under way get 503), then let the work in flight finish for up to
-        ``drain`` seconds while the open connections keep working: calls
-        waiting for replies (every RequestHandler bound to this server),
-        messages that handlers are still handling, and messages being sent.
-        Then, or as soon as nothing is in flight, close what is left as
-        without ``drain``: connections with ``code``, waiting calls failed
-        with ConnectionClosed. None or 0 (the default): no drain.
-
-        Safe from any thread, and more than once: a ``stop()`` without
-        ``drain`` while another stop drains cuts that drain short (the first
-        call finishes the stop) and returns at once. Returns within about
-        ``drain`` + ``close_timeout`` + 1 s even when clients never answer.
-        """
-        seconds = check_drain(drain)
-        with self._lock:
-            serving, self._serving = self._serving, False
-        self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread(), drain=seconds, cut=seconds == 0)
-
-    def _finish_stop(self, code: int, reason: str, end_accept_loop: bool = False, drain: float = 0.0, cut: bool = False) -> None:
-        with self._lock:
-            stopping, self._stopped = self._stopped, True  # from now on, handshakes are refused with 503
-        if stopping:
-            if cut:
-                self._drain.cut()
-            return
-        if drain > 0:
-            self._stop_listening(end_accept_loop)
-            end_accept_loop = False
-            if self._drain.wait(drain):
-                logger.info("drained %s", self.url)
-        with self._lock:
-            connections = list(self._handlers)
-            stop_callbacks = list(self._stop_callbacks)
-        if self.node is not None:
-            self.node.stop()  # the rest of the cluster stops counting on this node at once
-        # First what callers see: every connection starts its closing handshake
-        # and every call waiting on this server fails now, not after the
-        # accept loop's next poll or the peers' answers.
-        for connection in connections:
-            connection.close(code, reason)
-        _run_stop_callbacks(stop_callbacks)
-        self._stop_listening(end_accept_loop)
-        deadline = time.monotonic() + self.close_timeout
-        self._join_threads(deadline)
-        with self._lock:
-            leftovers = list(self._handlers)
-        for connection in leftovers:
-            connection.abort()
-        self._join_threads(time.monotonic() + 1.0)
-        _run_stop_callbacks(stop_callbacks)
-        logger.info("stopped %s", self.url)
-
-    def _stop_listening(self, end_accept_loop: bool) -> None:
-        """End the accept loop, close the listening socket, and cut short the handshakes under way."""
-        if end_accept_loop:
-            self.shutdown()  # wait for the accept loop to end
-        self.server_close()
-        with self._lock:
-            in_handshake = list(self._handshakes.values())
-        for sock in in_handshake:
-            try:
-                # socket.socket's own shutdown: on a TLS socket it leaves the SSL
-                # object to the connection thread, whose read then ends at once.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass  # already gone
-
-    def _join_threads(self, deadline: float) -> None:
-        with self._lock:
-            threads = list(self._conn_threads)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(max(0.0, deadline - time.monotonic()))
-
     def __enter__(self) -> WebSocketServer:
         return self.start()
 
@@ -456,11 +299,3 @@ class WebSocketServer(ConnectionThreads, socketserver.TCPServer):
                 client["handler"].connection.send_encoded_nowait(opcode, payload, frame)
             except (SyncWSError, OSError) as exc:
                 logger.info("send to %r failed: %s", client["handler"], exc)
-
-
-def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            logger.exception("stop callback %r failed", callback)

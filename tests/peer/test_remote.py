@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 import syncws
+import syncws.peer.remote_worker
 
 from ..helpers import wait_for
 from ..peers import NAME, Env, in_thread
@@ -120,7 +121,7 @@ def test_slow_request_does_not_hold_up_a_fast_one(env: Env, workers: int) -> Non
 
 def test_quick_commands_run_on_the_thread_that_read_them(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that returns before the hand-over time runs on the leader, which reads on: one thread answers a series of requests."""
-    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)  # no command here is slow enough to be relieved
+    monkeypatch.setattr(syncws.peer.remote_worker, "HAND_OVER_AFTER", 60.0)  # no command here is slow enough to be relieved
     names: list[str] = []
     env.service({"name": lambda m: names.append(threading.current_thread().name)}, workers=4)
     for _ in range(20):
@@ -164,7 +165,7 @@ def test_long_command_right_after_a_quick_one_is_relieved_too(env: Env) -> None:
 
 def test_command_that_asks_the_server_back_lets_another_worker_read_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command that calls request() on its own connection hands the reading on before it waits, not after the hand-over time."""
-    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)  # were it left to the watchdog, the reply would wait a minute
+    monkeypatch.setattr(syncws.peer.remote_worker, "HAND_OVER_AFTER", 60.0)  # were it left to the watchdog, the reply would wait a minute
     env.rh.register("settings", lambda request, conn: {"TR": 2.0})
     holder: dict[str, Any] = {}
     holder["service"] = env.service({"ask": lambda m: holder["service"].request({"cmd": "settings"}, timeout=10)["data"]})
@@ -173,7 +174,7 @@ def test_command_that_asks_the_server_back_lets_another_worker_read_at_once(env:
 
 def test_command_waiting_for_its_cancel_lets_another_worker_read_at_once(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """A command in wait_cancelled() hands the reading on first, so the caller's cancel reaches it long before the hand-over time."""
-    monkeypatch.setattr(syncws.remote_worker, "HAND_OVER_AFTER", 60.0)
+    monkeypatch.setattr(syncws.peer.remote_worker, "HAND_OVER_AFTER", 60.0)
     started, cancelled = threading.Event(), threading.Event()
 
     def wait_for_cancel(msg: dict) -> None:
