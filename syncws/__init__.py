@@ -9,6 +9,7 @@ the peer side (:class:`RemoteService`).
 from __future__ import annotations
 
 from ._moved import install as _install_moved_paths
+from .calls.calls import CancelToken
 from .calls.commands import IncomingCall, current_call
 from .client.client import ClientConnection, connect
 from .cluster.cluster import ClusterConnection, ClusterError, RedisCluster
@@ -19,6 +20,7 @@ from .exceptions import (
     NotConnected,
     PayloadTooBig,
     ProtocolError,
+    RequestCancelled,
     RequestError,
     RequestTimeout,
     SendTimeout,
@@ -49,6 +51,7 @@ __all__ = [
     "ClusterConnection",
     "ClusterError",
     "BaseWebSocketHandler",
+    "CancelToken",
     "ClientConnection",
     "Connection",
     "ConnectionClosed",
@@ -63,6 +66,7 @@ __all__ = [
     "RejectWebSocketHandler",
     "RemoteService",
     "Request",
+    "RequestCancelled",
     "RequestError",
     "RequestHandler",
     "RequestTimeout",

@@ -11,6 +11,7 @@ and most also derive from the built-in exception a caller would catch anyway::
     ├── ConnectionClosed         also a ConnectionError: the connection went away
     ├── SendTimeout              also a TimeoutError: the peer stopped reading
     ├── RequestTimeout           also a TimeoutError: no reply in time
+    ├── RequestCancelled         the caller gave the request up (CancelToken.cancel())
     ├── RequestError             the peer answered with an error status
     └── ClusterError             the cluster's Redis cannot be reached, or a node is gone
 """
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectionClosed",
     "SendTimeout",
     "RequestTimeout",
+    "RequestCancelled",
     "RequestError",
     "ClusterError",
 ]
@@ -108,6 +110,16 @@ class RequestTimeout(SyncWSError, TimeoutError):
         self.call_id = call_id
         self.cmd = cmd
         self.timeout = timeout
+
+
+class RequestCancelled(SyncWSError):
+    """The request was given up through its :class:`~syncws.CancelToken` before the whole reply came."""
+
+    def __init__(self, call_id: Optional[int], cmd: Any) -> None:
+        where = f" (callId {call_id})" if call_id is not None else ""
+        super().__init__(f"request {cmd!r}{where} was cancelled")
+        self.call_id = call_id
+        self.cmd = cmd
 
 
 class RequestError(SyncWSError):

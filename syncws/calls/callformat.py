@@ -114,12 +114,14 @@ class RefusedRequest(ValueError):
     cannot keep answering each other's answers.
     """
 
-    def __init__(self, reason: str, cmd: Any = None, call_id: Any = None, answer: bool = True) -> None:
+    def __init__(self, reason: str, cmd: Any = None, call_id: Any = None, answer: bool = True, message: Optional[dict[str, Any]] = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.cmd = cmd
         self.call_id = call_id
         self.answer = answer
+        #: The JSON object refused, when it was one.
+        self.message = message
 
 
 def check_request(msg: Any) -> None:
@@ -189,7 +191,7 @@ def parse_message(message: Union[str, bytes]) -> tuple[Kind, dict[str, Any]]:
             raise RefusedRequest(f"cancel of an invalid callId {str(parsed[CANCEL_FIELD])[:50]}", answer=False)
         return CANCEL, parsed
     problem = "has no cmd" if "cmd" not in parsed else f"has a cmd that is not a string ({type(cmd).__name__})"
-    raise RefusedRequest(f"request {problem}", cmd, parsed.get("callId"))
+    raise RefusedRequest(f"request {problem}", cmd, parsed.get("callId"), message=parsed)
 
 
 def parse_request(message: Union[str, bytes]) -> dict[str, Any]:

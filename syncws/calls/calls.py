@@ -24,14 +24,14 @@ import threading
 import time
 from typing import Any, Callable, Optional, Protocol, Union
 
-from ..exceptions import ConnectionClosed, NotConnected, RequestError, RequestTimeout, SyncWSError
+from ..exceptions import ConnectionClosed, NotConnected, RequestCancelled, RequestError, RequestTimeout, SyncWSError
 from ..lograte import RateLimitedLog
 from . import callformat
 from .callformat import LINK_FIELD
 from .future import CallFuture
 from .reassembly import Progress, Transfer, describe
 
-__all__ = ["CallTable", "PendingCall", "RelayCall", "RelaySink"]
+__all__ = ["CallTable", "CancelToken", "PendingCall", "RelayCall", "RelaySink"]
 
 logger = logging.getLogger("syncws.server.request_handler")  # the records of the calls: one logger
 
@@ -66,10 +66,20 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
         if transfer is not None:
             transfer.fail(error)
 
-    def outcome(self, timeout: Optional[float]) -> dict[str, Any]:
-        """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part."""
-        result = self.result(timeout)
-        return result if isinstance(result, dict) else result.collect(timeout)
+    def outcome(self, timeout: Optional[float], cancel: Optional[CancelToken] = None) -> dict[str, Any]:
+        """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part.
+
+        ``cancel.cancel()``, from any thread, fails the call at once with
+        RequestCancelled, whether it waits for the reply or for its parts.
+        """
+        if cancel is None:
+            result = self.result(timeout)
+            return result if isinstance(result, dict) else result.collect(timeout)
+        unwatch = cancel.watch(lambda: self.fail(RequestCancelled(self.call_id, self.cmd)))
+        try:
+            return self.outcome(timeout)
+        finally:
+            unwatch()
 
     def take_reply(self, reply: dict[str, Any], via_link: bool, max_reply_size: int) -> bool:
         """Take a reply (or a binary reply's header) to this call; True once the table may forget it (reader thread)."""
@@ -141,6 +151,60 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
         else:
             self.transfer = transfer  # before the future finishes: see PendingCall.fail
             self.set_result(transfer)
+
+
+class CancelToken:
+    """Gives up, from any thread, the calls that other threads wait on with it.
+
+    Pass it as ``doRequest(msg, ..., cancel=token)``; ``token.cancel()`` then
+    ends every such call in flight at once with
+    :class:`~syncws.exceptions.RequestCancelled`, tells its peer (a cancel
+    message, as a timeout does), and refuses every later call made with the
+    token before it is sent: once cancelled, always cancelled. One token may
+    serve any number of calls and threads (a "Stop" button, a client that
+    went away). Safe from any thread.
+    """
+
+    __slots__ = ("_cancelled", "_keys", "_lock", "_watchers")
+
+    def __init__(self) -> None:
+        # Synchronize access to _cancelled and _watchers.
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._watchers: dict[int, Callable[[], None]] = {}
+        self._keys = itertools.count()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Give up every call made with this token, now and later. Idempotent."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            watchers, self._watchers = list(self._watchers.values()), {}
+        for fail in watchers:  # outside the lock: each fails a call, which wakes its caller
+            fail()
+
+    def watch(self, fail: Callable[[], None]) -> Callable[[], None]:
+        """Have ``fail()`` called on :meth:`cancel` (at once if cancelled already); returns the function that stops watching."""
+        with self._lock:
+            if not self._cancelled:
+                key = next(self._keys)
+                self._watchers[key] = fail
+                return lambda: self._unwatch(key)
+        fail()
+        return lambda: None
+
+    def _unwatch(self, key: int) -> None:
+        with self._lock:
+            self._watchers.pop(key, None)
+
+    def __repr__(self) -> str:
+        return f"<CancelToken{' cancelled' if self._cancelled else ''}>"
 
 
 class RelaySink(Protocol):
@@ -276,6 +340,22 @@ class CallTable:
         call = self._find(channel, call_id)
         if call is not None and call.take_reply(reply, via_link, self.max_reply_size):
             self.forget(call.call_id)
+
+    def take_statusless(self, channel: object, message: dict[str, Any]) -> bool:
+        """A message with a callId of a call on ``channel`` but neither ``status`` nor ``cmd``: fail that call (reader thread).
+
+        Such a message cannot be a request (no ``cmd``), so it is a broken
+        reply: its caller hears of it at once with RequestError 502 instead
+        of waiting out its timeout. False when it names no call of ours.
+        """
+        call_id = callformat.reply_call_id(message)
+        if call_id is None or "status" in message or "cmd" in message:
+            return False
+        call = self._find(channel, call_id)
+        if call is None:
+            return False
+        call.fail(RequestError(502, "invalid reply: it has no status", {"callId": call_id, "status": 502}))
+        return True
 
     def place(self, channel: object, prefix: bytes, length: int) -> Optional[memoryview]:
         """A :data:`~syncws.payload.Placer` for the connection ``channel`` reads: where a reply part goes (reader thread).

@@ -25,7 +25,7 @@ from ..engine.connection import Connection
 from ..exceptions import ConnectionClosed, SendTimeout
 from . import callformat
 
-__all__ = ["CommandFunction", "CommandDecorator", "Commands", "IncomingCall", "Replier", "SendResult", "current_call", "send_reply"]
+__all__ = ["CommandFunction", "CommandDecorator", "Commands", "IncomingCall", "Replier", "SendResult", "current_call", "duplicate_error", "send_reply"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,11 +182,20 @@ class Commands:
 
     # ------------------------------------------------------------------ calls being answered
 
-    def begin(self, call: IncomingCall) -> None:
-        """Note ``call`` as being answered, so that a cancel finds it (the thread that read it)."""
+    def begin(self, call: IncomingCall) -> bool:
+        """Note ``call`` as being answered, so that a cancel finds it (the thread that read it).
+
+        False, and nothing noted, when a call with the same callId is being
+        answered on the same connection already: the caller must refuse it
+        (409), or the first could no longer be cancelled, nor the second.
+        """
         if _is_call_id(call.call_id):
+            key = (call.conn, call.call_id)
             with self._lock:
-                self._active[(call.conn, call.call_id)] = call
+                if key in self._active:
+                    return False
+                self._active[key] = call
+        return True
 
     def end(self, call: IncomingCall) -> None:
         """Forget ``call`` once answered (whichever thread answered it)."""
@@ -210,10 +219,17 @@ class Commands:
         with self._lock:
             self._active.clear()
 
-    def cancel_all(self, conn: Optional[object] = None) -> int:
-        """Mark cancelled every call being answered for ``conn`` (every call when None): it closed. Returns how many."""
+    def cancel_all(self, conn: Optional[object] = None, forget: bool = False) -> int:
+        """Mark cancelled every call being answered for ``conn`` (every call when None): it closed. Returns how many.
+
+        With ``forget``, they are forgotten too: the connection is gone, so no
+        cancel can come for them, and a queued one dropped is never ended.
+        """
         with self._lock:
             calls = [c for (owner, _), c in self._active.items() if conn is None or owner is conn]
+            if forget:
+                for call in calls:
+                    del self._active[(call.conn, call.call_id)]
         for call in calls:
             call.cancel()
         return len(calls)
@@ -326,6 +342,11 @@ def _send_error(connection: Connection, call: IncomingCall, status: int, error: 
         connection.send(callformat.error_reply(call.cmd, call.call_id, status, error))
     else:
         replier.error(connection, call, status, error)
+
+
+def duplicate_error(call: IncomingCall) -> str:
+    """The text of the 409 that refuses a request whose callId is being answered on its connection already."""
+    return f"callId {call.call_id} is already being answered on this connection; a callId may be reused only once its reply came"
 
 
 def _is_call_id(value: Any) -> bool:

@@ -24,6 +24,7 @@ arguments or a server that cannot start, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import signal
 import ssl
@@ -162,6 +163,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             if rtcloud_secret is not None:
                 paths += f", {server.url}/wsSubject and {http}/login (rt-cloud's peers)"
             print(f"syncws serving {paths} and {http}/syncws.js{node} (Ctrl-C stops)", flush=True)
+            if not args.token and not is_loopback(args.host):
+                print(
+                    f"syncws serve: warning: /call lets anyone who can reach {args.host}:{server.port} call the peers "
+                    "of /wsData; give --token to require a bearer token",
+                    file=sys.stderr,
+                    flush=True,
+                )
             signum = signals.wait()
             logger.info("stopping on %s", signal.Signals(signum).name if signum is not None else "request")
         finally:
@@ -172,6 +180,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     finally:
         signals.restore()
     return 0
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` (an address to listen on) reaches this machine only: 127.0.0.0/8, ::1, localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _rtcloud_secret(args: argparse.Namespace) -> Optional[str]:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, Union
 from ..calls import callformat
 from ..calls.callformat import CANCEL, REPLY
 from ..calls.calls import CallTable
-from ..calls.commands import CommandFunction, Commands, IncomingCall, Replier, SendResult
+from ..calls.commands import CommandFunction, Commands, IncomingCall, Replier, SendResult, duplicate_error
 from ..client.client import ClientConnection
 from ..exceptions import ConnectionClosed, SendTimeout
 from ..lograte import RateLimitedLog
@@ -205,7 +205,10 @@ class Session:
                 continue
             fn, inline = self._commands.lookup(call.cmd)
             call.inline = inline
-            self._commands.begin(call)
+            if not self._commands.begin(call):
+                logger.warning("request %r refused: callId %r is in flight already", call.cmd, call.call_id)
+                self._reject_call(call, 409, duplicate_error(call))
+                continue
             if inline or fn is None:
                 self._answer(self.connection, call, fn)
                 continue

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..calls import callformat
 from ..calls.command_pool import CommandPool
-from ..calls.commands import CommandFunction, Commands, IncomingCall, send_reply
+from ..calls.commands import CommandFunction, Commands, IncomingCall, duplicate_error, send_reply
 from ..engine.connection import Connection
 from ..exceptions import ConnectionClosed, SendTimeout
 from ..handlers.handlers import BaseWebSocketHandler
@@ -51,7 +51,12 @@ class Answering:
 
         ``fn`` runs on the handler's worker pool (``workers`` threads, and
         ``max_pending`` more requests waiting; past that the caller gets 503),
-        never on the connection's thread, which reads on. ``inline=True``
+        never on the connection's thread, which reads on. One connection may
+        hold at most ``max_per_connection`` of those places (queued or
+        running; more get 503), and the workers take the connections' queued
+        requests in turn, so that one peer's flood cannot turn the others
+        away. A request whose callId is in flight on its connection already
+        is answered 409 and not run. ``inline=True``
         runs it on the connection's thread, before anything else is read:
         only for functions that return at once and never block (while one
         runs, the connection answers no ping and takes no reply).
@@ -65,13 +70,18 @@ class Answering:
             return
         fn, inline = self.commands.lookup(request["cmd"])
         call = IncomingCall(request, handler, inline)
-        self.commands.begin(call)
+        if not self.commands.begin(call):
+            self._junk_log.log(handler, logging.WARNING, "%s: request %r refused: callId %d is in flight already", self.name, call.cmd, call.call_id)
+            self._send_error(handler, call.cmd, call.call_id, 409, duplicate_error(call))
+            return
         if fn is None or inline:  # an unknown command's 404 costs no hand-off either
             self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)
-        elif not self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result)):
+            return
+        refused = self._pool.submit(lambda: self.commands.answer(call, fn, (request, handler), handler.connection, self._send_result), handler)
+        if refused is not None:
             self.commands.end(call)
-            self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: the queue is full (max_pending)", self.name, call.cmd)
-            self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {self._pool.max_pending} commands are waiting already")
+            self._junk_log.log(handler, logging.WARNING, "%s: command %r refused: %s", self.name, call.cmd, refused)
+            self._send_error(handler, call.cmd, call.call_id, 503, f"server busy: {refused}")
 
     def _send_result(self, connection: Connection, cmd: Any, call_id: Any, result: Any) -> None:
         send_reply(connection, cmd, call_id, result, self.part_size)

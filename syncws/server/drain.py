@@ -17,12 +17,14 @@ around each message; :meth:`wait` on the thread in ``stop()``; :meth:`add_check`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
 import socketserver
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
@@ -156,6 +158,20 @@ class Stopping(socketserver.BaseServer):
         replies here. Safe from any thread.
         """
         self._drain.add_check(check)
+
+    @contextlib.contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count the calling thread's ``with`` block as work in flight: ``stop(drain=...)`` waits for it. Any thread.
+
+        The connection threads are counted while a handler handles a message;
+        a thread of a handler's own (the ``/call`` gateway's, which forwards a
+        request and sends the reply back) holds this instead.
+        """
+        self._drain.started()
+        try:
+            yield
+        finally:
+            self._drain.ended()
 
     def stop(self, code: int = 1001, reason: str = "server shutting down", *, drain: Optional[float] = None) -> None:
         """Close every connection with ``code``, stop serving, wait for the threads.

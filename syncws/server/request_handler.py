@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 from .. import lograte, timeouts
 from ..calls import callformat, rtcloud_wire
 from ..calls.callformat import CANCEL, CONN_FIELD, REPLY
-from ..calls.calls import CallTable, PendingCall, RelayCall
+from ..calls.calls import CallTable, CancelToken, PendingCall, RelayCall
 from ..calls.command_pool import CommandPool
 from ..calls.commands import CommandDecorator, Commands, current_call
 from ..calls.reassembly import Progress
@@ -35,11 +35,12 @@ from ..cluster.node_link import NodeLink
 from ..cluster.relaying import Relaying
 from ..cluster.routing import ClusterRoutes
 from ..engine.connection import Message
-from ..exceptions import ConnectionClosed, NotConnected, RequestTimeout, SendTimeout
+from ..exceptions import ConnectionClosed, NotConnected, RequestCancelled, RequestTimeout, SendTimeout
 from ..handlers.handlers import BaseWebSocketHandler, websocketState
 from ..handlers.registry import ConnectionRegistry
 from .answering import Answering
 from .server import WebSocketServer
+from .two_step import TwoStep
 
 __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
@@ -57,7 +58,7 @@ DEFAULT_PART_SIZE = 8 * 1024 * 1024
 WIRES = ("syncws", "rtcloud")
 
 
-class RequestHandler(Answering, Relaying, CommandDecorator):
+class RequestHandler(TwoStep, Answering, Relaying, CommandDecorator):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -83,6 +84,10 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
             on threads ``syncws-cmd-N`` started when needed.
         max_pending: how many more may wait for a worker; past that a
             request is answered 503 at once.
+        max_per_connection: how many of those places (running and waiting)
+            one connection's requests may hold; past that its requests are
+            answered 503 while the other connections' still get in. Default:
+            half of ``workers + max_pending``, at least ``workers + 1``.
         part_size: bytes per binary message of a large command result.
         wire: ``"syncws"`` (the default) or ``"rtcloud"``: speak to rt-cloud's
             deployed peers in their own format (docs/migration.md): bytes
@@ -110,6 +115,7 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         cluster: Optional[RedisCluster] = None,
         workers: int = 8,
         max_pending: int = 64,
+        max_per_connection: Optional[int] = None,
         part_size: int = DEFAULT_PART_SIZE,
         wire: str = "syncws",
         allow_pickle: bool = False,
@@ -139,7 +145,7 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         #: The commands peers may call, and the calls being answered now.
         self.commands = Commands()
         self.part_size = part_size
-        self._pool = CommandPool(workers, max_pending)
+        self._pool = CommandPool(workers, max_pending, max_per_owner=max_per_connection)
         # Told when a connection of the name starts to close (DataWebSocketHandler), and when the server stops.
         self.registry.add_closing_listener(name, self)
         if server is not None:
@@ -153,7 +159,13 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
     # ------------------------------------------------------------------ caller side
 
     def doRequest(
-        self, msg: dict[str, Any], timeout: Optional[float] = None, conn: Optional[Target] = None, progress: Optional[Progress] = None
+        self,
+        msg: dict[str, Any],
+        timeout: Optional[float] = None,
+        conn: Optional[Target] = None,
+        progress: Optional[Progress] = None,
+        *,
+        cancel: Optional[CancelToken] = None,
     ) -> dict[str, Any]:
         """Send ``msg`` to a peer and block until its whole reply is in. Safe from any number of threads.
 
@@ -169,6 +181,9 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
                 in a cluster, on any node).
             progress: ``progress(received, total)`` for binary replies, called
                 on the connection's thread after each part.
+            cancel: a :class:`~syncws.CancelToken`; its ``cancel()``, from any
+                thread, ends the call at once with RequestCancelled and tells
+                the peer as a timeout does.
 
         Returns the reply dict: ``cmd``, ``callId``, ``status`` and, when the
         peer returned something, ``data`` (bytes for a bytes result).
@@ -187,6 +202,8 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         timeout = timeouts.check_timeout(timeout)
         channel, extra = self._channel(conn)
         _refuse_waiting_on_own_reader(channel)
+        if cancel is not None and cancel.cancelled:
+            raise RequestCancelled(None, msg.get("cmd"))
         call = self._register(msg, channel, progress, waiting=True)
         try:
             try:
@@ -196,25 +213,9 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
                     channel.write_message(self._encode_request(msg, call.call_id))
             except (ConnectionClosed, SendTimeout) as exc:
                 raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), f"request {msg.get('cmd')!r} could not be sent: {exc}") from exc
-            return callformat.check_reply_status(self._outcome(call, channel, extra, timeout))
+            return callformat.check_reply_status(self._outcome(call, channel, extra, timeout, cancel))
         finally:
             self.forget(call.call_id)
-
-    def prepare_request(
-        self, msg: dict[str, Any], conn: Optional[BaseWebSocketHandler] = None, progress: Optional[Progress] = None
-    ) -> tuple[int, BaseWebSocketHandler]:
-        """Give ``msg`` a callId and a connection and register the call: ``(callId, conn)``.
-
-        Raises as :meth:`doRequest` does before it sends.
-        """
-        callformat.check_request(msg)
-        if conn is not None and not isinstance(conn, BaseWebSocketHandler):
-            raise TypeError("prepare_request takes a handler of this server; a call across nodes goes through doRequest")
-        # Only this server's connections: a call across nodes needs doRequest to wait on it.
-        handler, _ = self._channel(conn or self._open_handler(self.registry.newest(self.name, server=self._server)))
-        assert isinstance(handler, BaseWebSocketHandler)
-        call = self._register(msg, handler, progress, waiting=False)
-        return call.call_id, handler
 
     def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
         if self.wire == "rtcloud":
@@ -227,15 +228,17 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         # A call a thread waits for (doRequest's, or once get_response is called) is never pruned.
         return self.add(lambda call_id: PendingCall(call_id, msg.get("cmd"), channel, progress, waiting))
 
-    def _outcome(self, call: PendingCall, channel: Channel, extra: dict[str, Any], timeout: Optional[float]) -> dict[str, Any]:
+    def _outcome(
+        self, call: PendingCall, channel: Channel, extra: dict[str, Any], timeout: Optional[float], cancel: Optional[CancelToken] = None
+    ) -> dict[str, Any]:
         """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too.
 
         On a link to another node the cancel names the connection, as the
         request did (``extra``), and that node passes it on to its peer.
         """
         try:
-            return call.outcome(timeout)
-        except RequestTimeout:
+            return call.outcome(timeout, cancel)
+        except (RequestTimeout, RequestCancelled):
             if self.wire == "rtcloud":
                 raise  # rt-cloud's peers know no cancel: they would answer it as a malformed call
             try:
@@ -259,21 +262,6 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         if routes.is_local(record):
             return self._open_handler(routes.local_handler(record)), {}
         return routes.link(record.node), {CONN_FIELD: record.id}
-
-    def get_response(self, callId: int, timeout: Optional[float] = None) -> dict[str, Any]:
-        """Wait for the reply to ``callId``; see :meth:`doRequest` for what it returns and raises."""
-        timeout = timeouts.check_timeout(timeout)
-        with self.callbackLock:
-            call = self._calls.get(callId)
-            if call is not None:
-                call.waiting = True
-        if call is None:
-            raise KeyError(f"no pending call with callId {callId}")
-        try:
-            reply = self._outcome(call, call.conn, {}, timeout)  # type: ignore[arg-type]  # a handler: prepare_request makes no call across nodes
-        finally:
-            self.forget(callId)
-        return callformat.check_reply_status(reply)
 
     # ------------------------------------------------------------------ connection side
 
@@ -299,7 +287,8 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         try:
             kind, parsed = callformat.parse_message(message)
         except callformat.RefusedRequest as refused:
-            self._refuse(client, refused)
+            if not (refused.cmd is None and isinstance(refused.message, dict) and self.take_statusless(client, refused.message)):
+                self._refuse(client, refused)
             return
         if kind is REPLY:
             self.take_reply(client, parsed, via_link=isinstance(client, NodeLink))
@@ -325,7 +314,9 @@ class RequestHandler(Answering, Relaying, CommandDecorator):
         still suppressed for ``handler`` is logged then.
         """
         self._junk_log.forget(handler, what=self.name)
-        self.commands.cancel_all(handler)
+        # Its queued requests never start; the running ones see their cancellation.
+        self._pool.drop(handler)
+        self.commands.cancel_all(handler, forget=True)
         self._fail_calls(handler, code, reason)
 
     def close_pending_requests(self, conn: Optional[BaseWebSocketHandler] = None) -> None:

@@ -196,19 +196,28 @@ def test_cancel_all_without_a_connection_cancels_every_call() -> None:
     assert all(call.cancelled for call in calls)
 
 
-def test_end_removes_only_the_same_call_object() -> None:
-    """A call begun again under the same (conn, callId) replaces the first; ending the first leaves the second findable."""
+def test_a_call_id_in_flight_is_refused_and_the_first_call_stays_cancellable() -> None:
+    """begin() refuses a second call under the same (conn, callId); ending that one leaves the first findable and cancellable."""
     commands = Commands()
     first, second = make_call(1), make_call(1)
-    commands.begin(first)
-    commands.begin(second)
-    assert commands.active == 1
-    commands.end(first)
+    assert commands.begin(first)
+    assert not commands.begin(second)
+    commands.end(second)
     assert commands.active == 1
     assert commands.cancel(CONN, 1)
-    assert second.cancelled and not first.cancelled
-    commands.end(second)
+    assert first.cancelled and not second.cancelled
+    commands.end(first)
     assert commands.active == 0
+    assert commands.begin(second)  # free again once the first ended
+
+
+def test_cancel_all_with_forget_drops_the_connections_calls() -> None:
+    """cancel_all(conn, forget=True) cancels and forgets that connection's calls, and leaves the others."""
+    commands = Commands()
+    mine, other = make_call(1), IncomingCall({"cmd": "echo", "callId": 1}, object())
+    assert commands.begin(mine) and commands.begin(other)
+    assert commands.cancel_all(CONN, forget=True) == 1
+    assert mine.cancelled and not other.cancelled and commands.active == 1
 
 
 @pytest.mark.parametrize("call_id", ["1", None, True, 1.0, [1]])
