@@ -31,7 +31,7 @@ from .callformat import LINK_FIELD
 from .future import CallFuture
 from .reassembly import Progress, Transfer, describe
 
-__all__ = ["CallTable", "CancelToken", "PendingCall", "RelayCall", "RelaySink"]
+__all__ = ["CallTable", "CancelToken", "PendingCall", "RelayCall", "RelaySink", "closed_while_waiting"]
 
 logger = logging.getLogger("syncws.server.request_handler")  # the records of the calls: one logger
 
@@ -408,6 +408,17 @@ class CallTable:
     def _maybe_prune(self) -> None:
         if time.monotonic() - self._last_prune > _PRUNE_EVERY:
             self.pruneCallbacks()
+
+
+def closed_while_waiting(code: int, reason: str, cmd: Any, call_id: Any) -> ConnectionClosed:
+    """The error of a call whose connection closed before its reply came: it says the code and reason, with a hint for 1009."""
+    text = f"connection closed with code {code}" + (f" ({reason})" if reason else "") + f" while waiting for {cmd!r} (callId {call_id})"
+    if code == 1009:
+        text += (
+            ": a message was over a max_message_size; a large result goes best as bytes or a numpy array "
+            "(sent in binary parts, not in one JSON message), or raise max_message_size on the side that closed"
+        )
+    return ConnectionClosed(code, reason, text)
 
 
 def _short_repr(value: Any, limit: int = 200) -> str:

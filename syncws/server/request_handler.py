@@ -25,7 +25,7 @@ from typing import Any, Optional, Union
 from .. import lograte, timeouts
 from ..calls import callformat, rtcloud_wire
 from ..calls.callformat import CANCEL, CONN_FIELD, REPLY
-from ..calls.calls import CallTable, CancelToken, PendingCall, RelayCall
+from ..calls.calls import CallTable, CancelToken, PendingCall, RelayCall, closed_while_waiting
 from ..calls.command_pool import CommandPool
 from ..calls.commands import CommandDecorator, Commands, current_call
 from ..calls.reassembly import Progress
@@ -36,11 +36,11 @@ from ..cluster.relaying import Relaying
 from ..cluster.routing import ClusterRoutes
 from ..engine.connection import Message
 from ..exceptions import ConnectionClosed, NotConnected, RequestCancelled, RequestTimeout, SendTimeout
-from ..handlers.handlers import BaseWebSocketHandler, websocketState
+from ..handlers.handlers import BaseWebSocketHandler, defaultWebsocketCallback, websocketState
 from ..handlers.registry import ConnectionRegistry
 from .answering import Answering
 from .server import WebSocketServer
-from .two_step import TwoStep
+from .waiting import Waiting
 
 __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
@@ -58,7 +58,7 @@ DEFAULT_PART_SIZE = 8 * 1024 * 1024
 WIRES = ("syncws", "rtcloud")
 
 
-class RequestHandler(TwoStep, Answering, Relaying, CommandDecorator):
+class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
     """Sends requests to the peers of one endpoint name and matches their replies.
 
     Register it with its endpoint::
@@ -193,6 +193,8 @@ class RequestHandler(TwoStep, Answering, Relaying, CommandDecorator):
         and NotConnected (no peer, or ``conn`` belongs to another server); then
         RequestTimeout, ConnectionClosed (the peer went away, at once) and
         RequestError (a status other than 200; 502: a binary reply not taken).
+        RuntimeError, before anything is sent, when the peer's endpoint was
+        added without ``callback=handler.callback``: no reply could arrive.
         When the timeout passes, the peer is told (a cancel, docs/protocol.md;
         not with ``wire="rtcloud"``) and its late reply is dropped. RuntimeError, before anything is sent,
         from a command registered ``inline=True`` that asks its own
@@ -202,6 +204,7 @@ class RequestHandler(TwoStep, Answering, Relaying, CommandDecorator):
         timeout = timeouts.check_timeout(timeout)
         channel, extra = self._channel(conn)
         _refuse_waiting_on_own_reader(channel)
+        self._check_routed(channel)
         if cancel is not None and cancel.cancelled:
             raise RequestCancelled(None, msg.get("cmd"))
         call = self._register(msg, channel, progress, waiting=True)
@@ -331,12 +334,20 @@ class RequestHandler(TwoStep, Answering, Relaying, CommandDecorator):
                 self.forget(call.call_id)  # no caller of this node forgets it
             channel: Channel = call.conn  # type: ignore[assignment]  # what _register and relay put there
             connection = channel.connection
-            call.fail(
-                ConnectionClosed(
-                    code or connection.close_code or 1006,
-                    reason or connection.close_reason,
-                    f"connection closed while waiting for {call.cmd!r} (callId {call.call_id})",
-                )
+            call.fail(closed_while_waiting(code or connection.close_code or 1006, reason or connection.close_reason, call.cmd, call.call_id))
+
+    def _check_routed(self, channel: Channel) -> None:
+        """RuntimeError, before anything is sent, when the peer's endpoint hands its messages to no RequestHandler.
+
+        Its replies would go to the default callback, which logs and drops
+        them, and the caller would wait for nothing. An endpoint with a
+        callback of its own may pass them on: that is left to it.
+        """
+        if isinstance(channel, BaseWebSocketHandler) and channel.callback is defaultWebsocketCallback:
+            raise RuntimeError(
+                f"the connections of {channel.name!r} hand their messages to defaultWebsocketCallback, so no reply would reach "
+                f"this RequestHandler: add callback=handler.callback to add_handler('{channel.request.path}', ..., name={channel.name!r}, "
+                "callback=handler.callback)"
             )
 
 
