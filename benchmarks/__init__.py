@@ -17,6 +17,9 @@ Modules:
   its own, requests and a broadcast across them; ``cluster_peers`` its
   child processes;
 - ``many_clients``: many connections in one thread, for fan-out and idle;
+- ``many_idle``: a benchmark of its own (``python -m benchmarks many-idle``):
+  N idle connections, their memory, threads and idle CPU, and how the
+  server still answers an echo, a handshake and a broadcast;
 - ``common``: what the others share (raw framing, the call table of the
   implementations without one, process figures, ``measure``);
 - one module per implementation, each with ``Serve``, ``Client``,

@@ -23,6 +23,10 @@ can never outlive the benchmark by more than its time limit):
     cluster-node, cluster-caller, cluster-peer ...
         The cluster group's nodes, caller without a server and peer: see
         benchmarks.cluster_peers.
+    idle-serve IMPL MAX_CONNECTIONS
+        The many-idle benchmark's server (/idle, /echo, /fanout): prints
+        {"port": N, "pid": P} and runs until "quit" or EOF on stdin; see
+        benchmarks.many_idle.
 """
 
 from __future__ import annotations
@@ -135,6 +139,10 @@ def main(argv: list[str]) -> int:
             role_reqserver(argv[1], argv[2], json.loads(argv[3]) if len(argv) > 3 else {})
         elif role == "reqpeer":
             role_reqpeer(argv[1], argv[2])
+        elif role == "idle-serve":
+            from .many_idle import serve_role  # here, so that no other role's process imports it
+
+            serve_role(argv[1], argv[2])
         elif role.startswith("cluster-"):
             from .cluster_peers import ROLES  # here, so that no other role's process imports syncws
 

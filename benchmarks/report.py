@@ -5,7 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any, Optional
 
-IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_deflate", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_deflate", "syncws_uncounted", "syncws_metrics", "syncws_reactor",
+         "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
 WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle", "json_fanout", "json_req"]
 ALIASES = {
     "latency": "req_latency",
@@ -74,6 +75,9 @@ ONLY_FOR = {
     "tornado_seed_b64": {"large_reply"},
     "syncws_inline": {"req_latency", "req_throughput"},
     "syncws_peer_asks": {"req_latency", "req_throughput"},
+    "syncws_metrics": {"req_latency", "req_throughput"},
+    "syncws_uncounted": {"req_latency", "req_throughput"},
+    "syncws_reactor": {"req_latency", "req_throughput"},
     "syncws_deflate": {"req_latency", "fanout", "idle"} | JSON_WORKLOADS,
 }
 NOTES = {
@@ -85,6 +89,9 @@ NOTES = {
     ("syncws_inline", "req_throughput"): "peer command inline",
     ("syncws_peer_asks", "req_latency"): "peer asks the server",
     ("syncws_peer_asks", "req_throughput"): "peer asks the server",
+    **{("syncws_metrics", wl): "/metrics served, scraped every second" for wl in ("req_latency", "req_throughput")},
+    **{("syncws_uncounted", wl): "counting off" for wl in ("req_latency", "req_throughput")},
+    **{("syncws_reactor", wl): "engine=\"reactor\"" for wl in ("req_latency", "req_throughput")},
     ("redis", "redis_rtt"): "redis-py from the benchmark process",
     ("syncws", "cluster_latency"): "one process, no cluster",
     ("syncws", "cluster_throughput"): "one process, no cluster",

@@ -3,6 +3,7 @@
 Usage (from the repository root):
     python -m benchmarks [--quick] [--cluster] [--reps N] [--only raw,syncws]
                          [--workloads echo,bulk] [--json PATH]
+    python -m benchmarks many-idle ...   (benchmarks/many_idle.py: N idle connections)
     python -m syncws bench ...           (runs this module's main(argv))
 
 Implementations (one module each in benchmarks/):
@@ -20,6 +21,12 @@ Implementations (one module each in benchmarks/):
     syncws_peer_asks  the other direction: a RemoteService peer calls a
                       command of the server's RequestHandler
                       (req_latency and req_throughput only)
+    syncws_metrics    syncws with /metrics and /status served and /metrics
+                      scraped once a second (req_latency and req_throughput)
+    syncws_uncounted  syncws with its counters replaced by ones that count
+                      nothing: the floor syncws_metrics is compared with
+    syncws_reactor    syncws's server on the selector engine (engine="reactor")
+                      (req_latency and req_throughput)
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 
@@ -98,6 +105,11 @@ def parse_list(value: str, allowed: list[str], aliases: Optional[dict[str, str]]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table; 0 when every figure was produced."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["many-idle"]:  # a benchmark of its own, with its own options
+        from .many_idle import main as many_idle
+
+        return many_idle(args_in[1:])
     ap = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small counts, 2 repetitions, every workload (the cluster's too)")
     ap.add_argument("--cluster", action="store_true", help="the cluster group only: three nodes on a redis-server of its own (benchmarks/cluster.py)")
@@ -105,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="implementations, comma-separated: " + ",".join(IMPLS + CLUSTER_IMPLS))
     ap.add_argument("--workloads", default="", help="workloads, comma-separated: " + ",".join(WORKLOADS + CLUSTER_WORKLOADS))
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(args_in)
 
     cfg = dict(QUICK if args.quick else FULL)
     if args.reps is not None:

@@ -9,18 +9,25 @@ measuring process is the peer, calling ``RemoteService.request``, and the
 child process is the server, answering with commands registered on its
 ``RequestHandler``. ``syncws_deflate`` is syncws with permessage-deflate:
 the server accepts it (its default), and its fan-out clients and its peer
-offer it (``RemoteService(compression="deflate")``). The module is named
+offer it (``RemoteService(compression="deflate")``). ``syncws_metrics`` serves
+``/metrics`` and ``/status`` and has ``/metrics`` scraped once a second while
+it runs; ``syncws_uncounted`` counts nothing (its counters replaced by ones
+that do nothing): the two measure what observability costs the request
+path. The module is named
 ``syncws_impl`` so as not to shadow the package.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import syncws
+from syncws.observe import EndpointCounters
 
 from .common import HOST, BenchError, RequesterBase, ServeBase, json_message, payload, tcp_bytes, ws_url
 
@@ -89,18 +96,45 @@ class Client:
 
 def Requester(impl: str = "syncws") -> RequesterBase:
     """The caller's side of the request workloads: the server's RequestHandler, or for ``syncws_peer_asks`` the peer."""
-    return PeerAsks() if impl == "syncws_peer_asks" else ServerAsks()
+    return PeerAsks() if impl == "syncws_peer_asks" else ServerAsks(impl)
+
+
+class _Uncounted(EndpointCounters):
+    """Endpoint counters that count nothing: what the request path costs without observability."""
+
+    def received(self, message: Any) -> None:
+        pass
+
+    def sent(self, size: int) -> None:
+        pass
+
+
+def _scrape_forever(url: str) -> None:
+    """GET ``url`` once a second, as Prometheus would, until the process ends (a daemon thread)."""
+    while True:  # the benchmark's process ends with os._exit
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            answer.read()
+        time.sleep(1.0)
 
 
 class ServerAsks(RequesterBase):
     """``RequestHandler`` on a ``/wsData`` endpoint: the library's own call table, not the harness's."""
 
-    def __init__(self) -> None:
+    def __init__(self, impl: str = "syncws") -> None:
         super().__init__()
-        self.server = syncws.WebSocketServer(host=HOST, port=0)
+        self.server = syncws.WebSocketServer(host=HOST, port=0, engine="reactor" if impl == "syncws_reactor" else "threads")
         self.rh = syncws.RequestHandler("wsData", self.server)
         self.server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=self.rh.callback)
+        if impl == "syncws_uncounted":  # counting off: the floor that syncws_metrics is measured against
+            uncounted = _Uncounted("/wsData")
+            self.server.counters.endpoint = lambda label: uncounted  # type: ignore[method-assign]
+            self.rh.request_counters.counting = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self.server.start()
+        if impl == "syncws_metrics":  # counting on, /metrics served and scraped once a second meanwhile
+            self.server.add_metrics()
+            self.server.add_status_page()
+            metrics_url = self.server.url.replace("ws://", "http://") + "/metrics"
+            threading.Thread(target=_scrape_forever, args=(metrics_url,), name="bench-scraper", daemon=True).start()
         self.url = self.server.url + "/wsData"
 
     def wait_connected(self, timeout: float) -> None:

@@ -164,12 +164,12 @@ def test_server_request_with_a_bad_cmd_gets_400(env: Env) -> None:
 
 
 def test_inline_command_answers_on_the_connection_thread(env: Env) -> None:
-    """A command registered inline=True runs on the connection's own thread and answers."""
+    """A command registered inline=True runs where the connection's messages are handled (its own thread, or its reactor worker) and answers."""
     names: queue.Queue = queue.Queue()
     env.rh.register("fast", lambda request, conn: names.put(threading.current_thread().name) or "ok", inline=True)
     service = env.service({})
     assert service.request({"cmd": "fast"}, timeout=5)["data"] == "ok"
-    assert names.get(timeout=5).startswith("syncws-conn-")
+    assert names.get(timeout=5).startswith("syncws-worker-" if env.server.engine == "reactor" else "syncws-conn-")
 
 
 def test_inline_command_that_asks_its_own_connection_fails_with_500_not_a_hang(env: Env) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "syncws"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "syncws"
 
 #: Each room's layer, from the wire up (docs/architecture.md draws the same).
 #: A module may import its own subpackage and any room of a lower layer, never
@@ -21,11 +21,13 @@ LAYERS: dict[str, int] = {
     "static": 0,
     "protocol": 1,
     "engine": 2,
+    "reactor": 2,
     "calls": 3,
     "client": 3,
     "handlers": 3,
     "peer": 4,
     "cluster": 4,
+    "observe": 4,
     "server": 5,
     "compat": 6,
     "rtcloud": 6,

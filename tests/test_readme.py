@@ -28,6 +28,20 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
     assert result.stdout.split() == expected
 
 
+@pytest.mark.timeout(90)
+def test_readme_example_runs_saved_beside_a_checkout_named_syncws(tmp_path: Path) -> None:
+    """The first example, saved as a file in the folder that holds a checkout named syncws/, imports the installed package and runs."""
+    checkout = tmp_path / "syncws"  # what `git clone .../syncws` leaves: a folder with no __init__.py at its top
+    checkout.mkdir()
+    (checkout / "README.md").write_text("a checkout\n")
+    (checkout / "tests").mkdir()
+    script = tmp_path / "example.py"
+    script.write_text(EXAMPLES[0])
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == re.findall(r"print\(.*\)\s+# (\S+)", EXAMPLES[0])
+
+
 def test_readme_demo_command_runs(tmp_path: Path) -> None:
     """The README's main job, ``python -m syncws demo``, runs and reports every request as matched."""
     result = subprocess.run([sys.executable, "-m", "syncws", "demo", "--requests", "60"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
@@ -61,7 +75,7 @@ def test_readme_points_to_the_examples_and_the_browser_module() -> None:
     text = README.read_text(encoding="utf-8")
     for script in sorted((ROOT / "examples").rglob("*.py")):
         assert f"({script.relative_to(ROOT).as_posix()})" in text, f"the README does not link {script.relative_to(ROOT)}"
-    assert "syncws/static/syncws.js" in text and "new syncws.Peer(" in text
+    assert "src/syncws/static/syncws.js" in text and "new syncws.Peer(" in text
 
 
 def test_license_and_changelog() -> None:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import logging
 import queue
+import select
 import socket
 import socketserver
 import ssl
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import websocket
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as websockets_connect
 
 import syncws
@@ -258,28 +260,39 @@ def close_frame(ws: websocket.WebSocket) -> bytes:
 
 
 def test_disconnect_clients_gracefully_sends_close_and_server_lives(server: WebsocketServer) -> None:
-    """disconnect_clients_gracefully(status, reason) closes every client with them; client_left runs; new clients still connect."""
+    """disconnect_clients_gracefully(status, reason) closes every client with them and returns once each has left and
+    client_left has run for it; new clients still connect."""
     events = Events(server)
-    a, b = connect(server), connect(server)
-    events.new.get(timeout=10), events.new.get(timeout=10)
-    server.disconnect_clients_gracefully(1001, b"moving")
-    for ws in (a, b):
-        assert close_frame(ws) == (1001).to_bytes(2, "big") + b"moving"
-        ws.close()
-    assert {events.left.get(timeout=10)["id"], events.left.get(timeout=10)["id"]} == {1, 2}
+    # The websockets client answers a close frame on its own thread, whatever the test does meanwhile.
+    with websockets_connect(url(server), open_timeout=10) as a, websockets_connect(url(server), open_timeout=10) as b:
+        events.new.get(timeout=10), events.new.get(timeout=10)
+        server.disconnect_clients_gracefully(1001, b"moving")
+        assert server.clients == []
+        assert {events.left.get_nowait()["id"], events.left.get_nowait()["id"]} == {1, 2}  # client_left ran before the return
+        for ws in (a, b):
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+            assert (ws.close_code, ws.close_reason) == (1001, "moving")
     c = connect(server)
     assert events.new.get(timeout=10)["id"] == 3
     c.close()
 
 
-def test_disconnect_clients_abruptly_drops_without_close_frame(server: WebsocketServer) -> None:
-    """disconnect_clients_abruptly drops every client with no close frame; client_left runs."""
+def test_disconnect_clients_abruptly_leaves_clients_unaware_until_they_send(server: WebsocketServer) -> None:
+    """disconnect_clients_abruptly empties clients and runs client_left before it returns, and tells the client nothing
+    (websocket-server's documented behaviour); the client's next message still reaches message_received, then its
+    connection drops without a close frame."""
     events = Events(server)
     ws = connect(server)
-    events.new.get(timeout=10)
+    client = events.new.get(timeout=10)
     server.disconnect_clients_abruptly()
+    assert server.clients == []
+    assert events.left.get_nowait() is client
+    assert client["handler"].keep_alive is False
+    assert select.select([ws.sock], [], [], 0.3)[0] == []  # nothing reaches the client
+    ws.send("one more")
+    assert events.messages.get(timeout=10) == (client, "one more")
     assert ws.sock.recv(16) == b""  # end of stream, no close frame before it
-    assert events.left.get(timeout=10)["id"] == 1
     ws.close()
 
 
@@ -302,19 +315,25 @@ def test_shutdown_gracefully_closes_clients_and_stops() -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=5)
 
 
-def test_shutdown_abruptly_drops_clients_and_stops() -> None:
-    """shutdown_abruptly drops every client without a close frame and stops serving."""
+def test_shutdown_abruptly_stops_and_leaves_clients_unaware_until_they_send() -> None:
+    """shutdown_abruptly empties clients, ends the accept loop (its thread too) and frees the port before it returns; the
+    client hears nothing until it sends: that message still reaches message_received, then the connection drops."""
     server = WebsocketServer(port=0)
     events = Events(server)
     server.run_forever(threaded=True)
     ws = connect(server)
-    events.new.get(timeout=10)
+    client = events.new.get(timeout=10)
     server.shutdown_abruptly()
-    assert ws.sock.recv(16) == b""
-    assert events.left.get(timeout=10)["id"] == 1
-    ws.close()
+    assert server.clients == [] and events.left.get_nowait() is client
+    assert server.thread is not None and not server.thread.is_alive()
+    assert server.socket.fileno() == -1
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    assert select.select([ws.sock], [], [], 0.3)[0] == []
+    ws.send("after the shutdown")
+    assert events.messages.get(timeout=10) == (client, "after the shutdown")
+    assert ws.sock.recv(16) == b""
+    ws.close()
 
 
 def test_run_forever_blocks_until_shutdown_and_socketserver_names_work() -> None:

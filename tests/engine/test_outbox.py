@@ -99,7 +99,7 @@ class Reader:
 
 
 def test_outbox_refuses_past_its_limit_and_calls_overflow() -> None:
-    """A message that would take the queue past its limit is not queued; the overflow hook gets the bytes it would have made."""
+    """A message that would pass the limit while nothing is taken for STALL is not queued; the overflow hook gets the bytes it would make."""
     drained = threading.Event()
     hold = threading.Event()
     overflow: list[int] = []
@@ -109,6 +109,61 @@ def test_outbox_refuses_past_its_limit_and_calls_overflow() -> None:
     assert overflow == [110] and box.queued_bytes == 60
     hold.set()
     box.drop()
+
+
+def test_a_sender_waits_for_room_while_the_peer_reads() -> None:
+    """A message that does not fit waits while the writer takes messages, and is queued once there is room: no overflow."""
+    overflow: list[int] = []
+    release = threading.Semaphore(0)
+    taken: list[bytes] = []
+    box: Outbox
+
+    def drain() -> None:
+        for _ in range(100):  # takes one message each time the test releases it
+            if not release.acquire(timeout=10):
+                return
+            item = box.take()
+            if item is None:
+                return
+            taken.append(bytes(item[1]))
+
+    box = Outbox(drain, limit=100, overflow=overflow.append, name="test", burst_wait=10)
+    box.put((1, b"a" * 60, None))
+    done = threading.Event()
+
+    def send_second() -> None:
+        box.put((1, b"b" * 60, None))
+        done.set()
+
+    threading.Thread(target=send_second, daemon=True).start()
+    assert not done.wait(0.2)  # it waits: 120 bytes would not fit
+    release.release()  # the peer reads: the first is taken, the second fits
+    assert done.wait(5)
+    release.release()
+    assert wait_for(lambda: taken == [b"a" * 60, b"b" * 60], timeout=5)
+    assert overflow == []
+    box.drop()
+
+
+def test_a_sender_waiting_for_room_gets_connection_closed_when_the_connection_ends() -> None:
+    """A sender waiting for room in a full outbox is released at once with ConnectionClosed when the outbox is dropped."""
+    hold = threading.Event()
+    box = Outbox(lambda: hold.wait(10) and None, limit=100, overflow=lambda n: None, name="test", burst_wait=30)
+    box.put((1, b"x" * 60, None))
+    outcome: queue.Queue = queue.Queue()
+
+    def send_second() -> None:
+        try:
+            box.put((1, b"y" * 60, None))
+            outcome.put("queued")
+        except ConnectionClosed as exc:
+            outcome.put(exc)
+
+    threading.Thread(target=send_second, daemon=True).start()
+    assert wait_for(lambda: box._waiting == 1, timeout=5)
+    box.drop()
+    assert isinstance(outcome.get(timeout=2), ConnectionClosed)
+    hold.set()
 
 
 def test_outbox_writer_ends_once_nothing_waits() -> None:
@@ -259,4 +314,36 @@ def test_broadcasts_to_a_compressing_client_that_fell_behind_arrive_whole_and_in
         assert [plain.next_text(timeout=20)[0] for _ in range(len(sent))] == sent
     finally:
         plain.close()
+        server.stop()
+
+
+def test_a_burst_larger_than_the_queue_reaches_every_reading_client_and_closes_only_the_stuck_one() -> None:
+    """A 12 MiB burst through a 256 KiB max_send_queue: every reading client gets all of it, in order, and stays open;
+    only the client that reads nothing is closed with 1008."""
+    server = make(send_timeout=30, max_send_queue=256 * 1024)
+    stuck = stuck_client(server)
+    readers = [Reader(server) for _ in range(2)]
+    count, size = 96, 128 * 1024
+    try:
+        assert wait_for(lambda: len(server.registry.connections(NAME)) == 3)
+        stuck_handler = server.registry.connections(NAME)[0]
+        for i in range(count):
+            syncws.sendWebSocketMessage(NAME, i.to_bytes(4, "big") * (size // 4), registry=server.registry)
+        syncws.sendWebSocketMessage(NAME, "end", registry=server.registry)
+        for reader in readers:
+            got = []
+            for _ in range(count + 1):
+                message, _ = reader.inbox.get(timeout=20)
+                if message == "end":
+                    break
+                got.append(int.from_bytes(message[:4], "big"))
+            assert got == list(range(count))
+        assert stuck_handler.connection.wait_closed(5)
+        assert stuck_handler.close_code == 1008 and stuck_handler.close_reason == "send queue full"
+        assert all(handler.connection.close_code is None for handler in server.registry.connections(NAME))
+        assert len(server.registry.connections(NAME)) == 2
+    finally:
+        for reader in readers:
+            reader.close()
+        stuck.close()
         server.stop()

@@ -90,3 +90,30 @@ def test_a_reply_over_max_message_size_says_1009_and_what_to_do() -> None:
         assert "bytes or a numpy array" in text and "max_message_size" in text
     finally:
         server.stop()
+
+
+def test_not_connected_names_the_names_that_do_have_peers() -> None:
+    """RequestHandler("wsData") while the peer is connected under the name "data": NotConnected names 'data' and how many."""
+    server = syncws.WebSocketServer(registry=ConnectionRegistry()).start()
+    try:
+        wrong = syncws.RequestHandler("wsData", server)
+        right = syncws.RequestHandler("data", server)
+        server.add_handler("/data", syncws.DataWebSocketHandler, name="data", callback=right.callback)
+        with syncws.RemoteService(server.url + "/data") as service:
+            service.register("echo", lambda request: request)
+            assert right.wait_connected(10)
+            with pytest.raises(syncws.NotConnected, match=r"wsData not connected\..*'data' \(1\)"):
+                wrong.doRequest({"cmd": "echo"}, timeout=5)
+    finally:
+        server.stop()
+
+
+def test_not_connected_without_any_peer_keeps_the_seeds_message() -> None:
+    """With no peer under any name, NotConnected says exactly rtCommon's "X not connected. Please start the remote service."."""
+    env = Env()
+    try:
+        with pytest.raises(syncws.NotConnected) as caught:
+            env.rh.doRequest({"cmd": "echo"}, timeout=5)
+        assert str(caught.value) == f"{NAME} not connected. Please start the remote service."
+    finally:
+        env.close()

@@ -259,10 +259,16 @@ def test_context_manager_starts_and_stops() -> None:
 
 
 def test_connection_threads_are_named(server: syncws.WebSocketServer) -> None:
-    """Each connection runs on a thread named syncws-conn-N, and the accept loop on syncws-server."""
+    """The accept loop runs on syncws-server; a connection on syncws-conn-N, or with the reactor engine on syncws-io (its handler on syncws-worker-N)."""
     ws = websocket.create_connection(server.url + "/echo", timeout=5)
+    ws.send("hi")
+    assert ws.recv() == "hi"  # the handler ran: a reactor's worker is started
     names = {t.name for t in syncws_threads()}
-    assert "syncws-server" in names and any(n.startswith("syncws-conn-") for n in names)
+    assert "syncws-server" in names
+    if server.engine == "reactor":
+        assert "syncws-io" in names and any(n.startswith("syncws-worker-") for n in names)
+    else:
+        assert any(n.startswith("syncws-conn-") for n in names)
     ws.close()
 
 

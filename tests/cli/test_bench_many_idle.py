@@ -1,0 +1,25 @@
+"""The many-idle benchmark (benchmarks/many_idle.py) runs in its smallest mode and reports its figures (timings are never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(60)
+def test_many_idle_smallest_mode_holds_every_connection(tmp_path: Path) -> None:
+    """50 idle connections to syncws, a 1 s idle window: all 50 held and a numeric thread count reported."""
+    out = tmp_path / "many_idle.json"
+    args = ["-m", "benchmarks.many_idle", "--n", "50", "--idle-seconds", "1", "--impls", "syncws", "--json", str(out)]
+    result = subprocess.run([sys.executable, *args], cwd=str(ROOT), capture_output=True, text=True, timeout=50)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["impl"] == "syncws" and row["n_held"] == 50, row
+    assert isinstance(row["threads"], int) and row["threads"] > 0, row
+    assert "| syncws | 50 |" in result.stdout
