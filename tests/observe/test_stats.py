@@ -545,6 +545,27 @@ def test_workers_busy_while_a_handler_blocks() -> None:
         server.stop()
 
 
+def test_selector_engine_workers_are_the_handler_pools() -> None:
+    """On the selector engine, the handler pool's workers count: busy while a handler blocks, idle (not gone) once it returns."""
+    release, entered = threading.Event(), threading.Event()
+    server = make_server(engine="reactor")
+    server.add_handler("/block", Blocking, name="block", release=release, entered=entered)
+    conn = syncws.connect(server.url + "/block", timeout=5)
+    try:
+        conn.send("hold")
+        assert entered.wait(5)
+        during = server.stats()["workers"]
+        assert during["handler_pool_threads"] >= 1 and during["handling_messages"] == 1 and during["busy"] >= 1
+        release.set()
+        assert settles(lambda: server.stats()["workers"]["handling_messages"], 0) == 0
+        after = server.stats()["workers"]  # the worker waits for more (idle 5 s) before it leaves
+        assert after["handler_pool_threads"] >= 1 and after["idle"] >= 1
+    finally:
+        release.set()
+        conn.close()
+        server.stop()
+
+
 # ---------------------------------------------------------------------- cluster
 
 

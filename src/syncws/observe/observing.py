@@ -15,7 +15,6 @@ microseconds apart.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
@@ -56,6 +55,8 @@ class Observing:
 
         def _workers_handling(self) -> int: ...
 
+        def _handler_pool_threads(self) -> int: ...
+
         def add_http(self, path: str, function: Callable[[Request], HttpResponse], *, methods: Any = ..., auth: Any = ..., max_body: int = ...) -> None: ...
 
         def add_handler(self, path: str, handler_class: type[BaseWebSocketHandler], *, auth: Any = None, **kwargs: Any) -> None: ...
@@ -90,6 +91,7 @@ class Observing:
         for counters in handlers:
             requests.setdefault(counters.name, counters.snapshot())  # a second handler of one name: the first's figures
         handling = self._workers_handling()
+        pool_threads = self._handler_pool_threads()  # the selector engine's workers; 0 on the thread engine
         command_threads = [r["commands"] for r in requests.values()]
         return {
             "server": {
@@ -107,8 +109,9 @@ class Observing:
             },
             "workers": {
                 "busy": handling + sum(c["busy"] for c in command_threads),
-                "idle": max(0, threads - handling) + sum(c["idle"] for c in command_threads),
+                "idle": max(0, threads + pool_threads - handling) + sum(c["idle"] for c in command_threads),
                 "connection_threads": threads,
+                "handler_pool_threads": pool_threads,
                 "handling_messages": handling,
                 "command_threads": sum(c["busy"] + c["idle"] for c in command_threads),
             },
@@ -138,8 +141,3 @@ class Observing:
 
         self.add_http(path, page_route(path, self.stats), auth=auth)
         self.add_handler(path, StatusSocketHandler, auth=auth, stats=self.stats)
-
-
-def stats_json(stats: dict[str, Any]) -> bytes:
-    """The stats as compact JSON."""
-    return json.dumps(stats, separators=(",", ":")).encode()

@@ -22,8 +22,8 @@ Back-pressure on reading: once ``lane.limit`` messages wait for the handler,
 the loop stops reading this socket; the lane's ``on_room`` resumes it, so a
 slow handler slows its client through TCP.
 
-Plain (non-TLS) sockets, server side. Not yet used by the server: this is
-the part of the selector engine that the server's connections will run on.
+Plain and TLS sockets, server side (:mod:`syncws.reactor.socket_io` hides
+the difference); the TLS handshake is done before the socket comes here.
 
 Threads: the loop thread runs the reading, the flushing and the deadlines;
 :meth:`send`, :meth:`ping`, :meth:`close` and :meth:`abort` are safe from
@@ -43,6 +43,7 @@ from ..protocol.payload import Placer
 from ..protocol.protocol import Close, CloseCode, Ping, Pong, Protocol, State
 from .handler_pool import HandlerPool, LaneClosed
 from .loop import IOLoop
+from .socket_io import socket_io
 from .stream_closing import StreamClosing
 from .stream_writing import StreamWriting
 from .timers import Timer
@@ -122,6 +123,7 @@ class Stream(StreamWriting, StreamClosing):
         # _room (on this lock) wakes the senders waiting for the buffer to drain.
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
+        self._io = socket_io(sock, self._lock)  # on TLS, each SSL call runs under _lock
         self._out = bytearray()  # bytes the socket has not taken yet
         self._taken = 0  # bytes the loop has written out of _out so far: a waiting sender's sign that the peer reads
         self._preamble = preamble  # written before the first frame
@@ -203,6 +205,8 @@ class Stream(StreamWriting, StreamClosing):
             self._paused = False
             self.loop.add_reader(self.sock, self._on_readable)
             self._handle_events()  # messages read before the pause, still in the protocol's buffer
+            if self._io.pending():
+                self.loop.call_soon(self._on_readable)  # bytes TLS decrypted before the pause: no readiness will say so
 
     def _pause(self) -> None:
         if self._reading:
@@ -211,12 +215,14 @@ class Stream(StreamWriting, StreamClosing):
             self.loop.remove_reader(self.sock)
 
     def _on_readable(self) -> None:
+        if not self._reading:
+            return  # paused or finished since this read was scheduled
         try:
-            count = self.sock.recv_into(self.loop.read_buffer)
-        except (BlockingIOError, InterruptedError):
-            return
+            count = self._io.recv_into(self.loop.read_buffer)
         except OSError as exc:
             self._finish(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}")
+            return
+        if count is None:
             return
         if count == 0:
             # The peer is done sending (it may still read: a half-close). The messages before the end
@@ -236,6 +242,10 @@ class Stream(StreamWriting, StreamClosing):
             self._discard_until_close()
         else:
             self._handle_events()
+        if self._io.write_wants_read:
+            self._on_writable()  # a TLS write waited for these bytes
+        if self._reading and self._io.pending():
+            self.loop.call_soon(self._on_readable)  # TLS holds more, which the selector cannot see
 
     def _at_eof(self) -> None:
         """The peer's end of the stream, once the handler has had what came before it: close (loop thread)."""

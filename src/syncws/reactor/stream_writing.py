@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     import socket
 
     from .loop import IOLoop
+    from .socket_io import SocketIO
 
 __all__ = ["StreamWriting", "STALL"]
 
@@ -58,6 +59,7 @@ class StreamWriting:
 
     loop: IOLoop
     sock: socket.socket
+    _io: SocketIO
     protocol: Protocol
     send_timeout: Optional[float]
     high_water: int
@@ -199,9 +201,7 @@ class StreamWriting:
         for piece in pieces:
             if not self._out:
                 try:
-                    sent = self.sock.send(piece)
-                except BlockingIOError:
-                    sent = 0
+                    sent = self._io.send(piece)
                 except OSError:
                     return  # the socket is gone: the loop sees it on its next read
                 if sent == len(piece):
@@ -246,12 +246,18 @@ class StreamWriting:
     def _on_writable(self) -> None:
         finish = False
         with self._lock:
-            try:
-                sent = self.sock.send(self._out)
-            except (BlockingIOError, InterruptedError):
+            if self._finished:
                 return
+            try:
+                sent = self._io.send(self._out)
             except OSError:
                 sent, finish = 0, True
+            if sent == 0 and not finish:
+                if self._io.write_wants_read and self._writing:
+                    # TLS needs the peer's bytes first: retried after the next read, not at every writable.
+                    self._writing = False
+                    self.loop.remove_writer(self.sock)
+                return
             del self._out[:sent]
             self._taken += sent
             if not self._out or finish:

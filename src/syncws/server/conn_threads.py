@@ -245,8 +245,8 @@ class ConnectionThreads(socketserver.BaseServer):
 
     def _new_connection(self, sock: socket.socket, *, initial_data: bytes, preamble: bytes, deflate: Optional[PerMessageDeflate], name: str) -> Connection:
         """The connection of an accepted upgrade (connection thread): a thread of its own, or with
-        ``engine="reactor"`` a Stream on the I/O loop (TLS connections keep their thread for now)."""
-        if self.engine == "reactor" and not isinstance(sock, ssl.SSLSocket):
+        ``engine="reactor"`` a Stream on the I/O loop (a TLS socket with its TLS handshake done)."""
+        if self.engine == "reactor":
             loop, pool = self._engine_parts()
             stream = Stream(
                 loop,
@@ -289,6 +289,15 @@ class ConnectionThreads(socketserver.BaseServer):
                 # As many workers as connections at most: a handler that blocks holds up only its own connection.
                 self._pool = HandlerPool(max_workers=self.max_connections, idle_timeout=5.0, name="syncws-worker")
             return self._loop, self._pool
+
+    def _handler_pool_threads(self) -> int:
+        """The handler pool's worker threads alive now, busy or idle; 0 before the first stream (for stats(), any thread)."""
+        with self._lock:
+            pool = self._pool
+        if pool is None:
+            return 0
+        counts = pool.counts()
+        return counts["busy"] + counts["idle"]
 
     def _stop_engine(self, timeout: float) -> None:
         """Let the handler pool finish what its lanes hold (on_close calls), then stop it and the loop (stop()'s thread)."""
