@@ -348,12 +348,18 @@ class Stream(StreamWriting, StreamClosing):
 class Keepalive:
     """A stream's keepalive on the loop's timers: a ping after ``interval`` of silence, and ``expire()`` when its pong takes over ``timeout``.
 
+    Hearing from the peer only notes the time: the timer, when it fires, sends the
+    ping only if the connection really was silent for the interval, and otherwise
+    waits for what is left of it. A busy connection so costs one clock reading per
+    read, not a timer per read.
+
     Loop thread only. ``ping()`` sends the ping (False: the connection is closing, so no deadline).
     """
 
     def __init__(self, loop: IOLoop, interval: Optional[float], timeout: Optional[float], ping: Callable[[], bool], expire: Callable[[], None]) -> None:
         self.loop, self.interval, self.timeout, self._ping, self._expire = loop, interval, timeout, ping, expire
-        self._timer: Optional[Timer] = None  # the next ping, or the wait for its pong
+        self._timer: Optional[Timer] = None  # the next look at the silence, or the wait for a pong
+        self._heard = 0.0  # when the peer was last heard from (the loop's clock)
         self._awaiting_pong = False
         self._stopped = False
 
@@ -361,9 +367,10 @@ class Keepalive:
         """The peer was heard from: the next ping after a whole interval of silence."""
         if self.interval is None or self._stopped:
             return
-        self.loop.timers.cancel(self._timer)
+        self._heard = self.loop.timers.clock()
         self._awaiting_pong = False
-        self._timer = self.loop.timers.call_later(self.interval, self._send)
+        if self._timer is None:
+            self._timer = self.loop.timers.call_later(self.interval, self._look)
 
     def pong(self) -> None:
         """A pong came in."""
@@ -374,7 +381,16 @@ class Keepalive:
         self._stopped = True
         self.loop.timers.cancel(self._timer)
 
-    def _send(self) -> None:
+    def _look(self) -> None:
+        """The interval since the last look passed: ping if the peer was silent all along, else wait for the rest."""
+        assert self.interval is not None  # armed only with an interval
+        self._timer = None
+        if self._stopped:
+            return
+        silent_until = self._heard + self.interval
+        if self.loop.timers.clock() < silent_until:
+            self._timer = self.loop.timers.call_at(silent_until, self._look)
+            return
         if not self._ping():
             return
         self._awaiting_pong = True
@@ -382,5 +398,11 @@ class Keepalive:
             self._timer = self.loop.timers.call_later(self.timeout, self._deadline)
 
     def _deadline(self) -> None:
+        self._timer = None
+        if self._stopped:
+            return
         if self._awaiting_pong:
             self._expire()
+        elif self.interval is not None:
+            # The pong (or anything) came: the next ping after a whole interval of silence since then.
+            self._timer = self.loop.timers.call_at(self._heard + self.interval, self._look)
