@@ -45,6 +45,9 @@ __all__ = ["StreamWriting", "STALL"]
 #: A broadcast past ``max_send_queue`` waits this long for the peer to read something; then the peer is too slow.
 STALL = 1.0
 
+#: Pieces of a frame smaller than this together are joined and written in one send.
+COALESCE_LIMIT = 16 * 1024
+
 Buffer = Union[bytes, bytearray, memoryview]
 
 
@@ -198,6 +201,8 @@ class StreamWriting:
         """Write ``pieces`` (after the preamble, if it is still held) as far as the socket takes them now; queue the rest. Requires _lock."""
         if self._preamble:
             pieces, self._preamble = (self._preamble, *pieces), b""
+        if len(pieces) > 1 and sum(map(len, pieces)) < COALESCE_LIMIT:
+            pieces = (b"".join(pieces),)  # one send, one TCP segment: a small frame's header and payload together
         for piece in pieces:
             if not self._out:
                 try:
