@@ -11,13 +11,14 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import syncws
 
-from .helpers import make_server
+from .helpers import make_server, self_signed
 from .peers import Env
 from .redis_server import RedisServer
 
@@ -75,3 +76,9 @@ def redis_server() -> Iterator[RedisServer]:
 def cluster_name() -> str:
     """A cluster name no other test uses."""
     return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made at test time: (certificate, key)."""
+    return self_signed(tmp_path_factory.mktemp("tls"))

@@ -21,7 +21,7 @@ import pytest
 from syncws.cli.demo import demo_payload
 from syncws.cli.progress import ProgressBar
 
-from ..helpers import self_signed, wait_for
+from ..helpers import wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -459,12 +459,6 @@ def test_peer_that_cannot_connect_says_so_and_exits_1() -> None:
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert result.stderr.splitlines()[-1].startswith("syncws peer: "), result.stderr
     assert "Traceback" not in result.stderr
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1, made at test time: (certificate, key)."""
-    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def test_peer_reaches_serve_with_token_over_tls(certificate: tuple[Path, Path]) -> None:

@@ -14,15 +14,9 @@ import pytest
 
 import syncws
 
-from ..helpers import make_server, self_signed
+from ..helpers import make_server
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1: (certificate, key)."""
-    return self_signed(tmp_path_factory.mktemp("tls"))
 
 
 def _server_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:

@@ -21,15 +21,9 @@ from websockets.sync.client import connect as websockets_connect
 import syncws
 from syncws.reactor.stream import Stream
 
-from ..helpers import EchoHandler, self_signed, wait_for
+from ..helpers import EchoHandler, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """A self-signed certificate for 127.0.0.1, made at test time."""
-    yield self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

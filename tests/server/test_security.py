@@ -19,7 +19,7 @@ from websockets.sync.client import connect as websockets_connect
 
 import syncws
 
-from ..helpers import EchoHandler, RawClient, make_server, self_signed, stop_with_a_handshake_in_progress
+from ..helpers import EchoHandler, RawClient, make_server, stop_with_a_handshake_in_progress
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -180,12 +180,6 @@ def test_idle_sockets_beyond_max_handshakes_are_closed_at_once(caplog: pytest.Lo
         thread.join(10)
     assert _status(srv) == 101
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """A self-signed certificate for 127.0.0.1, made at test time."""
-    yield self_signed(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
