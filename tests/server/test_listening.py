@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import tempfile
@@ -215,3 +216,18 @@ def test_remote_service_over_a_unix_socket(socket_path: Path) -> None:
     finally:
         service.stop()
         server.stop()
+
+
+def test_start_warns_when_the_open_file_limit_is_below_max_connections(caplog: pytest.LogCaptureFixture) -> None:
+    """A server whose max_connections exceeds the process's open-file limit says so at start, naming both figures; one within it says nothing."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    caplog.set_level(logging.WARNING, logger="syncws.server.server")
+    within = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry(), max_connections=soft).start()
+    within.stop()
+    assert not [r for r in caplog.records if "open" in r.getMessage() and "files" in r.getMessage()]
+    above = syncws.WebSocketServer("127.0.0.1", 0, registry=syncws.ConnectionRegistry(), max_connections=soft + 1).start()
+    above.stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "ulimit -n" in r.getMessage()]
+    assert len(warnings) == 1 and f"may open {soft} files" in warnings[0] and f"max_connections ({soft + 1})" in warnings[0]

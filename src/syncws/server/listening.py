@@ -22,7 +22,7 @@ import socket
 import stat
 from typing import Any, Optional, Union
 
-__all__ = ["ListenAddress", "url_host", "peer_address", "describe_address"]
+__all__ = ["ListenAddress", "url_host", "peer_address", "describe_address", "check_open_file_limit"]
 
 logger = logging.getLogger("syncws.server.server")  # its records are the server's: one logger to configure
 
@@ -115,6 +115,31 @@ def _remove_stale_socket(path: str) -> None:
         logger.info("removed the stale Unix socket %s", path)
     except FileNotFoundError:
         pass
+
+
+def check_open_file_limit(max_connections: int) -> bool:
+    """Warn, once per call, when this process may open fewer files than ``max_connections``; False then.
+
+    Each connection is a socket, and a socket is an open file: past the
+    limit, ``accept()`` fails (EMFILE) and new clients wait in the backlog
+    until one leaves. The limit is the process's, so the server only says
+    so; the program (or ``ulimit -n`` before it) raises it.
+    """
+    try:
+        import resource
+    except ImportError:  # no such limit here (Windows)
+        return True
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= max_connections:
+        return True
+    logger.warning(
+        "this process may open %d files (ulimit -n), fewer than max_connections (%d): connections past about %d will not be "
+        "accepted. Raise the limit (ulimit -n %d before starting, or resource.setrlimit(resource.RLIMIT_NOFILE, ...) "
+        "in the program; the hard limit is %s) or lower max_connections",
+        soft, max_connections, max(0, soft - 32), max_connections + 64,
+        "unlimited" if hard == resource.RLIM_INFINITY else hard,
+    )
+    return False
 
 
 def url_host(host: str) -> str:

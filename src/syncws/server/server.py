@@ -47,7 +47,7 @@ from ..protocol.deflate import DeflateOptions, resolve
 from .admission import AuthCheck, Routes, SubprotocolSelector
 from .conn_threads import ConnectionHandler, ConnectionThreads
 from .drain import Drain, Stopping
-from .listening import ListenAddress, url_host
+from .listening import ListenAddress, check_open_file_limit, url_host
 from .routes import RouteConfig
 
 __all__ = ["WebSocketServer", "AuthCheck", "SubprotocolSelector"]
@@ -223,6 +223,7 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
             if self._serving:
                 return self
             self._serving = True
+        check_open_file_limit(self.max_connections)
         self._start_node()
         self.thread = threading.Thread(target=self._serve, name="syncws-server", daemon=True)
         self.thread.start()
@@ -252,6 +253,7 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
             if self._serving or self._stopped:
                 raise RuntimeError("server already started or stopped")
             self._serving = True
+        check_open_file_limit(self.max_connections)
         self._start_node()
         self.thread = threading.current_thread()
         logger.info("serving on %s", self.url)
