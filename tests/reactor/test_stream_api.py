@@ -659,3 +659,37 @@ def test_the_stream_shows_its_settings_placer_and_queue(make_reactor: Callable[.
         assert wait_for(lambda: reactor.handled == ["still served"])
     finally:
         ws.shutdown()
+
+
+def test_small_sends_from_many_threads_all_arrive_each_threads_in_order(make_reactor: Callable[..., ApiReactor]) -> None:
+    """16 threads sending 500 small messages each on one stream at once (frames left to the thread writing): all 8,000 arrive, each thread's in order."""
+    reactor = make_reactor()
+    reactor.echo = False
+    ws = websocket.create_connection(reactor.url, timeout=10)
+    stream = reactor.streams.get(timeout=10)
+    go = threading.Barrier(16)
+    failures: queue.Queue[BaseException] = queue.Queue()
+
+    def send(thread: int) -> None:
+        try:
+            go.wait(10)
+            for n in range(500):
+                stream.send(f"{thread}:{n}")
+        except BaseException as exc:  # reported to the test thread
+            failures.put(exc)
+
+    senders = [threading.Thread(target=send, args=(t,)) for t in range(16)]
+    try:
+        for sender in senders:
+            sender.start()
+        seen: dict[int, list[int]] = {t: [] for t in range(16)}
+        for _ in range(16 * 500):
+            thread, n = ws.recv().split(":")
+            seen[int(thread)].append(int(n))
+        for sender in senders:
+            sender.join(10)
+        assert failures.empty(), failures.get()
+        assert all(numbers == list(range(500)) for numbers in seen.values())
+        assert stream.send_queue_bytes == 0 and not stream._left
+    finally:
+        ws.shutdown()

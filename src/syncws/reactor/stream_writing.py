@@ -76,6 +76,9 @@ class StreamWriting:
     _preamble: bytes
     _closing_now: bool
     _finished: bool
+    _left_lock: threading.Lock
+    _left: list[bytes]
+    _combining: bool
 
     if TYPE_CHECKING:  # the stream's own
 
@@ -101,6 +104,11 @@ class StreamWriting:
         Raises ConnectionClosed once our close frame went out or the socket is gone.
         """
         opcode, payload = encode_message(message, binary)
+        if len(payload) < COALESCE_LIMIT and not self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
+            self._send_small(frames.encode_header(opcode, len(payload)) + payload)
+            if self.meter is not None:
+                self.meter.sent(len(payload))
+            return
         with self._lock:
             self._check_open()
             if self.protocol.compresses(opcode == frames.OP_BINARY, len(payload), compress):
@@ -189,7 +197,58 @@ class StreamWriting:
         self._notify_closing(code, reason)
         self.loop.call_soon(lambda: self._finish(code, reason))
 
+    def _send_small(self, frame: bytes) -> None:
+        """Write one whole small frame, or leave it to the thread writing now. Any thread.
+
+        Many threads sending on one connection (the callers of a
+        RequestHandler) would each wait for the lock while another writes: a
+        sleep and a wake-up per message. A sender that finds the lock held by
+        another small send leaves its frame instead and returns; the holder
+        writes what was left, in the order it was left, before it lets go
+        (:meth:`_stop_combining`). Each thread's messages still go out in the
+        order it sent them. A frame left on a connection that closes
+        meanwhile is dropped with it, as a frame in the write buffer is.
+        """
+        lock = self._lock
+        if not lock.acquire(False):  # positional: the keyword costs CPython twice the call
+            self.protocol.check_open()
+            with self._left_lock:
+                if self._combining:
+                    self._left.append(frame)
+                    return
+            lock.acquire()  # the holder takes no more frames: wait for the lock
+        try:
+            with self._left_lock:
+                self._combining = True
+            try:
+                self._check_open()
+                self._write(frame)
+            finally:
+                self._stop_combining()
+            if len(self._out) > self.high_water and not self.loop.in_loop() and not self._wait_for_room(self.high_water, self.send_timeout):
+                self._give_up(CloseCode.ABNORMAL_CLOSURE, "send timed out")
+                raise SendTimeout(f"the peer took nothing for {self.send_timeout} s; connection aborted")
+        finally:
+            lock.release()
+
     # ------------------------------------------------------------------ under _lock
+
+    def _stop_combining(self) -> None:
+        """Write the frames other senders left, take no more, and keep the lock. Requires holding _lock.
+
+        A few rounds at most: senders that keep leaving frames cannot keep the holder
+        here; after the last round they wait for the lock instead.
+        """
+        for round_ in range(8):
+            with self._left_lock:
+                left, self._left = self._left, []
+                if not left or round_ == 7:
+                    self._combining = False
+                done = not self._combining
+            if left and not self._finished and not self.protocol.close_sent:
+                self._write(left[0] if len(left) == 1 else b"".join(left))
+            if done:
+                return
 
     def _check_open(self, what: str = "send") -> None:
         if self._finished:
