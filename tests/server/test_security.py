@@ -19,7 +19,7 @@ from websockets.sync.client import connect as websockets_connect
 
 import syncws
 
-from ..helpers import EchoHandler, RawClient, make_server, stop_with_a_handshake_in_progress
+from ..helpers import EchoHandler, RawClient, make_server, stop_with_a_handshake_in_progress, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -328,3 +328,29 @@ def test_failed_tls_handshakes_release_their_descriptors_while_log_records_are_k
         gc.enable()
         server_logger.removeHandler(keeper)
         server_logger.setLevel(level)
+
+
+def test_tls_on_the_thread_engine_past_file_descriptor_1023(certificate: tuple[Path, Path]) -> None:
+    """With over 1,100 files open, a TLS connection on the thread engine (its fd past select()'s 1023) still echoes a 2 MB message."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2048 if hard == resource.RLIM_INFINITY else min(hard, 2048)
+    assert wanted >= 1300, f"the open-file limit ({hard}) is too low for this test"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    srv = make_server(ssl_context=context, engine="threads")
+    try:
+        conn = syncws.connect(srv.url + "/echo", sslopt={"ca_certs": str(certificate[0])}, timeout=10)
+        assert wait_for(lambda: len(srv.registry.connections("echo")) == 1)
+        assert srv.registry.connections("echo")[0].connection.sock.fileno() > 1023
+        conn.send(b"\x02" * 2_000_000)
+        assert conn.recv(timeout=10) == b"\x02" * 2_000_000
+        conn.close()
+    finally:
+        srv.stop()
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -3,7 +3,7 @@
 :class:`Ticks` is mixed into :class:`syncws.engine.transport.Transport`: it
 sets the socket's waiting up (a plain socket blocking, each read and write
 bounded by the kernel with ``SO_RCVTIMEO`` and ``SO_SNDTIMEO``; a TLS socket
-non-blocking, its waits done in ``select()`` by :mod:`syncws.engine.tls`)
+non-blocking, its waits done in ``poll()`` by :mod:`syncws.engine.tls`)
 and keeps the kernel's read bound in step with the tick and the reader's
 :attr:`~Ticks.deadline`. The read loop itself (``Transport._read``) stays in
 the transport and reads these attributes directly: it runs once per read.
@@ -18,12 +18,27 @@ Imports: the standard library only.
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
 from typing import Optional
 
-__all__ = ["Ticks", "ReadTimeout"]
+__all__ = ["Ticks", "ReadTimeout", "wait_for_socket"]
+
+
+def wait_for_socket(sock: socket.socket, readable: bool, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``sock`` to be readable (or writable); True once it is.
+
+    ``poll()`` where the system has it: ``select()`` takes no file descriptor
+    past 1023 (ValueError), which a process with a thousand connections has.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN if readable else select.POLLOUT)
+        return bool(poller.poll(max(0.0, timeout) * 1000))
+    ready = select.select([sock] if readable else [], [] if readable else [sock], [], max(0.0, timeout))
+    return bool(ready[0] or ready[1])
 
 
 class ReadTimeout(Exception):

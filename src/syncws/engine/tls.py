@@ -5,7 +5,7 @@ threads, which a connection does (its reader, and whichever thread sends).
 :class:`TlsCalls` is mixed into :class:`syncws.engine.transport.Transport`:
 on a TLS socket (made non-blocking by :mod:`syncws.engine.ticks`) every SSL
 call runs under ``_tls_lock`` through :meth:`TlsCalls._tls_call`, and a call
-that would block waits in ``select()`` with the lock let go, a tick at a
+that would block waits in ``poll()`` with the lock let go, a tick at a
 time. On a plain socket ``_tls_lock`` is None and nothing here runs.
 
 Threads: the reader thread (reads) and the holder of the connection's send
@@ -17,14 +17,13 @@ package for :class:`~syncws.engine.ticks.ReadTimeout`.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
 
-from .ticks import ReadTimeout
+from .ticks import ReadTimeout, wait_for_socket
 
 __all__ = ["TlsCalls"]
 
@@ -48,11 +47,11 @@ class TlsCalls:
         # OpenSSL's objects are not safe for a read and a write at once from two
         # threads (seen as spurious EAGAIN and dropped connections). On TLS the
         # socket is made non-blocking and every SSL call runs under this lock,
-        # held only for the call itself: waiting happens in select(), unlocked.
+        # held only for the call itself: waiting happens in poll(), unlocked.
         self._tls_lock: Optional[threading.Lock] = threading.Lock() if isinstance(sock, ssl.SSLSocket) else None
 
     def _tls_call(self, call: Callable[[Any], T], arg: Any, reading: bool) -> T:
-        """Run one SSL call under the TLS lock; wait for the socket, unlocked, when it would block.
+        """Run one SSL call under the TLS lock; wait for the socket (poll), unlocked, when it would block.
 
         A reader that waits a tick without data runs the idle hook; a writer
         that makes no progress for ``send_timeout`` raises socket.timeout,
@@ -68,11 +67,9 @@ class TlsCalls:
                     wait_read = True
                 except ssl.SSLWantWriteError:
                     wait_read = False
-            sockets = [self.sock]
             deadline = self.deadline if reading else None
             wait = self.tick if deadline is None else max(0.0, min(self.tick, deadline - time.monotonic()))
-            ready = select.select(sockets if wait_read else [], [] if wait_read else sockets, [], wait)
-            if ready[0] or ready[1]:
+            if wait_for_socket(self.sock, wait_read, wait):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 raise ReadTimeout()

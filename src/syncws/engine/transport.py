@@ -27,7 +27,6 @@ and :class:`~syncws.engine.tls.TlsCalls` (the TLS lock and the SSL calls).
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import threading
@@ -37,7 +36,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from ..exceptions import ConnectionClosed, SendTimeout
 from ..protocol import frames
-from .ticks import ReadTimeout, Ticks
+from .ticks import ReadTimeout, Ticks, wait_for_socket
 from .tls import TlsCalls
 
 __all__ = ["Transport", "Abort", "ReadTimeout", "RECV_SIZE"]
@@ -152,7 +151,7 @@ class Transport(TlsCalls, Ticks):
     def discard_until_quiet(self, quiet: float, until: float) -> None:
         """Read and drop bytes until the peer sends nothing for ``quiet`` seconds, the stream ends, or ``until`` (monotonic) passes."""
         try:
-            while time.monotonic() < until and select.select([self.sock], [], [], quiet)[0]:
+            while time.monotonic() < until and wait_for_socket(self.sock, True, quiet):
                 if not (self._tls_call(self.sock.recv, RECV_SIZE, reading=True) if self._tls_lock else self.sock.recv(RECV_SIZE)):
                     return
         except (OSError, Abort):  # socket.timeout included: the peer went quiet
