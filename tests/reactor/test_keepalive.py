@@ -90,3 +90,14 @@ def test_a_stopped_keepalive_pings_no_more() -> None:
     peer.keepalive.stop()
     peer.at(100.0)
     assert (peer.pings, peer.expired) == ([], [])
+
+
+def test_with_a_timeout_longer_than_the_interval_pings_keep_their_interval() -> None:
+    """ping_timeout 20 s, ping_interval 1 s: a peer that answers each ping at once is pinged every second, not every 20."""
+    peer = Peer(interval=1.0, timeout=20.0)
+    for second in range(1, 6):
+        peer.at(second + 0.0)
+        assert len(peer.pings) == second
+        peer.keepalive.arm()  # the read that brought the pong, at once
+        peer.keepalive.pong()
+    assert peer.expired == []

@@ -373,7 +373,10 @@ class Keepalive:
         if self.interval is None or self._stopped:
             return
         self._heard = self.loop.timers.clock()
-        self._awaiting_pong = False
+        if self._awaiting_pong:  # the answer came: the pong's deadline goes, the next ping waits an interval from now
+            self._awaiting_pong = False
+            self.loop.timers.cancel(self._timer)
+            self._timer = None
         if self._timer is None:
             self._timer = self.loop.timers.call_later(self.interval, self._look)
 
