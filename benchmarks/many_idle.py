@@ -86,12 +86,17 @@ FD_SPARE = 64
 # --------------------------------------------------------------------------
 # the server child: python -m benchmarks.peers idle-serve IMPL MAX_CONNECTIONS
 # --------------------------------------------------------------------------
-def serve_role(impl: str, max_connections: str) -> None:
-    """Serve /idle, /echo and /fanout with ``impl``, print {"port", "pid"}, and run until "quit" or EOF on stdin."""
+def serve_role(impl: str, max_connections: str, ping_interval: str = "") -> None:
+    """Serve /idle, /echo and /fanout with ``impl``, print {"port", "pid"}, and run until "quit" or EOF on stdin.
+
+    ``ping_interval`` (seconds; syncws only) turns keepalive pings on, for clients that answer them
+    (benchmarks.keepalive); empty: off.
+    """
+    interval = float(ping_interval) if ping_interval else None
     if impl == "syncws":
-        port = _serve_syncws(int(max_connections))
+        port = _serve_syncws(int(max_connections), ping_interval=interval)
     elif impl == "syncws_reactor":
-        port = _serve_syncws(int(max_connections), engine="reactor")
+        port = _serve_syncws(int(max_connections), engine="reactor", ping_interval=interval)
     elif impl == "websockets":
         port = _serve_websockets()
     elif impl == "reactor":
@@ -105,7 +110,7 @@ def serve_role(impl: str, max_connections: str) -> None:
     os._exit(0)
 
 
-def _serve_syncws(max_connections: int, engine: str = "threads") -> int:
+def _serve_syncws(max_connections: int, engine: str = "threads", ping_interval: Optional[float] = None) -> int:
     import syncws
 
     class Idle(syncws.BaseWebSocketHandler):
@@ -122,8 +127,8 @@ def _serve_syncws(max_connections: int, engine: str = "threads") -> int:
         def on_message(self, message: Any) -> None:
             syncws.sendWebSocketMessage("idle", message, registry=server.registry)
 
-    # Pings off: the idle clients do not read, so they could not answer (see the module's docstring).
-    server = syncws.WebSocketServer(host=HOST, port=0, compression=None, max_connections=max_connections, ping_interval=None, engine=engine)
+    # Pings off unless asked: the idle clients do not read, so they could not answer (see the module's docstring).
+    server = syncws.WebSocketServer(host=HOST, port=0, compression=None, max_connections=max_connections, ping_interval=ping_interval, engine=engine)
     server.add_handler("/idle", Idle, name="idle")
     server.add_handler("/echo", Echo, name="echo")
     server.add_handler("/fanout", Fanout, name="fanout")
@@ -359,9 +364,10 @@ class WsClient:
 class ServerChild:
     """A server child process; ``stop`` kills it, whatever state it is in."""
 
-    def __init__(self, impl: str, max_connections: int) -> None:
+    def __init__(self, impl: str, max_connections: int, ping_interval: Optional[float] = None) -> None:
         # A session of its own: a Ctrl-C reaches the driver alone, which then kills the child.
-        self.proc = subprocess.Popen(command("idle-serve", impl, str(max_connections)), cwd=package_parent(),
+        interval = "" if ping_interval is None else repr(ping_interval)
+        self.proc = subprocess.Popen(command("idle-serve", impl, str(max_connections), interval), cwd=package_parent(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
         try:
             line = self._readline(START_BUDGET)

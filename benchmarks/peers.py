@@ -23,7 +23,7 @@ can never outlive the benchmark by more than its time limit):
     cluster-node, cluster-caller, cluster-peer ...
         The cluster group's nodes, caller without a server and peer: see
         benchmarks.cluster_peers.
-    idle-serve IMPL MAX_CONNECTIONS
+    idle-serve IMPL MAX_CONNECTIONS [PING_INTERVAL]
         The many-idle benchmark's server (/idle, /echo, /fanout): prints
         {"port": N, "pid": P} and runs until "quit" or EOF on stdin; see
         benchmarks.many_idle.
@@ -142,7 +142,7 @@ def main(argv: list[str]) -> int:
         elif role == "idle-serve":
             from .many_idle import serve_role  # here, so that no other role's process imports it
 
-            serve_role(argv[1], argv[2])
+            serve_role(*argv[1:4])
         elif role.startswith("cluster-"):
             from .cluster_peers import ROLES  # here, so that no other role's process imports syncws
 

@@ -23,3 +23,16 @@ def test_many_idle_smallest_mode_holds_every_connection(tmp_path: Path) -> None:
     assert row["impl"] == "syncws" and row["n_held"] == 50, row
     assert isinstance(row["threads"], int) and row["threads"] > 0, row
     assert "| syncws | 50 |" in result.stdout
+
+
+@pytest.mark.timeout(90)
+def test_keepalive_benchmark_keeps_every_connection_through_its_pings(tmp_path: Path) -> None:
+    """50 connections pinged every 0.3 s for 1 s (clients that answer): none is dropped, and a per-ping figure is reported."""
+    out = tmp_path / "keepalive.json"
+    args = ["-m", "benchmarks.keepalive", "--n", "50", "--interval", "0.3", "--seconds", "1", "--json", str(out)]
+    result = subprocess.run([sys.executable, *args], cwd=str(ROOT), capture_output=True, text=True, timeout=80)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    figures = json.loads(out.read_text())
+    assert figures["on"]["n"] == 50 and figures["on"]["interval"] == 0.3, figures
+    assert isinstance(figures["per_ping_us"], float)
+    assert "one ping and its pong" in result.stdout
