@@ -93,3 +93,22 @@ def test_unix_socket_serves_call_with_the_same_flag(socket_path: Path) -> None:
         assert result.stdout == "hi\n"
     finally:
         serve.stop()
+
+
+def test_serve_raises_its_open_file_limit_to_hold_max_connections() -> None:
+    """``serve`` started with a soft open-file limit of 4,096 raises its own to max_connections + 64 (10,064), within the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard == resource.RLIM_INFINITY or hard >= 10_064, f"the hard open-file limit ({hard}) is too low for this test"
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))  # inherited by the child
+    try:
+        serve, _ = start_serve()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        limits = Path(f"/proc/{serve.proc.pid}/limits").read_text()
+        open_files = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert open_files.split()[3] == "10064", open_files
+    finally:
+        serve.stop()

@@ -194,6 +194,7 @@ def run_serve(args: argparse.Namespace) -> int:
             server.server_close()
             _error(str(exc))
             return 2
+        raise_open_file_limit(server.max_connections + 64)
         try:
             server.start()
         except ClusterError as exc:
@@ -331,3 +332,25 @@ def _rtcloud_secret(args: argparse.Namespace) -> Optional[str]:
     if not secret:
         raise ValueError(f"{args.cookie_secret_file} is empty: the cookie secret must not be")
     return secret
+
+
+def raise_open_file_limit(wanted: int) -> None:
+    """Raise this process's soft open-file limit toward ``wanted`` (at most the hard limit).
+
+    ``serve`` is the program, so it may: each connection is an open file,
+    and many systems start processes at 1,024. The server's own warning
+    (``WebSocketServer.start``) says so if the hard limit is still too low.
+    """
+    try:
+        import resource
+    except ImportError:  # no such limit here (Windows)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass  # left as it is: start() warns
