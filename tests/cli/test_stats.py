@@ -243,7 +243,7 @@ def test_stats_prints_the_endpoint_and_handler_rows_of_a_server(status_server: s
     assert main(["stats", status_server.url]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert all(len(line) <= WIDTH for line in lines)
-    assert lines[0].startswith(f"{status_server.url}  up ") and "conns 1/1024" in lines[0]
+    assert lines[0].startswith(f"{status_server.url}  up ") and f"conns 1/{status_server.max_connections}" in lines[0]
     figures = status_server.stats()["endpoints"]["/wsData"]
     assert row(lines, "/wsData")[:6] == ["/wsData", "1", "1", "0", "3", "3"]
     assert " ".join(row(lines, "/wsData")[6:]) == f"{human_bytes(figures['bytes_in'])} {human_bytes(figures['bytes_out'])}"
