@@ -496,6 +496,7 @@ MODULES = {
     "syncws_metrics": "syncws_impl",
     "syncws_uncounted": "syncws_impl",
     "syncws_reactor": "syncws_impl",
+    "syncws_threads": "syncws_impl",
     "websockets": "websockets_impl",
     "tornado_seed": "tornado_design",
     "tornado_seed_b64": "tornado_design",

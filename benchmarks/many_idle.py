@@ -15,8 +15,12 @@ framing, so that every server is measured with the same client code.
 
 Implementations:
 
-    syncws      syncws.WebSocketServer, compression off, max_connections N + 100,
-                the broadcast through ``sendWebSocketMessage("idle", ...)``
+    syncws      syncws.WebSocketServer on its default engine (the selector engine),
+                compression off, max_connections N + 100, the broadcast through
+                ``sendWebSocketMessage("idle", ...)``
+    syncws_threads, syncws_reactor
+                the same on the thread engine, or on the selector engine by name
+    reactor     syncws.reactor's parts alone, without the server around them
     websockets  python-websockets' asyncio server (``websockets.asyncio.server.serve``,
                 else ``websockets.serve``), compression off, on its own event
                 loop; the broadcast through ``websockets.broadcast``
@@ -67,7 +71,8 @@ from .common import HOST, BenchError, emit, pct
 from .many_clients import ManyClients
 from .peers import command, package_parent
 
-IMPLS = ["syncws", "syncws_reactor", "websockets", "reactor"]
+IMPLS = ["syncws", "syncws_threads", "syncws_reactor", "websockets", "reactor"]
+DEFAULT_IMPLS = ["syncws", "websockets"]
 FULL_N, QUICK_N = 10_000, 300
 BATCH = 100  # handshakes in flight at once: below syncws's max_handshakes (128) and its listen backlog (128)
 OPEN_BUDGET = 120.0  # seconds to open the N connections
@@ -93,8 +98,10 @@ def serve_role(impl: str, max_connections: str, ping_interval: str = "") -> None
     (benchmarks.keepalive); empty: off.
     """
     interval = float(ping_interval) if ping_interval else None
-    if impl == "syncws":
-        port = _serve_syncws(int(max_connections), ping_interval=interval)
+    if impl == "syncws":  # the default engine
+        port = _serve_syncws(int(max_connections), engine=None, ping_interval=interval)
+    elif impl == "syncws_threads":
+        port = _serve_syncws(int(max_connections), engine="threads", ping_interval=interval)
     elif impl == "syncws_reactor":
         port = _serve_syncws(int(max_connections), engine="reactor", ping_interval=interval)
     elif impl == "websockets":
@@ -110,7 +117,7 @@ def serve_role(impl: str, max_connections: str, ping_interval: str = "") -> None
     os._exit(0)
 
 
-def _serve_syncws(max_connections: int, engine: str = "threads", ping_interval: Optional[float] = None) -> int:
+def _serve_syncws(max_connections: int, engine: Optional[str], ping_interval: Optional[float] = None) -> int:
     import syncws
 
     class Idle(syncws.BaseWebSocketHandler):
@@ -600,7 +607,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the benchmark, print the table; 0 when every figure was produced."""
     ap = argparse.ArgumentParser(prog="many-idle", description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=None, help="idle connections (default %d, --quick %d)" % (FULL_N, QUICK_N))
-    ap.add_argument("--impls", default=",".join(IMPLS), help="implementations, comma-separated: " + ",".join(IMPLS))
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                    help="implementations, comma-separated (default %s): %s" % (",".join(DEFAULT_IMPLS), ",".join(IMPLS)))
     ap.add_argument("--idle-seconds", type=float, default=None, help="the idle CPU window (default %.0f, --quick %.0f)" % (IDLE_S, QUICK_IDLE_S))
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ap.add_argument("--quick", action="store_true", help="%d connections, a %.0f s idle window" % (QUICK_N, QUICK_IDLE_S))

@@ -6,7 +6,7 @@ import statistics
 from typing import Any, Optional
 
 IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_deflate", "syncws_uncounted", "syncws_metrics", "syncws_reactor",
-         "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+         "syncws_threads", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
 WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle", "json_fanout", "json_req"]
 ALIASES = {
     "latency": "req_latency",
@@ -78,6 +78,7 @@ ONLY_FOR = {
     "syncws_metrics": {"req_latency", "req_throughput"},
     "syncws_uncounted": {"req_latency", "req_throughput"},
     "syncws_reactor": {"req_latency", "req_throughput"},
+    "syncws_threads": set(WORKLOADS) - JSON_WORKLOADS,
     "syncws_deflate": {"req_latency", "fanout", "idle"} | JSON_WORKLOADS,
 }
 NOTES = {
@@ -92,6 +93,7 @@ NOTES = {
     **{("syncws_metrics", wl): "/metrics served, scraped every second" for wl in ("req_latency", "req_throughput")},
     **{("syncws_uncounted", wl): "counting off" for wl in ("req_latency", "req_throughput")},
     **{("syncws_reactor", wl): "engine=\"reactor\"" for wl in ("req_latency", "req_throughput")},
+    **{("syncws_threads", wl): "engine=\"threads\"" for wl in set(WORKLOADS) - JSON_WORKLOADS},
     ("redis", "redis_rtt"): "redis-py from the benchmark process",
     ("syncws", "cluster_latency"): "one process, no cluster",
     ("syncws", "cluster_throughput"): "one process, no cluster",

@@ -25,8 +25,11 @@ Implementations (one module each in benchmarks/):
                       scraped once a second (req_latency and req_throughput)
     syncws_uncounted  syncws with its counters replaced by ones that count
                       nothing: the floor syncws_metrics is compared with
-    syncws_reactor    syncws's server on the selector engine (engine="reactor")
-                      (req_latency and req_throughput)
+    syncws_reactor    syncws's server on the selector engine by name
+                      (engine="reactor", the default since it replaced the
+                      thread engine; req_latency and req_throughput)
+    syncws_threads    syncws's server on the thread engine (engine="threads"),
+                      every workload but the JSON ones
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 

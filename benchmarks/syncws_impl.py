@@ -24,12 +24,18 @@ import socket
 import threading
 import time
 import urllib.request
-from typing import Any
+from typing import Any, Optional
 
 import syncws
 from syncws.observe import EndpointCounters
 
 from .common import HOST, BenchError, RequesterBase, ServeBase, json_message, payload, tcp_bytes, ws_url
+
+
+def engine_of(impl: str) -> Optional[str]:
+    """The server engine an implementation name asks for: ``syncws_threads`` the thread engine,
+    ``syncws_reactor`` the selector engine by name, every other the default (the selector engine)."""
+    return {"syncws_threads": "threads", "syncws_reactor": "reactor"}.get(impl)
 
 
 class Serve(ServeBase):
@@ -54,7 +60,7 @@ class Serve(ServeBase):
             def on_message(self, message: Any) -> None:
                 pass
 
-        self.server = syncws.WebSocketServer(host=HOST, port=0)
+        self.server = syncws.WebSocketServer(host=HOST, port=0, engine=engine_of(impl))
         self.server.add_handler("/echo", Echo, name="echo")
         self.server.add_handler("/bulkup", BulkUp, name="bulkup")
         self.server.add_handler("/bulkdown", BulkDown, name="bulkdown")
@@ -122,7 +128,7 @@ class ServerAsks(RequesterBase):
 
     def __init__(self, impl: str = "syncws") -> None:
         super().__init__()
-        self.server = syncws.WebSocketServer(host=HOST, port=0, engine="reactor" if impl == "syncws_reactor" else "threads")
+        self.server = syncws.WebSocketServer(host=HOST, port=0, engine=engine_of(impl))
         self.rh = syncws.RequestHandler("wsData", self.server)
         self.server.add_handler("/wsData", syncws.DataWebSocketHandler, name="wsData", callback=self.rh.callback)
         if impl == "syncws_uncounted":  # counting off: the floor that syncws_metrics is measured against

@@ -46,7 +46,7 @@ class SocketIO:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def recv_into(self, buffer: bytearray) -> Optional[int]:
+    def recv_into(self, buffer: Union[bytearray, memoryview]) -> Optional[int]:
         """Bytes read into ``buffer`` (0: the peer's end of the stream), or None when there is nothing now. Raises OSError when the socket failed."""
         try:
             return self.sock.recv_into(buffer)
@@ -77,7 +77,7 @@ class TlsIO(SocketIO):
         self._retry = 0
         self.write_wants_read = False
 
-    def recv_into(self, buffer: bytearray) -> Optional[int]:
+    def recv_into(self, buffer: Union[bytearray, memoryview]) -> Optional[int]:
         with self.lock:
             try:
                 return self.sock.recv_into(buffer)

@@ -222,8 +222,16 @@ class Stream(StreamWriting, StreamClosing):
     def _on_readable(self) -> None:
         if not self._reading:
             return  # paused or finished since this read was scheduled
+        # A large binary payload being read offers its own memory: read straight into it (one copy less).
+        view = None if self._failing else self.protocol.payload_buffer()
         try:
-            count = self._io.recv_into(self.loop.read_buffer)
+            if view is None:
+                count = self._io.recv_into(self.loop.read_buffer)
+            else:
+                with view:
+                    count = self._io.recv_into(view)
+                if count:
+                    self.protocol.payload_received(count)
         except OSError as exc:
             self._finish(CloseCode.ABNORMAL_CLOSURE, f"connection lost: {exc}")
             return
@@ -241,7 +249,8 @@ class Stream(StreamWriting, StreamClosing):
             except LaneClosed:
                 self._at_eof()
             return
-        self.protocol.receive_data(memoryview(self.loop.read_buffer)[:count])  # copied into the protocol's own buffer
+        if view is None:
+            self.protocol.receive_data(memoryview(self.loop.read_buffer)[:count])  # copied into the protocol's own buffer
         self._keepalive.arm()  # the peer is alive: the next ping waits a whole interval again
         if self._failing:
             self._discard_until_close()
