@@ -2,7 +2,8 @@
 
 The selector engine's heart: instead of a thread per connection that wakes
 at every tick to look at its deadlines, one ``syncws-io`` thread blocks in
-``select()`` (epoll on Linux, kqueue on macOS, through :mod:`selectors`) on
+``select()`` (epoll on Linux, called directly; elsewhere kqueue or poll through
+:mod:`selectors`) on
 every registered socket, for no longer than the earliest deadline in its
 :class:`~syncws.reactor.timers.Timers`. A connection with nothing to read,
 nothing to write and no deadline due costs no wake-up.
@@ -24,11 +25,12 @@ from elsewhere).
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import threading
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from .timers import Timers
 
@@ -40,6 +42,54 @@ Callback = Callable[[], None]
 
 #: Bytes a reader receives at a time.
 READ_SIZE = 1 << 16
+
+
+class _Poller:
+    """The system's readiness call: ``epoll`` itself where there is one, else :mod:`selectors`' best.
+
+    Calling epoll directly saves the selectors module's bookkeeping on every
+    wake-up, which the loop pays before each reply it matches. ``poll`` returns
+    (fd, mask) pairs; ``READ`` and ``WRITE`` say which bits of a mask mean
+    readable and writable (an error or a hang-up counts as both, so that the
+    callbacks find out).
+    """
+
+    def __init__(self) -> None:
+        self._epoll: Optional[select.epoll] = select.epoll() if hasattr(select, "epoll") else None
+        self._selector: Optional[selectors.BaseSelector] = None if self._epoll is not None else selectors.DefaultSelector()
+        if self._epoll is not None:
+            self.READ = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+            self.WRITE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+            self._in, self._out = select.EPOLLIN, select.EPOLLOUT
+        else:
+            self.READ, self.WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+            self._in, self._out = selectors.EVENT_READ, selectors.EVENT_WRITE
+
+    def set(self, fd: int, read: bool, write: bool, registered: bool) -> None:
+        """Watch ``fd`` for reading and/or writing (both False: not at all); ``registered``: it is watched now."""
+        events = (self._in if read else 0) | (self._out if write else 0)
+        target: Union[select.epoll, selectors.BaseSelector] = self._epoll if self._epoll is not None else self._selector  # type: ignore[assignment]
+        if not events:
+            if registered:
+                target.unregister(fd)
+        elif registered:
+            target.modify(fd, events)
+        else:
+            target.register(fd, events)
+
+    def poll(self, timeout: Optional[float]) -> list[tuple[int, int]]:
+        """(fd, mask) of the ready descriptors, waiting at most ``timeout`` seconds (None: until one is)."""
+        if self._epoll is not None:
+            return self._epoll.poll(-1 if timeout is None else timeout)
+        assert self._selector is not None
+        return [(key.fd, mask) for key, mask in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        else:
+            assert self._selector is not None
+            self._selector.close()
 
 
 class IOLoop:
@@ -58,13 +108,13 @@ class IOLoop:
         #: Where the loop thread's readers receive into, one for all (what they read is copied
         #: out before the next read): 64 KiB for the loop, not for each of its sockets.
         self.read_buffer = bytearray(READ_SIZE)
-        self._selector = selectors.DefaultSelector()
+        self._poller = _Poller()
         # Callbacks per registered socket: (on readable, on writable), either None. Loop thread only.
         self._callbacks: dict[int, tuple[Optional[Callback], Optional[Callback]]] = {}
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
-        self._selector.register(self._wake_reader, selectors.EVENT_READ)
+        self._poller.set(self._wake_reader.fileno(), True, False, registered=False)
         # Synchronize access to _posted, _woken, _stopping and _thread.
         self._lock = threading.Lock()
         self._posted: deque[Callback] = deque()  # calls from other threads, run in order on the loop
@@ -136,41 +186,37 @@ class IOLoop:
             return  # closed already: nothing to watch
         callbacks = list(self._callbacks.get(fd, (None, None)))
         callbacks[which] = callback
-        events = (selectors.EVENT_READ if callbacks[0] else 0) | (selectors.EVENT_WRITE if callbacks[1] else 0)
         registered = fd in self._callbacks
-        if events == 0:
-            if registered:
-                self._selector.unregister(fd)
-                del self._callbacks[fd]
-            return
-        self._callbacks[fd] = (callbacks[0], callbacks[1])
-        if registered:
-            self._selector.modify(fd, events)
+        self._poller.set(fd, callbacks[0] is not None, callbacks[1] is not None, registered)
+        if callbacks[0] is None and callbacks[1] is None:
+            self._callbacks.pop(fd, None)
         else:
-            self._selector.register(fd, events)
+            self._callbacks[fd] = (callbacks[0], callbacks[1])
 
     def _run(self) -> None:
         """Wait for ready sockets, due timers and posted calls, and run them, until stopped (loop thread)."""
+        # Read without the lock on each pass (the fewest steps between a reply's arrival and
+        # its caller's wake-up): a call posted meanwhile has sent a wake-up byte, so the
+        # poll below returns at once for it; a stop is seen on the pass after.
+        poll, callbacks_of, read, write = self._poller.poll, self._callbacks, self._poller.READ, self._poller.WRITE
+        wake_fd = self._wake_reader.fileno()
         try:
-            while True:
-                with self._lock:
-                    if self._stopping:
-                        return
-                    posted = bool(self._posted)
-                ready = self._selector.select(0 if posted else self.timers.next_delay())
+            while not self._stopping:
+                ready = poll(0 if self._posted else self.timers.next_delay())
                 self.passes += 1
-                for key, mask in ready:
-                    if key.fileobj is self._wake_reader:
+                for fd, mask in ready:
+                    if fd == wake_fd:
                         self._drain_wake()
                         continue
-                    callbacks = self._callbacks.get(key.fd)
+                    callbacks = callbacks_of.get(fd)
                     if callbacks is None:
                         continue  # unregistered by an earlier callback of this pass
-                    if mask & selectors.EVENT_READ and callbacks[0] is not None:
+                    if mask & read and callbacks[0] is not None:
                         self._call(callbacks[0])
-                    if mask & selectors.EVENT_WRITE and callbacks[1] is not None:
+                    if mask & write and callbacks[1] is not None:
                         self._call(callbacks[1])
-                self._run_posted()
+                if self._posted:
+                    self._run_posted()
                 self._run_timers()
         finally:
             self._close()
@@ -218,6 +264,6 @@ class IOLoop:
             self._woken = False
 
     def _close(self) -> None:
-        self._selector.close()
+        self._poller.close()
         self._wake_reader.close()
         self._wake_writer.close()
