@@ -2,7 +2,7 @@
 
 Run it from the repository root::
 
-    python -m benchmarks.keepalive [--n 5000] [--interval 1] [--seconds 10] [--impl syncws|syncws_threads] [--json PATH]
+    python -m benchmarks.keepalive [--n 5000] [--interval 1] [--seconds 10] [--impl syncws_reactor|syncws_threads|syncws] [--json PATH]
 
 The server child is the many-idle benchmark's (``python -m benchmarks.peers
 idle-serve IMPL MAX [PING_INTERVAL]``); the N clients are python-websockets'
@@ -82,7 +82,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--n", type=int, default=5000, help="connections (default 5000)")
     ap.add_argument("--interval", type=float, default=1.0, help="ping interval of the second round, in seconds (default 1)")
     ap.add_argument("--seconds", type=float, default=10.0, help="the CPU window (default 10)")
-    ap.add_argument("--impl", default="syncws", choices=["syncws", "syncws_threads"], help="syncws (the default engine) or syncws_threads (the thread engine)")
+    ap.add_argument("--impl", default="syncws_reactor", choices=["syncws", "syncws_threads", "syncws_reactor"],
+                    help="syncws_reactor (the selector engine, the default here), syncws_threads (the thread engine) or syncws (the server's default)")
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     args = ap.parse_args(argv)
     import resource

@@ -15,7 +15,7 @@ framing, so that every server is measured with the same client code.
 
 Implementations:
 
-    syncws      syncws.WebSocketServer on its default engine (the selector engine),
+    syncws      syncws.WebSocketServer on its default engine (the thread engine, for now),
                 compression off, max_connections N + 100, the broadcast through
                 ``sendWebSocketMessage("idle", ...)``
     syncws_threads, syncws_reactor

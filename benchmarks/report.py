@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 IMPLS = ["raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_deflate", "syncws_uncounted", "syncws_metrics", "syncws_reactor",
          "syncws_threads", "websockets", "tornado_seed", "tornado_seed_b64", "websocket_server"]
+#: Implementations measured only when named with --only: the engines by name, for comparing them.
+ON_REQUEST = ["syncws_reactor", "syncws_threads"]
 WORKLOADS = ["echo", "bulk", "req_latency", "req_throughput", "large_reply", "fanout", "idle", "json_fanout", "json_req"]
 ALIASES = {
     "latency": "req_latency",
@@ -77,7 +79,7 @@ ONLY_FOR = {
     "syncws_peer_asks": {"req_latency", "req_throughput"},
     "syncws_metrics": {"req_latency", "req_throughput"},
     "syncws_uncounted": {"req_latency", "req_throughput"},
-    "syncws_reactor": {"req_latency", "req_throughput"},
+    "syncws_reactor": set(WORKLOADS) - JSON_WORKLOADS,
     "syncws_threads": set(WORKLOADS) - JSON_WORKLOADS,
     "syncws_deflate": {"req_latency", "fanout", "idle"} | JSON_WORKLOADS,
 }
@@ -92,7 +94,7 @@ NOTES = {
     ("syncws_peer_asks", "req_throughput"): "peer asks the server",
     **{("syncws_metrics", wl): "/metrics served, scraped every second" for wl in ("req_latency", "req_throughput")},
     **{("syncws_uncounted", wl): "counting off" for wl in ("req_latency", "req_throughput")},
-    **{("syncws_reactor", wl): "engine=\"reactor\"" for wl in ("req_latency", "req_throughput")},
+    **{("syncws_reactor", wl): "engine=\"reactor\"" for wl in set(WORKLOADS) - JSON_WORKLOADS},
     **{("syncws_threads", wl): "engine=\"threads\"" for wl in set(WORKLOADS) - JSON_WORKLOADS},
     ("redis", "redis_rtt"): "redis-py from the benchmark process",
     ("syncws", "cluster_latency"): "one process, no cluster",

@@ -25,11 +25,11 @@ Implementations (one module each in benchmarks/):
                       scraped once a second (req_latency and req_throughput)
     syncws_uncounted  syncws with its counters replaced by ones that count
                       nothing: the floor syncws_metrics is compared with
-    syncws_reactor    syncws's server on the selector engine by name
-                      (engine="reactor", the default since it replaced the
-                      thread engine; req_latency and req_throughput)
-    syncws_threads    syncws's server on the thread engine (engine="threads"),
-                      every workload but the JSON ones
+    syncws_reactor    syncws's server on the selector engine (engine="reactor"),
+                      every workload but the JSON ones; only when named in --only
+    syncws_threads    syncws's server on the thread engine (engine="threads",
+                      today's default) by name, every workload but the JSON
+                      ones; only when named in --only
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 
@@ -74,7 +74,7 @@ from typing import Any, Optional
 
 from . import cluster
 from .common import MiB, raise_nofile
-from .report import ALIASES, CLUSTER_IMPLS, CLUSTER_WORKLOADS, IMPLS, WORKLOADS, fmt, markdown, runs, summarize, versions
+from .report import ALIASES, CLUSTER_IMPLS, CLUSTER_WORKLOADS, IMPLS, ON_REQUEST, WORKLOADS, fmt, markdown, runs, summarize, versions
 from .workloads import RUNNERS
 
 FULL = dict(reps=5, echo_n=2000, echo_size=100, bulk_size=16 * MiB, bulk_count=4,
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps is not None:
         cfg["reps"] = max(1, args.reps)
     impls = parse_list(args.only, IMPLS + CLUSTER_IMPLS, what="implementation")
+    if not args.only:
+        impls = [impl for impl in impls if impl not in ON_REQUEST]
     if args.workloads:
         workloads = parse_list(args.workloads, WORKLOADS + CLUSTER_WORKLOADS, ALIASES, what="workload")
     elif args.cluster:

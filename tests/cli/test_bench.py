@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every figure of every workload, and the implementations measured on it (written out
 # here, not taken from the package, so that a figure the benchmark stops producing fails).
 EVERY = ("raw", "syncws", "websockets", "tornado_seed", "websocket_server")
-REQUESTS = ("raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_metrics", "syncws_uncounted", "syncws_reactor",
+REQUESTS = ("raw", "syncws", "syncws_inline", "syncws_peer_asks", "syncws_metrics", "syncws_uncounted",
             "websockets", "tornado_seed", "websocket_server")
 DEFLATE = ("syncws", "syncws_deflate")  # syncws without and with permessage-deflate
 FIGURES = {
