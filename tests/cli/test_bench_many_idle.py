@@ -12,13 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_benchmark(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` from the repository root; asserts it exited 0."""
+    result = subprocess.run([sys.executable, "-m", *args], cwd=str(ROOT), capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
 @pytest.mark.timeout(60)
 def test_many_idle_smallest_mode_holds_every_connection(tmp_path: Path) -> None:
     """50 idle connections to syncws, a 1 s idle window: all 50 held and a numeric thread count reported."""
     out = tmp_path / "many_idle.json"
-    args = ["-m", "benchmarks.many_idle", "--n", "50", "--idle-seconds", "1", "--impls", "syncws", "--json", str(out)]
-    result = subprocess.run([sys.executable, *args], cwd=str(ROOT), capture_output=True, text=True, timeout=50)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = run_benchmark("benchmarks.many_idle", "--n", "50", "--idle-seconds", "1", "--impls", "syncws", "--json", str(out), timeout=50)
     (row,) = json.loads(out.read_text())["results"]
     assert row["impl"] == "syncws" and row["n_held"] == 50, row
     assert isinstance(row["threads"], int) and row["threads"] > 0, row
@@ -29,9 +34,7 @@ def test_many_idle_smallest_mode_holds_every_connection(tmp_path: Path) -> None:
 def test_keepalive_benchmark_keeps_every_connection_through_its_pings(tmp_path: Path) -> None:
     """50 connections pinged every 0.3 s for 1 s (clients that answer): none is dropped, and a per-ping figure is reported."""
     out = tmp_path / "keepalive.json"
-    args = ["-m", "benchmarks.keepalive", "--n", "50", "--interval", "0.3", "--seconds", "1", "--json", str(out)]
-    result = subprocess.run([sys.executable, *args], cwd=str(ROOT), capture_output=True, text=True, timeout=80)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    result = run_benchmark("benchmarks.keepalive", "--n", "50", "--interval", "0.3", "--seconds", "1", "--json", str(out), timeout=80)
     figures = json.loads(out.read_text())
     assert figures["on"]["n"] == 50 and figures["on"]["interval"] == 0.3, figures
     assert isinstance(figures["per_ping_us"], float)
