@@ -124,11 +124,7 @@ class Stream(StreamWriting, StreamClosing):
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._io = socket_io(sock, self._lock)  # on TLS, each SSL call runs under _lock
-        # Synchronize access to _left and _combining: the small frames other senders left while
-        # _lock was held by a small send (_combining), which writes them before it lets go.
-        self._left_lock = threading.Lock()
-        self._left: list[bytes] = []
-        self._combining = False
+        self._init_combining()
         self._out = bytearray()  # bytes the socket has not taken yet
         self._taken = 0  # bytes the loop has written out of _out so far: a waiting sender's sign that the peer reads
         self._preamble = preamble  # written before the first frame

@@ -197,6 +197,14 @@ class StreamWriting:
         self._notify_closing(code, reason)
         self.loop.call_soon(lambda: self._finish(code, reason))
 
+    def _init_combining(self) -> None:
+        """The state of :meth:`_send_small`'s combining; called once by the stream's ``__init__``."""
+        # Synchronize access to _left and _combining: the small frames other senders left while
+        # _lock was held by a small send (_combining), which writes them before it lets go.
+        self._left_lock = threading.Lock()
+        self._left = []
+        self._combining = False
+
     def _send_small(self, frame: bytes) -> None:
         """Write one whole small frame, or leave it to the thread writing now. Any thread.
 
