@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+from collections.abc import Iterator
 
 import pytest
 
 from syncws.reactor.handler_pool import HandlerPool, LaneClosed
+from syncws.reactor.loop import IOLoop
 
 from ..helpers import wait_for
 
@@ -185,5 +188,99 @@ def test_stop_ends_every_worker_and_refuses_new_calls() -> None:
     assert lane.join(10)
     assert pool.stop(5)
     assert workers(pool) == []
+    with pytest.raises(LaneClosed):
+        lane.submit(lambda: None)
+
+
+@pytest.fixture
+def led_pool() -> Iterator[tuple[HandlerPool, IOLoop]]:
+    """A pool that leads its own loop (leaders and followers), stopped afterwards."""
+    loop = IOLoop(name="test-lf-io")
+    pool = HandlerPool(max_workers=8, idle_timeout=1.0, name="test-lf-pool", loop=loop)
+    yield pool, loop
+    assert pool.stop(10)
+
+
+def test_a_call_submitted_on_the_loop_thread_runs_on_that_thread(led_pool: tuple[HandlerPool, IOLoop]) -> None:
+    """A call the loop thread submits to an idle lane runs on that same thread, after it has left the loop."""
+    pool, loop = led_pool
+    lane = pool.lane()
+    where: queue.Queue[tuple[str, int, bool]] = queue.Queue()
+
+    def read_a_message() -> None:
+        submitter = threading.get_ident()
+        lane.submit(lambda: where.put(("call", threading.get_ident(), loop.in_loop())))
+        where.put(("loop", submitter, loop.in_loop()))
+
+    loop.call_soon(read_a_message)
+    first, second = where.get(timeout=10), where.get(timeout=10)
+    assert first[0] == "loop" and second[0] == "call"  # the pass ends before the call starts
+    assert first[1] == second[1]  # one thread: no switch on the way in
+    assert first[2] is True and second[2] is False  # it ran the call as a worker, not as the loop
+
+
+def test_a_call_that_blocks_on_the_loop_thread_holds_up_no_other_connection(led_pool: tuple[HandlerPool, IOLoop]) -> None:
+    """While a call taken on the loop thread blocks, the loop goes on under another thread: posted work and other lanes run."""
+    pool, loop = led_pool
+    release = threading.Event()
+    blocked_on: queue.Queue[int] = queue.Queue()
+    other: queue.Queue[str] = queue.Queue()
+
+    def block() -> None:
+        blocked_on.put(threading.get_ident())
+        release.wait(20)
+
+    try:
+        loop.call_soon(lambda: pool.lane().submit(block))
+        blocker = blocked_on.get(timeout=10)
+        loop.call_soon(lambda: other.put("posted"))
+        loop.call_soon(lambda: pool.lane().submit(lambda: other.put("another lane")))
+        assert sorted([other.get(timeout=10), other.get(timeout=10)]) == ["another lane", "posted"]
+        assert loop.leader is not None and loop.leader.ident != blocker
+    finally:
+        release.set()
+
+
+def test_calls_taken_on_the_loop_thread_keep_their_lane_in_order_one_at_a_time(led_pool: tuple[HandlerPool, IOLoop]) -> None:
+    """300 messages of one connection, read on the loop thread while some of their calls are slow: handled in order, never two at once."""
+    pool, loop = led_pool
+    lane = pool.lane(limit=1000)
+    handled: list[int] = []
+    running = 0
+    most_at_once = 0
+    count_lock = threading.Lock()
+
+    def handle(n: int) -> None:
+        nonlocal running, most_at_once
+        with count_lock:
+            running += 1
+            most_at_once = max(most_at_once, running)
+        if n % 30 == 0:
+            threading.Event().wait(0.01)  # a slow one: longer than TAKEOVER, the loop is handed on
+        handled.append(n)
+        with count_lock:
+            running -= 1
+
+    for n in range(300):
+        loop.call_soon(lambda n=n: lane.submit(lambda: handle(n)))
+    assert wait_for(lambda: len(handled) == 300, timeout=20)
+    assert lane.join(10)
+    assert handled == list(range(300))
+    assert most_at_once == 1
+
+
+def test_stop_ends_the_leader_the_workers_and_the_watchdog() -> None:
+    """stop() on a pool that leads a loop returns True with every thread it started gone and the loop closed."""
+    before = set(threading.enumerate())
+    loop = IOLoop(name="test-lf-stop-io")
+    pool = HandlerPool(max_workers=4, idle_timeout=60, name="test-lf-stop", loop=loop)
+    release = threading.Event()
+    lane = pool.lane()
+    loop.call_soon(lambda: lane.submit(lambda: release.wait(0.2)))  # taken on the loop thread, handed on
+    for _ in range(5):
+        pool.lane().submit(lambda: None)
+    assert pool.stop(10)
+    assert [t for t in threading.enumerate() if t not in before] == []
+    assert loop.stop(0)  # closed already
     with pytest.raises(LaneClosed):
         lane.submit(lambda: None)

@@ -139,3 +139,60 @@ def test_stop_ends_the_thread_and_later_posts_are_ignored() -> None:
     assert loop.stop(5)
     assert not [t for t in threading.enumerate() if t.name == "test-io-stop"]
     loop.call_soon(lambda: None)
+
+
+def lead_in_a_thread(loop: IOLoop, name: str) -> tuple[threading.Thread, queue.Queue[bool]]:
+    """A thread named ``name`` that leads ``loop`` once; what lead() returned goes to the queue."""
+    returned: queue.Queue[bool] = queue.Queue()
+    thread = threading.Thread(target=lambda: returned.put(loop.lead()), name=name, daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def test_lead_runs_the_loop_on_the_calling_thread_until_it_hands_off() -> None:
+    """lead() makes its thread the loop thread; after a pass that called hand_off_after_pass it returns True and no thread leads."""
+    loop = IOLoop(name="test-io-lead")
+    seen: queue.Queue[tuple[str, bool]] = queue.Queue()
+
+    def leave() -> None:
+        seen.put((threading.current_thread().name, loop.in_loop()))
+        loop.hand_off_after_pass()
+
+    try:
+        loop.call_soon(leave)
+        thread, returned = lead_in_a_thread(loop, "first-leader")
+        assert returned.get(timeout=10) is True
+        assert seen.get(timeout=1) == ("first-leader", True)
+        thread.join(5)
+        assert loop.leader is None and not loop.in_loop()
+    finally:
+        assert loop.stop(0)  # nobody leads: stop() closes it at once
+
+
+def test_calls_posted_between_two_leaders_run_first_on_the_next() -> None:
+    """A call posted while no thread leads waits, then runs on the next leader before anything else."""
+    loop = IOLoop(name="test-io-gap")
+    ran: queue.Queue[str] = queue.Queue()
+    loop.call_soon(loop.hand_off_after_pass)
+    _, returned = lead_in_a_thread(loop, "leader-1")
+    assert returned.get(timeout=10) is True
+    loop.call_soon(lambda: ran.put(threading.current_thread().name))
+    assert ran.empty()  # no leader: nothing runs it
+    _, returned = lead_in_a_thread(loop, "leader-2")
+    assert ran.get(timeout=10) == "leader-2"
+    assert loop.stop(5)
+    assert returned.get(timeout=5) is False  # stopped: lead() ends for good
+
+
+def test_a_stop_between_two_leaders_closes_the_loop_and_no_thread_leads_it_again() -> None:
+    """stop() while no thread leads closes the loop at once; a lead() after it returns False without running a pass."""
+    loop = IOLoop(name="test-io-stop-gap")
+    loop.call_soon(loop.hand_off_after_pass)
+    _, returned = lead_in_a_thread(loop, "leader-1")
+    assert returned.get(timeout=10) is True
+    passes = loop.passes
+    assert loop.stop(0)
+    _, returned = lead_in_a_thread(loop, "leader-2")
+    assert returned.get(timeout=10) is False
+    assert loop.passes == passes and loop.leader is None
+    loop.call_soon(lambda: None)  # ignored, no error

@@ -15,11 +15,24 @@ callback must be quick and must not block: handlers run on
 :class:`~syncws.reactor.handler_pool.HandlerPool` workers, never here. One
 that raises is logged and the loop goes on.
 
+**Leaders and followers.** "The loop thread" is a role, not always the same
+thread. :meth:`IOLoop.start` gives the role to a thread of the loop's own for
+good; a :class:`~syncws.reactor.handler_pool.HandlerPool` made with the loop
+instead passes it among its workers: one of them runs :meth:`IOLoop.lead`,
+and when a pass of the loop finds a handler call that could start at once,
+that thread asks, with :meth:`IOLoop.hand_off_after_pass`, to leave the
+loop once the pass ends, hands the role to an idle worker and runs the
+handler itself. The message then reaches its handler on the thread that
+read it, with no thread switch on the way (the switch to the next leader
+happens beside it, not before it). Between two leaders no thread is the
+loop thread: posted calls wait for the next one, which runs them first.
+
 Threads: :meth:`IOLoop.start`, :meth:`IOLoop.stop`, :meth:`IOLoop.call_soon`
-and :meth:`IOLoop.in_loop` are safe from any thread; :meth:`add_reader`,
-:meth:`remove_reader`, :meth:`add_writer`, :meth:`remove_writer` and
-:attr:`timers` belong to the loop thread (post them with ``call_soon``
-from elsewhere).
+and :meth:`IOLoop.in_loop` are safe from any thread, and :meth:`IOLoop.lead`
+runs on the thread that takes the role; :meth:`add_reader`,
+:meth:`remove_reader`, :meth:`add_writer`, :meth:`remove_writer`,
+:meth:`hand_off_after_pass` and :attr:`timers` belong to the loop thread
+(post them with ``call_soon`` from elsewhere).
 """
 
 from __future__ import annotations
@@ -115,40 +128,56 @@ class IOLoop:
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
         self._poller.set(self._wake_reader.fileno(), True, False, registered=False)
-        # Synchronize access to _posted, _woken, _stopping and _thread.
+        # Synchronize access to _posted, _woken, _stopping, _closed, _leader and _thread.
         self._lock = threading.Lock()
         self._posted: deque[Callback] = deque()  # calls from other threads, run in order on the loop
         self._woken = False  # a wake-up byte is on its way: one is enough
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
+        self._closed = False  # the selector and the wake-up sockets are closed: nothing leads any more
+        # The thread that runs the loop now (the loop thread); None between two leaders.
+        self._leader: Optional[threading.Thread] = None
+        self._thread: Optional[threading.Thread] = None  # the loop's own thread, from start()
+        self._handing_off = False  # the leader leaves after this pass (hand_off_after_pass); leader only
+        self._done = threading.Event()  # set once closed
 
     # ------------------------------------------------------------------ any thread
 
     def start(self) -> IOLoop:
-        """Start the loop thread; returns at once. Once."""
+        """Start a thread that leads the loop until it stops; returns at once. Once.
+
+        Not for a loop whose leaders a HandlerPool provides.
+        """
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("this loop was started already")
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread = threading.Thread(target=self._lead_for_good, name=self.name, daemon=True)
             thread = self._thread
         thread.start()
         return self
 
     def stop(self, timeout: Optional[float] = None) -> bool:
-        """End the loop after its current pass and close its selector; True when its thread ended within ``timeout``.
+        """End the loop after its current pass and close its selector; True when it closed within ``timeout``.
 
         Sockets still registered are left open: they are their owners' to close.
+        Called on the loop thread, it returns at once and the loop closes when
+        the pass ends; called while no thread leads, it closes the loop itself
+        (no thread takes the lead once the loop is stopping).
         """
         with self._lock:
             self._stopping = True
-            thread = self._thread
-        self._wake()
-        if thread is None:
+            leader = self._leader
+        if leader is None:
             self._close()
+        elif leader is threading.current_thread():
             return True
-        if thread is not threading.current_thread():
-            thread.join(timeout)
-        return not thread.is_alive() or thread is threading.current_thread()
+        else:
+            self._wake()
+            if not self._done.wait(timeout):
+                return False
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)  # a moment: it has nothing left to do
+        return True
 
     def call_soon(self, call: Callback) -> None:
         """Run ``call`` on the loop thread, after the calls posted before it. Ignored once the loop is stopping."""
@@ -159,8 +188,43 @@ class IOLoop:
         self._wake()
 
     def in_loop(self) -> bool:
-        """True on the loop thread."""
-        return threading.current_thread() is self._thread
+        """True on the loop thread (the thread that leads the loop now)."""
+        return threading.current_thread() is self._leader
+
+    @property
+    def leader(self) -> Optional[threading.Thread]:
+        """The thread that leads the loop now; None between two leaders and once stopped."""
+        return self._leader
+
+    def lead(self) -> bool:
+        """Run the loop on this thread (the loop thread, until it returns): True when it handed the loop on, False once stopped.
+
+        It returns True after a pass in which :meth:`hand_off_after_pass` was
+        called: the loop then has no leader until a thread calls this again,
+        which the one that asked must arrange. It returns False at once on a
+        loop that is stopping. Raises RuntimeError while another thread leads.
+        """
+        me = threading.current_thread()
+        with self._lock:
+            if self._leader is not None:
+                raise RuntimeError(f"{self._leader.name} leads this loop already")
+            if self._stopping:
+                return False  # stop() closed the loop, or closes it now
+            self._leader = me
+        self._handing_off = False
+        try:
+            self._run()
+        finally:
+            with self._lock:
+                self._leader = None
+                stopping = self._stopping
+            if stopping:
+                self._close()
+        return not stopping
+
+    def hand_off_after_pass(self) -> None:
+        """Leave the loop when this pass ends: :meth:`lead` returns True on this thread (loop thread)."""
+        self._handing_off = True
 
     # ------------------------------------------------------------------ the loop thread
 
@@ -200,26 +264,28 @@ class IOLoop:
         # poll below returns at once for it; a stop is seen on the pass after.
         poll, callbacks_of, read, write = self._poller.poll, self._callbacks, self._poller.READ, self._poller.WRITE
         wake_fd = self._wake_reader.fileno()
-        try:
-            while not self._stopping:
-                ready = poll(0 if self._posted else self.timers.next_delay())
-                self.passes += 1
-                for fd, mask in ready:
-                    if fd == wake_fd:
-                        self._drain_wake()
-                        continue
-                    callbacks = callbacks_of.get(fd)
-                    if callbacks is None:
-                        continue  # unregistered by an earlier callback of this pass
-                    if mask & read and callbacks[0] is not None:
-                        self._call(callbacks[0])
-                    if mask & write and callbacks[1] is not None:
-                        self._call(callbacks[1])
-                if self._posted:
-                    self._run_posted()
-                self._run_timers()
-        finally:
-            self._close()
+        while not self._stopping and not self._handing_off:
+            ready = poll(0 if self._posted else self.timers.next_delay())
+            self.passes += 1
+            for fd, mask in ready:
+                if fd == wake_fd:
+                    self._drain_wake()
+                    continue
+                callbacks = callbacks_of.get(fd)
+                if callbacks is None:
+                    continue  # unregistered by an earlier callback of this pass
+                if mask & read and callbacks[0] is not None:
+                    self._call(callbacks[0])
+                if mask & write and callbacks[1] is not None:
+                    self._call(callbacks[1])
+            if self._posted:
+                self._run_posted()
+            self._run_timers()
+
+    def _lead_for_good(self) -> None:
+        """The loop's own thread, from start(): lead until the loop stops."""
+        while self.lead():
+            pass  # nobody to hand the loop to: lead again
 
     def _run_posted(self) -> None:
         with self._lock:
@@ -264,6 +330,11 @@ class IOLoop:
             self._woken = False
 
     def _close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._poller.close()
         self._wake_reader.close()
         self._wake_writer.close()
+        self._done.set()

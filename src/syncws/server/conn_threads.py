@@ -285,9 +285,11 @@ class ConnectionThreads(socketserver.BaseServer):
         """The I/O loop and the handler pool, started on first use (any thread)."""
         with self._lock:
             if self._loop is None or self._pool is None:
-                self._loop = IOLoop(name="syncws-io").start()
-                # As many workers as connections at most: a handler that blocks holds up only its own connection.
-                self._pool = HandlerPool(max_workers=self.max_connections, idle_timeout=5.0, name="syncws-worker")
+                self._loop = IOLoop(name="syncws-io")
+                # As many workers as connections at most: a handler that blocks holds up only its own
+                # connection. They lead the loop in turn, so that a message meets its handler on the
+                # thread that read it (syncws.reactor.handler_pool).
+                self._pool = HandlerPool(max_workers=self.max_connections, idle_timeout=5.0, name="syncws-worker", loop=self._loop)
             return self._loop, self._pool
 
     def _handler_pool_threads(self) -> int:
