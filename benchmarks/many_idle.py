@@ -15,7 +15,7 @@ framing, so that every server is measured with the same client code.
 
 Implementations:
 
-    syncws      syncws.WebSocketServer on its default engine (the thread engine, for now),
+    syncws      syncws.WebSocketServer on its default engine (the selector engine),
                 compression off, max_connections N + 100, the broadcast through
                 ``sendWebSocketMessage("idle", ...)``
     syncws_threads, syncws_reactor
@@ -144,12 +144,12 @@ def _serve_syncws(max_connections: int, engine: Optional[str], ping_interval: Op
 
 
 def _serve_reactor() -> int:
-    """syncws's selector engine as far as it is built (syncws.reactor: one loop thread, streams, the handler pool).
+    """syncws's selector engine's parts alone (syncws.reactor: one loop thread, streams, the handler pool).
 
-    Not yet the server's engine: the opening handshake is done here, on one
-    accept thread, with syncws's sans-I/O handshake functions; each upgraded
-    socket then becomes a Stream on the loop. Measured to see what the engine
-    will cost, before the server runs on it.
+    Without the server around them: the opening handshake is done here, on
+    one accept thread, with syncws's sans-I/O handshake functions; each
+    upgraded socket then becomes a Stream on the loop. What the engine costs
+    by itself, to tell it from what the server adds.
     """
     import socket
 

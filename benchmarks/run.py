@@ -25,11 +25,12 @@ Implementations (one module each in benchmarks/):
                       scraped once a second (req_latency and req_throughput)
     syncws_uncounted  syncws with its counters replaced by ones that count
                       nothing: the floor syncws_metrics is compared with
-    syncws_reactor    syncws's server on the selector engine (engine="reactor"),
-                      every workload but the JSON ones; only when named in --only
-    syncws_threads    syncws's server on the thread engine (engine="threads",
-                      today's default) by name, every workload but the JSON
-                      ones; only when named in --only
+    syncws_reactor    syncws's server on the selector engine (engine="reactor",
+                      the default) by name, every workload but the JSON ones;
+                      only when named in --only
+    syncws_threads    syncws's server on the thread engine (engine="threads")
+                      by name, every workload but the JSON ones; only when
+                      named in --only
     websocket_server  websocket-server 0.6.4, unmodified (text only; bytes
                       replies as base64 text)
 

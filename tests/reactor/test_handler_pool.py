@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from syncws.reactor.handler_pool import HandlerPool, LaneClosed
+from syncws.reactor import handler_pool
+from syncws.reactor.handler_pool import HandlerPool, LaneClosed, release_the_loop
 from syncws.reactor.loop import IOLoop
 
 from ..helpers import wait_for
@@ -284,3 +285,19 @@ def test_stop_ends_the_leader_the_workers_and_the_watchdog() -> None:
     assert loop.stop(0)  # closed already
     with pytest.raises(LaneClosed):
         lane.submit(lambda: None)
+
+
+def test_a_call_that_releases_the_loop_has_it_led_at_once(led_pool: tuple[HandlerPool, IOLoop], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call taken on the loop thread that calls release_the_loop() has another thread leading before it returns, without the watchdog."""
+    pool, loop = led_pool
+    checked: queue.Queue[tuple[bool, bool]] = queue.Queue()
+
+    def ask_and_wait() -> None:
+        vacant_before = loop.leader is None
+        release_the_loop()
+        led = wait_for(lambda: loop.leader is not None, timeout=5)
+        checked.put((vacant_before, led))
+
+    monkeypatch.setattr(handler_pool, "TAKEOVER", 60.0)  # the watchdog would take a minute
+    loop.call_soon(lambda: pool.lane().submit(ask_and_wait))
+    assert checked.get(timeout=10) == (True, True)

@@ -53,7 +53,7 @@ from typing import Callable, Optional
 
 from .loop import IOLoop
 
-__all__ = ["HandlerPool", "Lane", "LaneClosed"]
+__all__ = ["HandlerPool", "Lane", "LaneClosed", "release_the_loop"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,29 @@ TAKEOVER = 0.002
 #: The watchdog parks (waits to be woken instead of ticking) after this long without a call
 #: run on the loop's thread.
 PARK_AFTER = 0.05
+
+
+class _RunningHere(threading.local):
+    #: The pool whose loop this thread left to run the call it is running (None: it did not).
+    pool: Optional[HandlerPool] = None
+
+
+_running_here = _RunningHere()
+
+
+def release_the_loop() -> None:
+    """Say that the calling thread is about to wait for something the I/O loop brings (a reply, room to write).
+
+    A handler call may run on the thread that read its message, which left
+    the loop to run it (see the module docstring); that loop then has no
+    leader until the call returns or ``TAKEOVER`` has passed. A wait for the
+    loop's work in that gap would add ``TAKEOVER`` to it, so syncws's own
+    blocking calls (``doRequest``) call this first, and another worker leads
+    at once. Cheap and harmless from any other thread, where it does nothing.
+    """
+    pool = _running_here.pool
+    if pool is not None:
+        pool._release_the_loop()
 
 
 class LaneClosed(Exception):
@@ -165,9 +188,11 @@ class HandlerPool:
         self._lead_wanted = False  # the loop has no leader: the next free worker takes it
         # A call the loop thread took during its pass, to run itself once it has left the loop.
         self._here: Optional[tuple[Lane, Callable[[], None]]] = None
-        # When the loop thread left the loop to run _here (None: the loop is led, or wanted);
-        # past TAKEOVER the watchdog (woken by _watch, on this lock) gives the loop to another worker.
+        # When the loop thread left the loop to run _here (None: the loop is led, or wanted), and
+        # that thread's ident; past TAKEOVER the watchdog (woken by _watch, on this lock) gives the
+        # loop to another worker.
         self._vacant_since: Optional[float] = None
+        self._vacant_by: Optional[int] = None
         self._watch = threading.Condition(self._lock)
         self._watch_parked = False  # the watchdog waits for _watch without ticking
         self._watchdog: Optional[threading.Thread] = None
@@ -284,7 +309,8 @@ class HandlerPool:
             if handed_on and here is None:
                 self._lead_wanted = True  # nothing to run after all: lead again
             elif handed_on:
-                self._vacant_since = time.monotonic()
+                self._vacant_since, self._vacant_by = time.monotonic(), threading.get_ident()
+                _running_here.pool = self
                 if self._watch_parked:
                     self._watch.notify()
         return here
@@ -310,14 +336,25 @@ class HandlerPool:
                     continue
                 # That call takes long (it blocks, or computes): the loop goes on on another thread,
                 # and the one running the call becomes a plain worker when it returns.
-                self._vacant_since = None
-                self._lead_wanted = True
-                if self._wake_for_job():
+                if self._give_the_lead_away():
                     self._lock.release()
                     try:
                         self._start_worker()
                     finally:
                         self._lock.acquire()
+
+    def _give_the_lead_away(self) -> bool:
+        """Have another worker lead the loop that the thread running a call left; True when one must be started. Requires holding _lock."""
+        self._vacant_since = self._vacant_by = None
+        self._lead_wanted = True
+        return self._wake_for_job()
+
+    def _release_the_loop(self) -> None:
+        """The calling thread's call, taken on the loop's thread, is about to wait on the loop: another worker leads now."""
+        with self._lock:
+            start = self._vacant_by == threading.get_ident() and self._give_the_lead_away()
+        if start:
+            self._start_worker()
 
     def _run(self) -> None:
         """Run ready lanes' calls, one at a time each, until idle for idle_timeout or stopping (worker thread)."""
@@ -359,10 +396,12 @@ class HandlerPool:
                     self._busy -= 1
                     lane._running = False
                     pending = len(lane._calls)
-                    back_to_the_loop = ran_here and self._vacant_since is not None
+                    back_to_the_loop = ran_here and self._vacant_by == threading.get_ident()
                     start = False
+                    if ran_here:
+                        _running_here.pool = None
                     if back_to_the_loop:  # back before the watchdog gave the loop away: lead it again
-                        self._vacant_since = None
+                        self._vacant_since = self._vacant_by = None
                         self._lead_wanted = True
                     if pending and back_to_the_loop:
                         start = self._make_ready(lane)  # for another worker: this one leads

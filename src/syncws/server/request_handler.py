@@ -39,6 +39,7 @@ from ..exceptions import ConnectionClosed, NotConnected, RequestCancelled, SendT
 from ..handlers.handlers import BaseWebSocketHandler, defaultWebsocketCallback, websocketState
 from ..handlers.registry import ConnectionRegistry
 from ..observe.requests import RequestCounters
+from ..reactor.handler_pool import release_the_loop
 from .answering import Answering
 from .server import WebSocketServer
 from .waiting import Waiting
@@ -215,6 +216,7 @@ class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
             if cancel is not None and cancel.cancelled:
                 raise RequestCancelled(None, msg.get("cmd"))
             call = self._register(msg, channel, progress, waiting=True)
+            release_the_loop()  # from a handler on the thread that left the I/O loop: the reply comes through it
             try:
                 try:
                     if extra:  # a link to another node: say which connection

@@ -70,7 +70,9 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
             OSError. The file is removed on stop.
         registry: where handlers register (default: the shared ``websocketState``).
         max_message_size: larger messages are refused with close 1009.
-        max_connections: beyond this many open connections, handshakes get HTTP 503.
+        max_connections: beyond this many open connections, handshakes get HTTP
+            503. Each is an open file: :meth:`start` warns when the process's
+            open-file limit (``ulimit -n``) is below it.
         max_handshakes: how many accepted sockets may be in their handshake at
             once (each has a thread, for at most ``handshake_timeout``); beyond
             this many, a new socket is closed at once, unanswered, so that idle
@@ -103,11 +105,13 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
             settings (window, memory level, the size below which messages go
             uncompressed); None refuses every offer. docs/tuning.md says
             what it costs and saves.
-        engine: ``"threads"``, a thread per connection (the default), or
-            ``"reactor"``, the selector engine being built (docs/architecture.md):
-            plain connections on one I/O thread, handlers on an elastic pool of
-            worker threads (TLS connections keep a thread each for now). None
-            takes the ``SYNCWS_ENGINE`` environment variable, else ``"threads"``.
+        engine: ``"reactor"`` (the default), the selector engine
+            (docs/architecture.md): every connection on one I/O loop, handlers
+            on an elastic pool of worker threads, a thread only while a handler
+            runs; or ``"threads"``, a thread per connection, which holds a few
+            thousand connections at most (lower ``max_connections`` to fit).
+            None takes the ``SYNCWS_ENGINE`` environment variable, else
+            ``"reactor"``.
     """
 
     # Rebind a port at once after stop(), while its closed connections are in TIME_WAIT.
@@ -123,7 +127,7 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
         *,
         registry: Optional[ConnectionRegistry[BaseWebSocketHandler]] = None,
         max_message_size: Optional[int] = DEFAULT_MAX_MESSAGE_SIZE,
-        max_connections: int = 1024,
+        max_connections: int = 10_000,
         max_handshakes: int = 128,
         ssl_context: Optional[ssl.SSLContext] = None,
         auth: Optional[AuthCheck] = None,
@@ -143,7 +147,7 @@ class WebSocketServer(RouteConfig, Stopping, Observing, ConnectionThreads, socke
     ) -> None:
         #: The permessage-deflate settings offers are accepted with, or None: no compression.
         self.compression: Optional[DeflateOptions] = resolve(compression)
-        self.engine = engine if engine is not None else os.environ.get("SYNCWS_ENGINE", "threads")
+        self.engine = engine if engine is not None else os.environ.get("SYNCWS_ENGINE", "reactor")
         if self.engine not in ("threads", "reactor"):
             raise ValueError(f"engine must be 'threads' or 'reactor', not {self.engine!r}")
         self._listen = ListenAddress(host, port, unix_socket)
