@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -218,6 +219,28 @@ def test_a_call_submitted_on_the_loop_thread_runs_on_that_thread(led_pool: tuple
     assert first[0] == "loop" and second[0] == "call"  # the pass ends before the call starts
     assert first[1] == second[1]  # one thread: no switch on the way in
     assert first[2] is True and second[2] is False  # it ran the call as a worker, not as the loop
+
+
+class _Message:
+    """Stands for a large message: an object a weak reference can watch."""
+
+
+def test_a_call_taken_on_the_loop_thread_is_let_go_once_it_has_run(led_pool: tuple[HandlerPool, IOLoop]) -> None:
+    """Once a call taken on the loop thread has run, the pool holds nothing of it (a 16 MiB message is not kept while the connection idles)."""
+    pool, loop = led_pool
+    lane = pool.lane()
+    ran = threading.Event()
+    refs: queue.Queue[weakref.ref[_Message]] = queue.Queue()
+
+    def read_a_message() -> None:
+        message = _Message()
+        refs.put(weakref.ref(message))
+        lane.submit(lambda: ran.set() if message else None)
+
+    loop.call_soon(read_a_message)
+    assert ran.wait(10)
+    ref = refs.get(timeout=10)
+    assert wait_for(lambda: ref() is None, timeout=5)
 
 
 def test_a_call_that_blocks_on_the_loop_thread_holds_up_no_other_connection(led_pool: tuple[HandlerPool, IOLoop]) -> None:

@@ -371,6 +371,7 @@ class HandlerPool:
                     if here is None:
                         continue
                     lane, call = here  # _running and _busy were set when it was taken
+                    del here  # the call alone holds its message, and only until it has run (below)
                     ran_here = True
                 elif not self._ready:
                     if self._stopping:
