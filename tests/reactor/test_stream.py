@@ -12,6 +12,7 @@ import pytest
 import websocket
 
 from syncws.exceptions import ConnectionClosed
+from syncws.protocol import frames
 from syncws.protocol.handshake import accept_response, check_upgrade, parse_http_request
 from syncws.protocol.protocol import Protocol
 from syncws.reactor.handler_pool import HandlerPool
@@ -232,5 +233,18 @@ def test_a_tcp_stream_sends_without_nagles_delay(reactor: Reactor) -> None:
     try:
         stream = reactor.streams.get(timeout=10)
         assert stream.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+    finally:
+        ws.close()
+
+
+def test_the_thread_that_makes_a_stream_loads_numpy_so_the_loop_never_imports_it(reactor: Reactor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a stream exists, numpy (where installed) is loaded: the loop does not stop for its import in the middle of a large message."""
+    if not frames.HAVE_NUMPY:
+        pytest.skip("numpy is not installed, or SYNCWS_NO_NUMPY is set")
+    monkeypatch.setattr(frames, "_np", None)  # as in a process that has not loaded it yet
+    ws = websocket.create_connection(reactor.url, timeout=10)
+    try:
+        reactor.streams.get(timeout=10)
+        assert frames._np is not None
     finally:
         ws.close()

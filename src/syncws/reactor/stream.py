@@ -39,6 +39,7 @@ import threading
 from typing import Any, Callable, Optional, Union
 
 from ..exceptions import ConnectionClosed, ProtocolError
+from ..protocol import frames
 from ..protocol.payload import Placer
 from ..protocol.protocol import Close, CloseCode, Ping, Pong, Protocol, State
 from .handler_pool import HandlerPool, LaneClosed
@@ -141,6 +142,9 @@ class Stream(StreamWriting, StreamClosing):
         self._keepalive = Keepalive(
             loop, ping_interval, ping_timeout, self._keepalive_ping, lambda: self._finish(CloseCode.ABNORMAL_CLOSURE, "keepalive ping timeout")
         )
+        # numpy (a third of a second to import, once) is imported here, on the thread that made the
+        # stream (a server's handshake thread), not by the loop in the middle of the first large message.
+        frames.load_accelerator()
 
     # ------------------------------------------------------------------ any thread
 
