@@ -213,6 +213,31 @@ def test_stop_returns_when_client_never_answers_close() -> None:
     srv.stop()  # a second call is harmless
 
 
+def test_stop_from_a_handler_does_not_wait_for_that_handler_and_its_on_close_runs_after() -> None:
+    """A handler that calls stop() gets it back without close_timeout's wait for its own connection; its on_close runs once it returns."""
+    events: queue.Queue[str] = queue.Queue()
+
+    class Stopper(syncws.BaseWebSocketHandler):
+        def on_message(self, message: object) -> None:
+            self.server.stop()
+            events.put("stop returned")
+
+        def on_close(self) -> None:
+            events.put("on_close")
+
+    srv = make_server(close_timeout=60)
+    srv.add_handler("/stop", Stopper, name="stop")
+    ws = websocket.create_connection(srv.url + "/stop", timeout=10)
+    try:
+        ws.send("stop, please")
+        assert events.get(timeout=20) == "stop returned"  # well before close_timeout
+        assert events.get(timeout=20) == "on_close"
+        assert wait_for(lambda: not syncws_threads(), timeout=10)
+    finally:
+        ws.close()
+        srv.stop()
+
+
 def test_stop_cuts_short_a_handshake_in_progress() -> None:
     """stop() ends a connection still in its handshake at once, instead of after handshake_timeout: the client sees
     its socket closed, stop() returns well before close_timeout, and no syncws thread is left."""

@@ -72,6 +72,8 @@ PARK_AFTER = 0.05
 class _RunningHere(threading.local):
     #: The pool whose loop this thread left to run the call it is running (None: it did not).
     pool: Optional[HandlerPool] = None
+    #: The lane whose call this thread is running (None: none).
+    lane: Optional[Lane] = None
 
 
 _running_here = _RunningHere()
@@ -90,6 +92,15 @@ def release_the_loop() -> None:
     pool = _running_here.pool
     if pool is not None:
         pool._release_the_loop()
+
+
+def current_lane() -> Optional[Lane]:
+    """The lane whose call the calling thread is running now; None on any other thread.
+
+    A server's ``stop()`` called from a handler uses it to know its own
+    connection, whose ``on_close`` cannot run before that handler returns.
+    """
+    return _running_here.lane
 
 
 class LaneClosed(Exception):
@@ -389,10 +400,12 @@ class HandlerPool:
                     self._busy += 1
                     ran_here = False
                 self._work.release()
+                _running_here.lane = lane
                 try:
                     self._call(call)
                 finally:
                     del call  # not held while waiting for the next: it may hold a large message
+                    _running_here.lane = None
                     self._work.acquire()
                     self._busy -= 1
                     lane._running = False

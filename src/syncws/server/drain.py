@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ..cluster.node import ClusterNode
     from ..engine.connection import Connection
     from ..handlers.handlers import BaseWebSocketHandler
+from ..reactor.handler_pool import current_lane, release_the_loop
 from ..reactor.stream import Stream
 
 __all__ = ["Drain", "DrainCheck", "Stopping", "check_drain"]
@@ -200,6 +201,7 @@ class Stopping(socketserver.BaseServer):
         ``drain`` + ``close_timeout`` + 1 s even when clients never answer.
         """
         seconds = check_drain(drain)
+        release_the_loop()  # called from a handler that runs where the loop was read: the closing needs the loop
         with self._lock:
             serving, self._serving = self._serving, False
         self._finish_stop(code, reason, end_accept_loop=serving and self.thread is not threading.current_thread(), drain=seconds, cut=seconds == 0)
@@ -234,6 +236,12 @@ class Stopping(socketserver.BaseServer):
             leftovers = list(self._handlers)
         for connection in leftovers:
             connection.abort()
+        own = current_lane()
+        for connection in leftovers:
+            if isinstance(connection, Stream) and connection.lane is own:
+                # stop() called by this connection's handler: once its socket is closed, its on_close
+                # waits in its lane, which the pool runs when the handler returns, before its workers end.
+                connection.wait_closed(1.0)
         self._join_threads(time.monotonic() + 1.0)
         self._stop_engine(1.0)
         _run_stop_callbacks(stop_callbacks)
@@ -261,9 +269,12 @@ class Stopping(socketserver.BaseServer):
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.0, deadline - time.monotonic()))
+        # A connection on the I/O loop has no thread to join: it is done once its on_close ran. Called
+        # from a handler, stop() does not wait for that handler's own connection: its on_close runs
+        # only once the handler has returned.
+        own = current_lane()
         with self._ended:
-            # A connection on the I/O loop has no thread to join: it is done once its on_close ran.
-            self._ended.wait_for(lambda: not any(isinstance(c, Stream) for c in self._handlers), max(0.0, deadline - time.monotonic()))
+            self._ended.wait_for(lambda: not any(isinstance(c, Stream) and c.lane is not own for c in self._handlers), max(0.0, deadline - time.monotonic()))
 
 
 def _run_stop_callbacks(callbacks: list[Callable[[], None]]) -> None:
