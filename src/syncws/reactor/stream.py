@@ -44,6 +44,7 @@ from ..protocol.payload import Placer
 from ..protocol.protocol import Close, CloseCode, Ping, Pong, Protocol, State
 from .handler_pool import HandlerPool, LaneClosed
 from .loop import IOLoop
+from .send_buffer import SendBuffer
 from .socket_io import socket_io
 from .stream_closing import StreamClosing
 from .stream_writing import StreamWriting
@@ -120,13 +121,14 @@ class Stream(StreamWriting, StreamClosing):
             # Each send is a whole frame: Nagle's wait for the peer's (delayed) ACK would add 40 ms to a small reply.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._initial = initial_data
-        # Synchronize access to _out, _taken, _writing, _preamble, _closing_now, _finished and the protocol's sending half;
-        # _room (on this lock) wakes the senders waiting for the buffer to drain.
+        # Synchronize access to _out, _taken, _writing, _preamble, _closing_now, _finished, _room_limits and the
+        # protocol's sending half; _room (on this lock) wakes the senders waiting for the buffer to drain.
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
+        self._room_limits: list[int] = []  # the buffer sizes that senders waiting on _room wait for
         self._io = socket_io(sock, self._lock)  # on TLS, each SSL call runs under _lock
         self._init_combining()
-        self._out = bytearray()  # bytes the socket has not taken yet
+        self._out = SendBuffer()  # bytes the socket has not taken yet
         self._taken = 0  # bytes the loop has written out of _out so far: a waiting sender's sign that the peer reads
         self._preamble = preamble  # written before the first frame
         self._writing = False  # the loop watches the socket for writability

@@ -22,6 +22,7 @@ from ..protocol.protocol import Close, CloseCode, Protocol
 
 if TYPE_CHECKING:
     from .loop import IOLoop
+    from .send_buffer import SendBuffer
     from .timers import Timer
 
 __all__ = ["StreamClosing"]
@@ -38,7 +39,7 @@ class StreamClosing:
     close_timeout: float
     on_closing: Optional[Callable[[int, str], None]]
     _lock: threading.Lock
-    _out: bytearray
+    _out: SendBuffer
     _finished: bool
     _closing_now: bool
     _closing_notified: threading.Lock

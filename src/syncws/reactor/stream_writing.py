@@ -33,11 +33,13 @@ from ..exceptions import ConnectionClosed, SendTimeout
 from ..protocol import frames
 from ..protocol.outgoing import Outgoing, encode_message
 from ..protocol.protocol import CloseCode, Protocol, State
+from .handler_pool import release_the_loop
 
 if TYPE_CHECKING:
     import socket
 
     from .loop import IOLoop
+    from .send_buffer import SendBuffer
     from .socket_io import SocketIO
 
 __all__ = ["StreamWriting", "STALL"]
@@ -57,7 +59,8 @@ class StreamWriting:
     The attributes are the stream's: ``_lock`` guards ``_out``, ``_writing``,
     ``_preamble``, ``_closing_now``, ``_finished`` and the protocol's sending
     half; ``_room`` (a condition on it) wakes senders waiting for the buffer
-    to drain.
+    to drain, once it is down to the limit one of them waits for (each adds
+    its limit to ``_room_limits`` while it waits).
     """
 
     loop: IOLoop
@@ -70,7 +73,8 @@ class StreamWriting:
     meter: Optional[Any]
     _lock: threading.Lock
     _room: threading.Condition
-    _out: bytearray
+    _room_limits: list[int]
+    _out: SendBuffer
     _taken: int
     _writing: bool
     _preamble: bytes
@@ -279,7 +283,7 @@ class StreamWriting:
                 if sent == len(piece):
                     continue
                 piece = memoryview(piece)[sent:]
-            self._out += piece
+            self._out.append(piece)
         if self._out and not self._writing:
             self._writing = True
             self.loop.call_soon(lambda: self.loop.add_writer(self.sock, self._on_writable))
@@ -293,16 +297,24 @@ class StreamWriting:
         socket took the whole of the caller's frame: it is lost, and the send did not happen.
         """
         end = self._taken + len(self._out)  # the caller's frame is written out once _taken reaches this
+        release_the_loop()  # a handler on the thread that read its message: the loop writes what it waits for
         taken = self._taken
         deadline = None if patience is None else time.monotonic() + patience
-        while len(self._out) > limit and not self._finished:
-            if self._taken != taken:  # the peer is reading: its patience starts again (senders adding meanwhile do not hide it)
-                taken = self._taken
-                deadline = None if patience is None else time.monotonic() + patience
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            self._room.wait(remaining)
+        self._room_limits.append(limit)
+        try:
+            while len(self._out) > limit and not self._finished:
+                # Woken when the buffer is down to a waiter's limit, not at each write of the loop (a
+                # wake-up per write would cost more than the write); at the deadline, progress made
+                # meanwhile starts the peer's patience again.
+                if self._taken != taken:  # the peer is reading (senders adding meanwhile do not hide it)
+                    taken = self._taken
+                    deadline = None if patience is None else time.monotonic() + patience
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._room.wait(remaining)
+        finally:
+            self._room_limits.remove(limit)
         if self._taken < end and (self._finished or (self.protocol.state is State.CLOSED and not self.protocol.close_sent)):
             self._check_open()  # what was left of the frame was dropped with the connection
         return True
@@ -321,7 +333,7 @@ class StreamWriting:
             if self._finished:
                 return
             try:
-                sent = self._io.send(self._out)
+                sent = self._out.send_with(self._io.send)  # as much as the socket takes now
             except OSError:
                 sent, finish = 0, True
             if sent == 0 and not finish:
@@ -330,12 +342,12 @@ class StreamWriting:
                     self._writing = False
                     self.loop.remove_writer(self.sock)
                 return
-            del self._out[:sent]
             self._taken += sent
             if not self._out or finish:
                 self._writing = False
                 self.loop.remove_writer(self.sock)
-            self._room.notify_all()
+            if self._room_limits and (finish or len(self._out) <= max(self._room_limits)):
+                self._room.notify_all()
             done = not self._out and self._closing_now
         if finish:
             self._finish(CloseCode.ABNORMAL_CLOSURE, "connection lost while writing")
