@@ -121,11 +121,11 @@ class Stream(StreamWriting, StreamClosing):
             # Each send is a whole frame: Nagle's wait for the peer's (delayed) ACK would add 40 ms to a small reply.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._initial = initial_data
-        # Synchronize access to _out, _taken, _writing, _preamble, _closing_now, _finished, _room_limits and the
-        # protocol's sending half; _room (on this lock) wakes the senders waiting for the buffer to drain.
+        # Synchronize access to _out, _taken, _writing, _preamble, _closing_now, _finished, _room_limits (the buffer
+        # sizes the senders waiting on _room wait for) and the protocol's sending half; _room wakes those senders.
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._room_limits: list[int] = []  # the buffer sizes that senders waiting on _room wait for
+        self._room_limits: list[int] = []
         self._io = socket_io(sock, self._lock)  # on TLS, each SSL call runs under _lock
         self._init_combining()
         self._out = SendBuffer()  # bytes the socket has not taken yet
@@ -144,9 +144,7 @@ class Stream(StreamWriting, StreamClosing):
         self._keepalive = Keepalive(
             loop, ping_interval, ping_timeout, self._keepalive_ping, lambda: self._finish(CloseCode.ABNORMAL_CLOSURE, "keepalive ping timeout")
         )
-        # numpy (a third of a second to import, once) is imported here, on the thread that made the
-        # stream (a server's handshake thread), not by the loop in the middle of the first large message.
-        frames.load_accelerator()
+        frames.load_accelerator()  # numpy's import (0.3 s, once) here, not on the loop amid a large message
 
     # ------------------------------------------------------------------ any thread
 

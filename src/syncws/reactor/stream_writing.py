@@ -59,8 +59,7 @@ class StreamWriting:
     The attributes are the stream's: ``_lock`` guards ``_out``, ``_writing``,
     ``_preamble``, ``_closing_now``, ``_finished`` and the protocol's sending
     half; ``_room`` (a condition on it) wakes senders waiting for the buffer
-    to drain, once it is down to the limit one of them waits for (each adds
-    its limit to ``_room_limits`` while it waits).
+    to drain, once it is down to a limit in ``_room_limits`` (their limits).
     """
 
     loop: IOLoop
@@ -289,13 +288,10 @@ class StreamWriting:
             self.loop.call_soon(lambda: self.loop.add_writer(self.sock, self._on_writable))
 
     def _wait_for_room(self, limit: int, patience: Optional[float]) -> bool:
-        """Wait until at most ``limit`` bytes wait (True), or until the peer took nothing for
-        ``patience`` seconds (False; None: no end). Requires holding _lock (released while waiting),
-        and that the caller's frame is the last one in ``_out``.
-
-        Raises ConnectionClosed when the connection ended (closed, aborted, given up) before the
-        socket took the whole of the caller's frame: it is lost, and the send did not happen.
-        """
+        """Wait until at most ``limit`` bytes wait (True), or until the peer took nothing for ``patience``
+        seconds (False; None: no end). Requires holding _lock (released while waiting), the caller's
+        frame last in ``_out``. Raises ConnectionClosed when the connection ended (closed, aborted,
+        given up) before the socket took the whole frame: it is lost, and the send did not happen."""
         end = self._taken + len(self._out)  # the caller's frame is written out once _taken reaches this
         release_the_loop()  # a handler on the thread that read its message: the loop writes what it waits for
         taken = self._taken
@@ -303,10 +299,9 @@ class StreamWriting:
         self._room_limits.append(limit)
         try:
             while len(self._out) > limit and not self._finished:
-                # Woken when the buffer is down to a waiter's limit, not at each write of the loop (a
-                # wake-up per write would cost more than the write); at the deadline, progress made
-                # meanwhile starts the peer's patience again.
-                if self._taken != taken:  # the peer is reading (senders adding meanwhile do not hide it)
+                # Woken at a waiter's limit, not at each write (dearer than the write); at the deadline,
+                # progress made meanwhile starts the peer's patience again (senders adding do not hide it).
+                if self._taken != taken:
                     taken = self._taken
                     deadline = None if patience is None else time.monotonic() + patience
                 remaining = None if deadline is None else deadline - time.monotonic()
