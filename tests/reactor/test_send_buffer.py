@@ -65,6 +65,16 @@ def test_a_mutable_piece_is_copied_so_later_changes_do_not_reach_the_wire() -> N
     assert drain(buffer, Socket(room=SHARE_FROM)) == bytes(SHARE_FROM * 2)
 
 
+def test_a_view_with_items_of_several_bytes_counts_and_sends_its_bytes() -> None:
+    """A memoryview of 4-byte items is buffered as its bytes: its size is its nbytes, not its item count."""
+    data = os.urandom(SHARE_FROM * 2)
+    buffer = SendBuffer()
+    buffer.append(memoryview(data).cast("I"))
+    buffer.append(memoryview(bytearray(b"abcd")).cast("I"))
+    assert len(buffer) == len(data) + 4
+    assert drain(buffer, Socket(room=SHARE_FROM)) == data + b"abcd"
+
+
 def test_small_pieces_run_together_into_one_send() -> None:
     """Many small frames go to the socket in one send call, as one stretch."""
     buffer = SendBuffer()

@@ -51,7 +51,7 @@ class SendBuffer:
 
     def append(self, piece: Buffer) -> None:
         """Add ``piece`` at the end: shared if large and immutable, else copied."""
-        size = len(piece)
+        size = piece.nbytes if isinstance(piece, memoryview) else len(piece)  # a view may have items of several bytes
         if not size:
             return
         self._size += size
