@@ -341,8 +341,8 @@ class StreamWriting:
             if not self._out or finish:
                 self._writing = False
                 self.loop.remove_writer(self.sock)
-            if self._room_limits and (finish or len(self._out) <= max(self._room_limits)):
-                self._room.notify_all()
+            if self._room_limits and len(self._out) <= max(self._room_limits):
+                self._room.notify_all()  # on a failed write, _finish (below) wakes them all
             done = not self._out and self._closing_now
         if finish:
             self._finish(CloseCode.ABNORMAL_CLOSURE, "connection lost while writing")

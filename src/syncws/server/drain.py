@@ -236,12 +236,12 @@ class Stopping(socketserver.BaseServer):
             leftovers = list(self._handlers)
         for connection in leftovers:
             connection.abort()
+        # stop() called by a handler: once its connection's socket is closed, that on_close waits in
+        # its lane, which the pool runs when the handler returns, before its workers end.
         own = current_lane()
-        for connection in leftovers:
-            if isinstance(connection, Stream) and connection.lane is own:
-                # stop() called by this connection's handler: once its socket is closed, its on_close
-                # waits in its lane, which the pool runs when the handler returns, before its workers end.
-                connection.wait_closed(1.0)
+        mine = [c for c in leftovers if own is not None and isinstance(c, Stream) and c.lane is own]
+        for connection in mine:
+            connection.wait_closed(1.0)
         self._join_threads(time.monotonic() + 1.0)
         self._stop_engine(1.0)
         _run_stop_callbacks(stop_callbacks)
