@@ -31,11 +31,21 @@ from .callformat import LINK_FIELD
 from .future import CallFuture
 from .reassembly import Progress, Transfer, describe
 
-__all__ = ["CallTable", "CancelToken", "PendingCall", "RelayCall", "RelaySink", "closed_while_waiting"]
+__all__ = ["CallTable", "CancelToken", "LoopLeader", "PendingCall", "RelayCall", "RelaySink", "closed_while_waiting"]
 
 logger = logging.getLogger("syncws.server.request_handler")  # the records of the calls: one logger
 
 _PRUNE_EVERY = 60.0
+
+
+class LoopLeader(Protocol):
+    """An I/O loop a caller may lead while it waits for its reply (a HandlerPool's, syncws.reactor.caller_lead)."""
+
+    def lead_while_waiting(self, until: Callable[[], bool], deadline: Optional[float]) -> None:
+        """Lead the loop until ``until()`` or ``deadline`` when it is kept for the calling thread; else return at once."""
+
+    def give_back(self) -> None:
+        """The caller waits for more of the loop's work: a loop kept for it goes to another thread now."""
 
 
 class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
@@ -66,20 +76,37 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
         if transfer is not None:
             transfer.fail(error)
 
-    def outcome(self, timeout: Optional[float], cancel: Optional[CancelToken] = None) -> dict[str, Any]:
+    def outcome(self, timeout: Optional[float], cancel: Optional[CancelToken] = None, leader: Optional[LoopLeader] = None) -> dict[str, Any]:
         """The whole reply (caller thread); ``timeout`` bounds the wait for it and for each next part.
 
         ``cancel.cancel()``, from any thread, fails the call at once with
         RequestCancelled, whether it waits for the reply or for its parts.
+        With a ``leader``, the caller reads the reply itself while the I/O
+        loop is kept for it (syncws.reactor.caller_lead).
         """
         if cancel is None:
-            result = self.result(timeout)
-            return result if isinstance(result, dict) else result.collect(timeout)
+            result = self._result_leading(timeout, leader) if leader is not None else self.result(timeout)
+            if isinstance(result, dict):
+                return result
+            if leader is not None:
+                leader.give_back()  # the parts come through the loop: a worker leads it meanwhile
+            return result.collect(timeout)
         unwatch = cancel.watch(lambda: self.fail(RequestCancelled(self.call_id, self.cmd)))
         try:
-            return self.outcome(timeout)
+            return self.outcome(timeout, leader=leader)
         finally:
             unwatch()
+
+    def _result_leading(self, timeout: Optional[float], leader: LoopLeader) -> Union[dict[str, Any], Transfer]:
+        """:meth:`result`, leading the I/O loop until the reply is in when the loop is kept for this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        leader.lead_while_waiting(self.done, deadline)
+        try:
+            return self.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except RequestTimeout:
+            if self.done():
+                raise  # the call's own outcome, not this wait's
+            raise RequestTimeout(self.call_id, self.cmd, timeout) from None
 
     def take_reply(self, reply: dict[str, Any], via_link: bool, max_reply_size: int) -> bool:
         """Take a reply (or a binary reply's header) to this call; True once the table may forget it (reader thread)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import threading
-from typing import Any, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, TypeVar
 
 from ..exceptions import RequestTimeout
 
@@ -40,7 +40,7 @@ class CallFuture(Generic[T]):
     decides it; the others are expected, not a bug.
     """
 
-    __slots__ = ("_done", "_exception", "_lock", "_result", "_state", "call_id", "cmd")
+    __slots__ = ("_done", "_exception", "_lock", "_result", "_state", "call_id", "cmd", "on_finish")
 
     def __init__(self, call_id: int, cmd: Any) -> None:
         self.call_id = call_id
@@ -56,6 +56,10 @@ class CallFuture(Generic[T]):
         self._state = _PENDING
         self._result: Optional[T] = None
         self._exception: Optional[BaseException] = None
+        #: Run by the thread that finishes the future, once it is finished (set before that can
+        #: happen): quick, never raising. A caller that may read its own reply sets it
+        #: (syncws.reactor.caller_lead).
+        self.on_finish: Optional[Callable[[], None]] = None
 
     @property
     def state(self) -> State:
@@ -83,6 +87,8 @@ class CallFuture(Generic[T]):
             self._result, self._exception = result, exception
             self._state = _FINISHED
         self._done.release()  # wakes the waiter, which passes it on to the next
+        if self.on_finish is not None:
+            self.on_finish()
         return True
 
     def result(self, timeout: Optional[float] = None) -> T:

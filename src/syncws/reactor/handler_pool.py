@@ -51,6 +51,7 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
+from .caller_lead import CallerLeading
 from .loop import IOLoop
 
 __all__ = ["HandlerPool", "Lane", "LaneClosed", "release_the_loop"]
@@ -70,7 +71,9 @@ PARK_AFTER = 0.05
 
 
 class _RunningHere(threading.local):
-    #: The pool whose loop this thread left to run the call it is running (None: it did not).
+    #: The pool whose loop this thread left to run the call it is running, or that may keep its
+    #: loop for this thread while it makes requests (syncws.reactor.caller_lead); None: neither.
+    #: release_the_loop() gives the loop away if it is kept for this thread.
     pool: Optional[HandlerPool] = None
     #: The lane whose call this thread is running (None: none).
     lane: Optional[Lane] = None
@@ -124,6 +127,11 @@ class Lane:
         self._idle.set()
 
     @property
+    def pool(self) -> HandlerPool:
+        """The pool that runs this lane's calls."""
+        return self._pool
+
+    @property
     def pending(self) -> int:
         """Calls queued or running now."""
         with self._pool._lock:
@@ -166,7 +174,7 @@ class Lane:
         return self._idle.wait(timeout)
 
 
-class HandlerPool:
+class HandlerPool(CallerLeading):
     """Worker threads that run :class:`Lane` calls (see the module docstring).
 
     Args:
@@ -207,6 +215,12 @@ class HandlerPool:
         self._watch = threading.Condition(self._lock)
         self._watch_parked = False  # the watchdog waits for _watch without ticking
         self._watchdog: Optional[threading.Thread] = None
+        # A caller leads the loop while it waits for its reply; the loop thread leaves the loop for
+        # this caller's thread when its pass ends (syncws.reactor.caller_lead). Under _lock too.
+        self._caller_leads = False
+        self._vacate_for: Optional[int] = None
+        self._takeover = TAKEOVER
+        self._running_here = _running_here
         if loop is not None:
             with self._lock:
                 self._lead_wanted = True
@@ -272,7 +286,7 @@ class HandlerPool:
     def _may_run_here(self) -> bool:
         """True when the calling thread leads the loop and has taken no call to run itself this pass yet. Requires holding _lock."""
         loop = self._loop
-        return loop is not None and self._here is None and loop.in_loop()
+        return loop is not None and self._here is None and not self._caller_leads and loop.in_loop()
 
     def _jobs(self) -> int:
         """What idle workers are wanted for: the ready lanes, and the lead when the loop has none. Requires holding _lock."""
@@ -317,7 +331,13 @@ class HandlerPool:
             me.name = own_name
         with self._lock:
             here, self._here = self._here, None
-            if handed_on and here is None:
+            vacate_for, self._vacate_for = self._vacate_for, None
+            if handed_on and here is None and vacate_for is not None and not self._stopping:
+                # Kept for a caller whose reply this pass took: it leads when it comes back (caller_lead).
+                self._vacant_since, self._vacant_by = time.monotonic(), vacate_for
+                if self._watch_parked:
+                    self._watch.notify()
+            elif handed_on and here is None:
                 self._lead_wanted = True  # nothing to run after all: lead again
             elif handed_on:
                 self._vacant_since, self._vacant_by = time.monotonic(), threading.get_ident()

@@ -42,6 +42,7 @@ import select
 import selectors
 import socket
 import threading
+import time
 from collections import deque
 from typing import Callable, Optional, Union
 
@@ -196,12 +197,16 @@ class IOLoop:
         """The thread that leads the loop now; None between two leaders and once stopped."""
         return self._leader
 
-    def lead(self) -> bool:
+    def lead(self, until: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> bool:
         """Run the loop on this thread (the loop thread, until it returns): True when it handed the loop on, False once stopped.
 
         It returns True after a pass in which :meth:`hand_off_after_pass` was
         called: the loop then has no leader until a thread calls this again,
-        which the one that asked must arrange. It returns False at once on a
+        which the one that asked must arrange. It returns True as well once
+        ``until()`` is true (checked before each pass) or the
+        ``time.monotonic()`` moment ``deadline`` has passed: a caller that
+        leads while it waits for its reply (see
+        :mod:`syncws.reactor.caller_lead`). It returns False at once on a
         loop that is stopping. Raises RuntimeError while another thread leads.
         """
         me = threading.current_thread()
@@ -213,7 +218,7 @@ class IOLoop:
             self._leader = me
         self._handing_off = False
         try:
-            self._run()
+            self._run(until, deadline)
         finally:
             with self._lock:
                 self._leader = None
@@ -257,15 +262,24 @@ class IOLoop:
         else:
             self._callbacks[fd] = (callbacks[0], callbacks[1])
 
-    def _run(self) -> None:
-        """Wait for ready sockets, due timers and posted calls, and run them, until stopped (loop thread)."""
+    def _run(self, until: Optional[Callable[[], bool]] = None, deadline: Optional[float] = None) -> None:
+        """Wait for ready sockets, due timers and posted calls, and run them, until stopped, handed on,
+        ``until()`` or ``deadline`` (loop thread)."""
         # Read without the lock on each pass (the fewest steps between a reply's arrival and
         # its caller's wake-up): a call posted meanwhile has sent a wake-up byte, so the
         # poll below returns at once for it; a stop is seen on the pass after.
         poll, callbacks_of, read, write = self._poller.poll, self._callbacks, self._poller.READ, self._poller.WRITE
         wake_fd = self._wake_reader.fileno()
         while not self._stopping and not self._handing_off:
-            ready = poll(0 if self._posted else self.timers.next_delay())
+            delay = 0 if self._posted else self.timers.next_delay()
+            if until is not None and until():
+                return
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                delay = left if delay is None else min(delay, left)
+            ready = poll(delay)
             self.passes += 1
             for fd, mask in ready:
                 if fd == wake_fd:

@@ -42,7 +42,7 @@ from ..observe.requests import RequestCounters
 from ..reactor.handler_pool import release_the_loop
 from .answering import Answering
 from .server import WebSocketServer
-from .waiting import Waiting
+from .waiting import Waiting, loop_leader
 
 __all__ = ["RequestHandler", "Progress", "Channel", "Target"]
 
@@ -216,7 +216,11 @@ class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
             if cancel is not None and cancel.cancelled:
                 raise RequestCancelled(None, msg.get("cmd"))
             call = self._register(msg, channel, progress, waiting=True)
-            release_the_loop()  # from a handler on the thread that left the I/O loop: the reply comes through it
+            leader = loop_leader(channel)
+            call.on_finish = leader.caller_hook() if leader is not None else None
+            if call.on_finish is None:
+                leader = None
+                release_the_loop()  # from a handler on the thread that left the I/O loop: the reply comes through it
             try:
                 try:
                     if extra:  # a link to another node: say which connection
@@ -226,9 +230,11 @@ class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
                 except (ConnectionClosed, SendTimeout) as exc:
                     why = f"request {msg.get('cmd')!r} could not be sent: {exc}"
                     raise ConnectionClosed(getattr(exc, "code", 1006), getattr(exc, "reason", ""), why) from exc
-                return callformat.check_reply_status(self._outcome(call, channel, extra, timeout, cancel))
+                return callformat.check_reply_status(self._outcome(call, channel, extra, timeout, cancel, leader))
             finally:
                 self.forget(call.call_id)
+                if leader is not None:
+                    leader.wait_ended()
 
     def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
         if self.wire == "rtcloud":

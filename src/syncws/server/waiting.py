@@ -26,11 +26,13 @@ from ..exceptions import ConnectionClosed, NotConnected, RequestCancelled, Reque
 from ..handlers.handlers import BaseWebSocketHandler
 from ..handlers.registry import ConnectionRegistry
 from ..observe.requests import RequestCounters
+from ..reactor.handler_pool import HandlerPool
+from ..reactor.stream import Stream
 
 if TYPE_CHECKING:
     from .request_handler import Channel, Target
 
-__all__ = ["Waiting"]
+__all__ = ["Waiting", "loop_leader"]
 
 # How often wait_connected looks in a cluster's Redis for a peer on another node, in seconds.
 _CLUSTER_POLL = 0.1
@@ -58,15 +60,23 @@ class Waiting(CallTable):
         def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall: ...  # RequestHandler's
 
     def _outcome(
-        self, call: PendingCall, channel: Channel, extra: dict[str, Any], timeout: Optional[float], cancel: Optional[CancelToken] = None
+        self,
+        call: PendingCall,
+        channel: Channel,
+        extra: dict[str, Any],
+        timeout: Optional[float],
+        cancel: Optional[CancelToken] = None,
+        leader: Optional[HandlerPool] = None,
     ) -> dict[str, Any]:
         """The whole reply to ``call``; when the timeout passes, the peer is told to give up on it too.
 
         On a link to another node the cancel names the connection, as the
         request did (``extra``), and that node passes it on to its peer.
+        With a ``leader``, the caller reads its reply itself when the I/O
+        loop is kept for it (:mod:`syncws.reactor.caller_lead`).
         """
         try:
-            return call.outcome(timeout, cancel)
+            return call.outcome(timeout, cancel, leader)
         except (RequestTimeout, RequestCancelled):
             if self.wire == "rtcloud":
                 raise  # rt-cloud's peers know no cancel: they would answer it as a malformed call
@@ -179,3 +189,12 @@ class _Joined:
 
     def connection_removed(self, name: str, handler: BaseWebSocketHandler) -> None:
         """A connection left: nothing to do for a wait for one to come."""
+
+
+def loop_leader(channel: Channel) -> Optional[HandlerPool]:
+    """The handler pool whose I/O loop reads ``channel`` (a connection of a server on the selector engine); None for any other channel."""
+    if isinstance(channel, BaseWebSocketHandler):
+        connection = channel.connection
+        if isinstance(connection, Stream):
+            return connection.lane.pool
+    return None
