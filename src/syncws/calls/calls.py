@@ -41,6 +41,9 @@ _PRUNE_EVERY = 60.0
 class LoopLeader(Protocol):
     """An I/O loop a caller may lead while it waits for its reply (a HandlerPool's, syncws.reactor.caller_lead)."""
 
+    def kept_for_me(self) -> bool:
+        """Whether the loop is kept for the calling thread now."""
+
     def lead_while_waiting(self, until: Callable[[], bool], deadline: Optional[float]) -> None:
         """Lead the loop until ``until()`` or ``deadline`` when it is kept for the calling thread; else return at once."""
 
@@ -99,6 +102,8 @@ class PendingCall(CallFuture[Union[dict[str, Any], Transfer]]):
 
     def _result_leading(self, timeout: Optional[float], leader: LoopLeader) -> Union[dict[str, Any], Transfer]:
         """:meth:`result`, leading the I/O loop until the reply is in when the loop is kept for this thread."""
+        if not leader.kept_for_me():
+            return self.result(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         leader.lead_while_waiting(self.done, deadline)
         try:

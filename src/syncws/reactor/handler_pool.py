@@ -219,6 +219,7 @@ class HandlerPool(CallerLeading):
         # this caller's thread when its pass ends (syncws.reactor.caller_lead). Under _lock too.
         self._caller_leads = False
         self._vacate_for: Optional[int] = None
+        self._callers: list[None] = []  # one item per caller waiting (caller_lead): a counter without a lock
         self._takeover = TAKEOVER
         self._running_here = _running_here
         if loop is not None:
@@ -382,6 +383,8 @@ class HandlerPool(CallerLeading):
 
     def _release_the_loop(self) -> None:
         """The calling thread's call, taken on the loop's thread, is about to wait on the loop: another worker leads now."""
+        if self._vacant_by != threading.get_ident():
+            return  # read without the lock: the loop is not kept for this thread (the common case), and only its own call could make it so now
         with self._lock:
             start = self._vacant_by == threading.get_ident() and self._give_the_lead_away()
         if start:

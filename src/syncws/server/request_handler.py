@@ -216,11 +216,14 @@ class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
             if cancel is not None and cancel.cancelled:
                 raise RequestCancelled(None, msg.get("cmd"))
             call = self._register(msg, channel, progress, waiting=True)
-            leader = loop_leader(channel)
-            call.on_finish = leader.caller_hook() if leader is not None else None
-            if call.on_finish is None:
-                leader = None
-                release_the_loop()  # from a handler on the thread that left the I/O loop: the reply comes through it
+            # On the selector engine a caller asking back to back may read its reply itself (syncws.reactor.caller_lead).
+            pool = loop_leader(channel)
+            if pool is not None and not pool.may_lead():
+                pool = None
+            call.on_finish = pool.begin_wait() if pool is not None else None
+            leader = pool if call.on_finish is not None else None
+            if leader is None:
+                release_the_loop()  # a handler on the thread that left the I/O loop, or a caller not leading: the reply comes through it
             try:
                 try:
                     if extra:  # a link to another node: say which connection
@@ -233,8 +236,8 @@ class RequestHandler(Waiting, Answering, Relaying, CommandDecorator):
                 return callformat.check_reply_status(self._outcome(call, channel, extra, timeout, cancel, leader))
             finally:
                 self.forget(call.call_id)
-                if leader is not None:
-                    leader.wait_ended()
+                if pool is not None:
+                    pool.end_wait()
 
     def _register(self, msg: dict[str, Any], channel: Channel, progress: Optional[Progress], waiting: bool) -> PendingCall:
         if self.wire == "rtcloud":
