@@ -1,4 +1,4 @@
-"""The many-idle benchmark (benchmarks/many_idle.py) runs in its smallest mode and reports its figures (timings are never asserted)."""
+"""Benchmarks that run beside the main harness (many_idle, keepalive, wakeup) in their smallest modes, reporting their figures (timings are never asserted)."""
 
 from __future__ import annotations
 
@@ -39,3 +39,13 @@ def test_keepalive_benchmark_keeps_every_connection_through_its_pings(tmp_path: 
     assert figures["on"]["n"] == 50 and figures["on"]["interval"] == 0.3, figures
     assert isinstance(figures["per_ping_us"], float)
     assert "one ping and its pong" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_wakeup_benchmark_reports_each_way_of_waiting() -> None:
+    """benchmarks.wakeup with 50 round trips: a p50 in microseconds for each of its three ways of waiting."""
+    result = run_benchmark("benchmarks.wakeup", "--n", "50", "--reps", "1", timeout=50)
+    lines = result.stdout.splitlines()
+    assert [line.split(" p50 ")[0].strip() for line in lines] == ["reader thread, recv", "reader thread, epoll", "caller reads"], lines
+    for line in lines:
+        assert float(line.split(" p50 ")[1].removesuffix(" us")) > 0, line
