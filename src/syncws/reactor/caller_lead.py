@@ -135,8 +135,6 @@ class CallerLeading:
         """Lead the loop until ``until()`` or the ``time.monotonic()`` moment ``deadline`` if it is kept for the calling thread; else return at once."""
         loop = self._loop
         me = threading.get_ident()
-        if self._vacant_by != me:  # read without the lock: only this thread makes it its own
-            return
         with self._lock:
             if loop is None or self._vacant_by != me or self._stopping:
                 return

@@ -383,8 +383,8 @@ class HandlerPool(CallerLeading):
 
     def _release_the_loop(self) -> None:
         """The calling thread's call, taken on the loop's thread, is about to wait on the loop: another worker leads now."""
-        if self._vacant_by != threading.get_ident():
-            return  # read without the lock: the loop is not kept for this thread (the common case), and only its own call could make it so now
+        if not self.kept_for_me():
+            return  # read without the lock: not kept for this thread (the common case), and only its own call could make it so now
         with self._lock:
             start = self._vacant_by == threading.get_ident() and self._give_the_lead_away()
         if start:

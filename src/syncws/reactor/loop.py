@@ -271,9 +271,9 @@ class IOLoop:
         poll, callbacks_of, read, write = self._poller.poll, self._callbacks, self._poller.READ, self._poller.WRITE
         wake_fd = self._wake_reader.fileno()
         while not self._stopping and not self._handing_off:
-            delay = 0 if self._posted else self.timers.next_delay()
             if until is not None and until():
                 return
+            delay = 0 if self._posted else self.timers.next_delay()
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
