@@ -19,6 +19,7 @@ import pytest
 from websockets.sync.client import connect as websockets_connect
 
 import syncws
+from syncws.engine.tls import server_context
 from syncws.reactor.stream import Stream
 
 from ..helpers import EchoHandler, wait_for
@@ -28,9 +29,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def server(certificate: tuple[Path, Path]) -> Iterator[syncws.WebSocketServer]:
-    """A started wss:// server on the selector engine with /echo, and its own registry."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
+    """A started wss:// server on the selector engine with /echo, and its own registry (no session tickets, as syncws's contexts)."""
+    context = server_context(str(certificate[0]), str(certificate[1]))
     made = syncws.WebSocketServer("127.0.0.1", 0, engine="reactor", ssl_context=context, registry=syncws.ConnectionRegistry(), close_timeout=2.0)
     made.add_handler("/echo", EchoHandler, name="echo")
     made.start()

@@ -18,6 +18,7 @@ import websocket
 from websockets.sync.client import connect as websockets_connect
 
 import syncws
+from syncws.engine.tls import server_context
 
 from ..helpers import EchoHandler, RawClient, make_server, stop_with_a_handshake_in_progress, wait_for
 
@@ -184,10 +185,8 @@ def test_idle_sockets_beyond_max_handshakes_are_closed_at_once(caplog: pytest.Lo
 
 @pytest.fixture
 def tls_server(certificate: tuple[Path, Path]) -> Iterator[syncws.WebSocketServer]:
-    """A server with TLS on, using the test certificate."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(*certificate)
-    srv = make_server(ssl_context=context, handshake_timeout=2.0)
+    """A server with TLS on, using the test certificate (and sending no session tickets, as syncws's contexts do)."""
+    srv = make_server(ssl_context=server_context(str(certificate[0]), str(certificate[1])), handshake_timeout=2.0)
     yield srv
     srv.stop()
 
@@ -203,6 +202,34 @@ def test_tls_echo_with_verified_certificate(tls_server: syncws.WebSocketServer, 
     with websockets_connect(tls_server.url + "/echo", ssl=client_context, open_timeout=5) as ws:
         ws.send("secure")
         assert ws.recv(timeout=5) == "secure"
+
+
+def _session_tickets(server_ssl: ssl.SSLContext, cafile: Path) -> bool:
+    """Whether a TLS 1.3 client of a wss:// echo server with ``server_ssl`` was given a session ticket."""
+    server = make_server(ssl_context=server_ssl)
+    client_ssl = ssl.create_default_context(cafile=str(cafile))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, client_ssl.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(
+                f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            answer = b""
+            while len(answer) < 12 and (chunk := tls.recv(12 - len(answer))):
+                answer += chunk
+            assert answer == b"HTTP/1.1 101"  # tickets come before the answer: by now the client has them, if any
+            assert tls.version() == "TLSv1.3"
+            return tls.session is not None and tls.session.has_ticket
+    finally:
+        server.stop()
+
+
+def test_server_context_sends_no_session_tickets(certificate: tuple[Path, Path]) -> None:
+    """server_context() sends no TLS 1.3 session ticket, which a default server context sends."""
+    default = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    default.load_cert_chain(*certificate)
+    assert _session_tickets(default, certificate[0])  # the control: what the setting turns off
+    assert not _session_tickets(server_context(str(certificate[0]), str(certificate[1])), certificate[0])
 
 
 def test_plaintext_client_on_tls_port_fails_cleanly(

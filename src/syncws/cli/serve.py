@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..cluster.cluster import ClusterError, RedisCluster
+from ..engine.tls import server_context
 from ..handlers.handlers import DataWebSocketHandler
 from ..handlers.registry import ConnectionRegistry
 from ..protocol.auth import bearer_token
@@ -129,15 +130,13 @@ def _tls_context(args: argparse.Namespace) -> Optional[ssl.SSLContext]:
         if args.keyfile:
             raise ValueError("--keyfile needs --certfile")
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     files = args.certfile + (f" and {args.keyfile}" if args.keyfile else "")
     try:
-        context.load_cert_chain(args.certfile, args.keyfile)
+        return server_context(args.certfile, args.keyfile)
     except ssl.SSLError as exc:  # the files were read: their contents are wrong
         raise ValueError(f"cannot load the TLS certificate from {files}: not a PEM certificate chain with its private key ({exc.reason or exc})") from None
     except OSError as exc:
         raise ValueError(f"cannot load the TLS certificate from {files}: {_reason(exc)}") from None
-    return context
 
 
 def _check_arguments(args: argparse.Namespace) -> None:

@@ -84,6 +84,7 @@ import time
 from typing import Any, Callable, Optional, Union
 
 from ..engine.connection import Message
+from ..engine.tls import server_context
 from ..exceptions import SyncWSError
 from ..handlers.handlers import BaseWebSocketHandler
 from ..handlers.registry import ConnectionRegistry
@@ -396,6 +397,4 @@ def _tls_context(key: Optional[str], cert: Optional[str]) -> Optional[ssl.SSLCon
         return None
     if key is None or cert is None:
         raise ValueError("TLS needs both key and cert")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(certfile=cert, keyfile=key)
-    return context
+    return server_context(cert, key)

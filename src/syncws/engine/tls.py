@@ -11,6 +11,15 @@ time. On a plain socket ``_tls_lock`` is None and nothing here runs.
 Threads: the reader thread (reads) and the holder of the connection's send
 lock (writes), at the same time; the lock is held only for the SSL call itself.
 
+Peers may not be as careful: CPython does not serialize the calls on one SSL
+object (python/cpython#143756), and clients that read on one thread while
+another writes (the ``websockets`` package's sync client does) can lose or
+garble the bytes they write while their reader takes in a TLS 1.3 session
+ticket, which a server sends just after the handshake, as the client writes
+its HTTP request. :func:`server_context`, the context syncws makes from
+certificate files, sends no tickets: a websocket connection is long-lived
+and gains next to nothing from resuming a TLS session.
+
 Imports: the standard library, and :mod:`syncws.engine.ticks` of its own
 package for :class:`~syncws.engine.ticks.ReadTimeout`.
 """
@@ -25,9 +34,21 @@ from typing import Any, Callable, Optional, TypeVar
 
 from .ticks import ReadTimeout, wait_for_socket
 
-__all__ = ["TlsCalls"]
+__all__ = ["TlsCalls", "server_context"]
 
 T = TypeVar("T")
+
+
+def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLContext:
+    """A server's TLS context with the certificate chain from ``certfile`` (and its key from
+    ``keyfile``, unless ``certfile`` holds it), sending no TLS 1.3 session tickets (see the
+    module's docstring). Raises OSError when a file cannot be read, ssl.SSLError when it holds no
+    certificate chain with its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    # No tickets: a peer whose reader would take one while its writer sends the request can lose the request.
+    context.num_tickets = 0
+    return context
 
 
 class TlsCalls:
