@@ -325,6 +325,39 @@ def test_tls_concurrent_requests_and_sends(tls_server: syncws.WebSocketServer, c
     assert not any(thread.is_alive() for thread in threads)
 
 
+def test_tls_close_waits_for_an_ssl_call_in_flight(tls_server: syncws.WebSocketServer, certificate: tuple[Path, Path]) -> None:
+    """A client's TLS socket is not closed under another thread's SSL call, which would go on with a reused descriptor."""
+    conn = syncws.connect(tls_server.url + "/echo", sslopt={"ca_certs": str(certificate[0])})
+    sock = conn._io.sock
+    original_send = sock.send
+    inside, go = threading.Event(), threading.Event()
+    descriptors: list[int] = []
+
+    def held_send(data: bytes) -> int:  # the SSL call, held half-way by the test
+        inside.set()
+        go.wait(10)
+        descriptors.append(sock.fileno())  # what the call goes on with: -1 had the socket been closed meanwhile
+        sent: int = original_send(data)
+        return sent
+
+    sock.send = held_send  # type: ignore[method-assign]
+    sender = threading.Thread(target=conn.send, args=("held",), name="sender")
+    sender.start()
+    try:
+        assert inside.wait(10)
+        closer = threading.Thread(target=conn._io.close, name="closer")
+        closer.start()
+        closer.join(0.5)  # time for a close that did not wait to happen (it must not)
+    finally:
+        go.set()
+    closer.join(10)
+    sender.join(10)
+    assert not closer.is_alive() and not sender.is_alive()
+    assert descriptors and descriptors[0] != -1
+    assert sock.fileno() == -1  # closed once the call was over
+    conn.abort()
+
+
 def test_failed_tls_handshakes_release_their_descriptors_while_log_records_are_kept(tls_server: syncws.WebSocketServer) -> None:
     """A log handler that keeps every record (and so each failure's exception) does not keep failed TLS sockets' descriptors open."""
     kept: list[logging.LogRecord] = []

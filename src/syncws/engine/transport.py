@@ -309,8 +309,19 @@ class Transport(TlsCalls, Ticks):
             pass
 
     def close(self) -> None:
-        """Close the socket's file descriptor."""
+        """Close the socket's file descriptor. Any thread; on TLS, never during another thread's SSL call.
+
+        An SSL object keeps the descriptor's number: a call in flight when it
+        closed would go on with whatever socket the process opens next under
+        that number, another peer's. Under the TLS lock (held for one
+        non-blocking call at a time) the close waits for that call to end, and
+        a later call finds the socket closed.
+        """
         try:
-            self.sock.close()
+            if self._tls_lock is None:
+                self.sock.close()
+            else:
+                with self._tls_lock:
+                    self.sock.close()
         except OSError:
             pass
