@@ -44,7 +44,9 @@ def server_context(certfile: str, keyfile: Optional[str] = None) -> ssl.SSLConte
     ``keyfile``, unless ``certfile`` holds it), sending no TLS 1.3 session tickets (see the
     module's docstring). Raises OSError when a file cannot be read, ssl.SSLError when it holds no
     certificate chain with its key."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # What create_default_context(Purpose.CLIENT_AUTH) makes on Python 3.10+; on 3.9 that is a
+    # context for either side, where num_tickets cannot be set.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(certfile, keyfile)
     # No tickets: a peer whose reader would take one while its writer sends the request can lose the request.
     context.num_tickets = 0
